@@ -1,0 +1,187 @@
+//! The command line: flags shaped like the CLI, then one validated [`Config`].
+//!
+//! Every option also reads a `LASTCALL_*` environment variable. A bad value becomes one line
+//! naming the option and the value (see `main`), exit status 2, and no child is started.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Parser;
+use clap::builder::BoolishValueParser;
+use log::LevelFilter;
+
+use crate::machine::Prestop;
+use crate::signals::Sig;
+
+/// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
+/// nor one of the common exporter ports.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:9753";
+/// The longest duration accepted, so that deadlines never overflow.
+const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// tini + drain: run COMMAND as a supervised child, reap zombies, forward signals, and on
+/// SIGTERM/SIGINT turn unready, wait, stop the child, and SIGKILL it after a grace period.
+#[derive(Parser, Debug)]
+#[command(name = "lastcall", version, max_term_width = 100)]
+pub struct Args {
+    /// Where the HTTP endpoint (/readyz, /livez) listens: IP:PORT, HOST:PORT, :PORT, or `off`
+    #[arg(long, env = "LASTCALL_LISTEN", value_name = "ADDR",
+          default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
+    pub listen: Listen,
+
+    /// Time between turning unready and sending the stop signal; `auto` is 5s in Kubernetes
+    /// (KUBERNETES_SERVICE_HOST set) or once /readyz has been requested, else 0
+    #[arg(long, env = "LASTCALL_PRESTOP_DELAY", value_name = "DUR|auto",
+          default_value = "auto", value_parser = parse_prestop)]
+    pub prestop_delay: Prestop,
+
+    /// Time after the stop signal before SIGKILL
+    #[arg(long, env = "LASTCALL_GRACE_PERIOD", value_name = "DUR",
+          default_value = "20s", value_parser = parse_duration)]
+    pub grace_period: Duration,
+
+    /// The signal that asks the child to stop [default: the one that started the drain:
+    /// TERM for docker stop and Kubernetes, INT for Ctrl-C]
+    #[arg(long, env = "LASTCALL_STOP_SIGNAL", value_name = "SIG", value_parser = parse_signal)]
+    pub stop_signal: Option<Sig>,
+
+    /// Send forwarded and stop signals to the child's whole process group
+    #[arg(long, env = "LASTCALL_GROUP", value_parser = BoolishValueParser::new(),
+          default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub group: bool,
+
+    /// Exit with 0 instead of CODE (repeatable; the variable takes a comma list), e.g. 143
+    #[arg(long, env = "LASTCALL_SUCCESS_EXIT", value_name = "CODE",
+          value_delimiter = ',', value_parser = parse_exit_code)]
+    pub success_exit: Vec<u8>,
+
+    /// Do not become a child subreaper when not PID 1
+    #[arg(long, env = "LASTCALL_NO_SUBREAPER", value_parser = BoolishValueParser::new(),
+          default_value_t = false, num_args = 0, default_missing_value = "true")]
+    pub no_subreaper: bool,
+
+    /// error, warn, info, debug or trace
+    #[arg(long, env = "LASTCALL_LOG_LEVEL", value_name = "LEVEL",
+          default_value = "info", value_parser = parse_level)]
+    pub log_level: LevelFilter,
+
+    /// The program to supervise, and its arguments
+    #[arg(value_name = "COMMAND", trailing_var_arg = true)]
+    pub command: Vec<OsString>,
+}
+
+/// `--listen`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listen {
+    Off,
+    On(SocketAddr),
+}
+
+pub fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    let full = match text.strip_prefix(':') {
+        Some(port) => format!("0.0.0.0:{port}"),
+        None => text.to_string(),
+    };
+    match full.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .map(Listen::On)
+            .ok_or_else(|| "the host name has no address".to_string()),
+        Err(_) => Err("expected IP:PORT, HOST:PORT, :PORT or off".to_string()),
+    }
+}
+
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}; expected a duration like 500ms, 5s or 1m30s"))?;
+    if d > MAX_DURATION {
+        return Err("longer than the limit of 366 days".to_string());
+    }
+    Ok(d)
+}
+
+pub fn parse_prestop(text: &str) -> Result<Prestop, String> {
+    if text.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Prestop::Auto);
+    }
+    parse_duration(text)
+        .map(Prestop::Fixed)
+        .map_err(|e| format!("{e}, or auto"))
+}
+
+pub fn parse_signal(text: &str) -> Result<Sig, String> {
+    text.parse()
+}
+
+pub fn parse_exit_code(text: &str) -> Result<u8, String> {
+    text.trim()
+        .parse::<u8>()
+        .map_err(|_| "expected an exit code from 0 to 255".to_string())
+}
+
+pub fn parse_level(text: &str) -> Result<LevelFilter, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "error" => Ok(LevelFilter::Error),
+        "warn" | "warning" => Ok(LevelFilter::Warn),
+        "info" => Ok(LevelFilter::Info),
+        "debug" => Ok(LevelFilter::Debug),
+        "trace" => Ok(LevelFilter::Trace),
+        _ => Err("expected error, warn, info, debug or trace".to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+        assert!(parse_duration("1000years").is_err());
+        assert_eq!(parse_prestop("AUTO"), Ok(Prestop::Auto));
+        assert_eq!(parse_prestop("2s"), Ok(Prestop::Fixed(Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(parse_listen("off"), Ok(Listen::Off));
+        assert_eq!(
+            parse_listen(":8080"),
+            Ok(Listen::On("0.0.0.0:8080".parse().unwrap()))
+        );
+        assert_eq!(
+            parse_listen("[::1]:80"),
+            Ok(Listen::On("[::1]:80".parse().unwrap()))
+        );
+        assert!(parse_listen("127.0.0.1").is_err());
+        assert!(parse_listen("127.0.0.1:99999").is_err());
+        assert!(parse_listen("").is_err());
+    }
+
+    #[test]
+    fn exit_codes_and_levels() {
+        assert_eq!(parse_exit_code("143"), Ok(143));
+        assert!(parse_exit_code("256").is_err());
+        assert!(parse_exit_code("-1").is_err());
+        assert_eq!(parse_level("DEBUG"), Ok(LevelFilter::Debug));
+        assert!(parse_level("loud").is_err());
+    }
+
+    #[test]
+    fn command_after_double_dash_keeps_its_flags() {
+        let args = Args::try_parse_from(["lastcall", "--group", "--", "sh", "-c", "--x"]).unwrap();
+        assert!(args.group);
+        assert_eq!(args.command, ["sh", "-c", "--x"]);
+        let args = Args::try_parse_from(["lastcall", "sleep", "--help"]).unwrap();
+        assert_eq!(args.command, ["sleep", "--help"]);
+    }
+}

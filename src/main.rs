@@ -1,0 +1,90 @@
+//! lastcall: tini + drain. See README.md for what it does and ARCHITECTURE.md for how.
+//!
+//! `main` is the only place that prints a fatal error and picks the exit code.
+
+mod cli;
+mod http;
+mod machine;
+mod reaper;
+mod signals;
+mod spawn;
+mod status;
+mod supervisor;
+
+use std::io::{LineWriter, Write};
+use std::process::ExitCode;
+
+use clap::Parser;
+use clap::error::ErrorKind;
+
+use cli::{Args, Listen};
+use machine::Policy;
+use supervisor::Config;
+
+/// Exit status for a bad command line, as clap and most tools use it.
+const USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => return fail(USAGE, &one_line(&e)),
+    };
+    if args.command.is_empty() {
+        return fail(USAGE, "no command given (usage: lastcall [OPTIONS] [--] COMMAND [ARGS...])");
+    }
+    init_logging(args.log_level);
+    let config = Config {
+        listen: match args.listen {
+            Listen::Off => None,
+            Listen::On(addr) => Some(addr),
+        },
+        policy: Policy {
+            prestop: args.prestop_delay,
+            grace: args.grace_period,
+            stop_signal: args.stop_signal,
+            group: args.group,
+            success_exit: args.success_exit,
+            in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()),
+        },
+        subreaper: !args.no_subreaper,
+        command: args.command,
+    };
+    match supervisor::run(config) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => fail(e.exit_code(), &e.to_string()),
+    }
+}
+
+fn fail(code: u8, message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "lastcall: {message}");
+    ExitCode::from(code)
+}
+
+/// clap's first line says what is wrong and names the option and value; the rest (usage,
+/// tips) is left to `--help`.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+/// Written where simplelog would put the time.
+const PREFIX: &[simplelog::FormatItem<'static>] = &[simplelog::FormatItem::StringLiteral("lastcall:")];
+
+/// Log lines go to stderr as `lastcall: message`, one write per line so they do not
+/// interleave with the child's output mid-line.
+fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .set_time_format_custom(PREFIX)
+        .set_time_level(log::LevelFilter::Error)
+        .set_max_level(log::LevelFilter::Debug)
+        .set_thread_level(log::LevelFilter::Off)
+        .set_target_level(log::LevelFilter::Off)
+        .set_location_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(level, config, LineWriter::new(std::io::stderr()));
+}

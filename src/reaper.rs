@@ -1,0 +1,108 @@
+//! Reaping and the process tree under lastcall.
+//!
+//! The only place that calls `waitpid`. SIGCHLD coalesces, so one wake-up may stand for many
+//! exits: [`reap`] loops with `WNOHANG` until nothing is left to collect.
+
+use std::collections::{HashMap, HashSet};
+
+use nix::errno::Errno;
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::Pid;
+
+use crate::signals::{self, Sig};
+use crate::status::ChildStatus;
+
+/// What one reaping pass collected.
+#[derive(Debug, Default)]
+pub struct Reaped {
+    /// The main child's end, if it was among them.
+    pub main: Option<ChildStatus>,
+    /// How many other processes (orphans, or the main child's leftovers) were reaped.
+    pub others: u64,
+    /// Whether lastcall still has children after the pass.
+    pub children_left: bool,
+}
+
+/// Collects every exited child, without blocking.
+pub fn reap(main: Option<Pid>) -> Reaped {
+    let mut reaped = Reaped::default();
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                reaped.children_left = true;
+                return reaped;
+            }
+            Ok(status) => {
+                let (pid, end) = match status {
+                    WaitStatus::Exited(pid, code) => (pid, ChildStatus::Exited(code)),
+                    WaitStatus::Signaled(pid, sig, _) => (pid, ChildStatus::Signaled(Sig(sig as i32))),
+                    // Not asked for (no WUNTRACED/WCONTINUED); nothing to collect.
+                    _ => continue,
+                };
+                if Some(pid) == main {
+                    reaped.main = Some(end);
+                } else {
+                    log::debug!("reaped process {pid}, which {end}");
+                    reaped.others += 1;
+                }
+            }
+            Err(Errno::EINTR) => continue,
+            // ECHILD: no children at all.
+            Err(_) => return reaped,
+        }
+    }
+}
+
+/// Makes orphaned descendants lastcall's children, so that it reaps them (not PID 1's job
+/// then). Without this, an orphan goes to the real init, and lastcall cannot wait for it.
+pub fn become_subreaper() -> nix::Result<()> {
+    nix::sys::prctl::set_child_subreaper(true)
+}
+
+/// Sends `sig` to every process under lastcall. As PID 1 of a PID namespace that is
+/// `kill(-1)`: everything but lastcall. Otherwise the descendants are found in /proc.
+pub fn signal_descendants(sig: Sig) {
+    if std::process::id() == 1 {
+        let _ = signals::send(-1, sig);
+        return;
+    }
+    for pid in descendants(Pid::this()) {
+        let _ = signals::send(pid.as_raw(), sig);
+    }
+}
+
+/// Every process whose chain of parents leads to `root`, read from /proc.
+pub fn descendants(root: Pid) -> Vec<Pid> {
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if let Some(ppid) = parent_of(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut found = Vec::new();
+    let mut seen = HashSet::new();
+    let mut todo = vec![root.as_raw()];
+    while let Some(parent) = todo.pop() {
+        for &child in children.get(&parent).map(Vec::as_slice).unwrap_or(&[]) {
+            if seen.insert(child) {
+                found.push(Pid::from_raw(child));
+                todo.push(child);
+            }
+        }
+    }
+    found
+}
+
+/// The parent pid from /proc/PID/stat. The command name (field 2) may hold spaces and
+/// parentheses, so the fields are counted from its closing parenthesis.
+fn parent_of(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(1)?.parse().ok()
+}

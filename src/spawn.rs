@@ -1,0 +1,185 @@
+//! Starting the child: the only code that runs between `fork` and `exec`.
+//!
+//! The child is put in its own process group, takes the terminal's foreground if lastcall
+//! had it, and gets back the signal mask and dispositions lastcall inherited, so that it sees
+//! what it would see without lastcall. Each of those steps is a small function below; none of
+//! them allocates. An `exec` failure travels back to the parent over a CLOEXEC pipe, so the
+//! parent can tell "not found" (127) from "not executable" (126) from a program that ran.
+
+use std::ffi::{CString, OsString};
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::unistd::{ForkResult, Pid};
+
+use crate::signals::{self, Class, Inherited};
+
+/// Why the child could not be started.
+#[derive(Debug)]
+pub enum SpawnError {
+    /// `exec` failed in the child: the program is missing or cannot be run.
+    Exec { program: String, errno: Errno },
+    /// lastcall itself failed (no pipe, no fork).
+    Os { what: &'static str, errno: Errno },
+}
+
+impl SpawnError {
+    /// The shell's codes: 127 for "not found", 126 for "found but cannot run", 125 when
+    /// lastcall itself could not fork (as `env` and `timeout` use them).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SpawnError::Exec { errno: Errno::ENOENT | Errno::ENOTDIR, .. } => 127,
+            SpawnError::Exec { .. } => 126,
+            SpawnError::Os { .. } => 125,
+        }
+    }
+}
+
+impl std::fmt::Display for SpawnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnError::Exec { program, errno } => {
+                write!(f, "cannot run '{program}': {}", errno.desc())
+            }
+            SpawnError::Os { what, errno } => write!(f, "{what} failed: {}", errno.desc()),
+        }
+    }
+}
+
+/// Starts `argv` as the child and returns its pid once it has exec'd.
+pub fn spawn(argv: &[OsString], inherited: &Inherited) -> Result<Pid, SpawnError> {
+    let os = |what| move |errno| SpawnError::Os { what, errno };
+    // Built before the fork so that the child only makes system calls.
+    let args: Vec<CString> = argv
+        .iter()
+        .map(|a| CString::new(a.as_bytes()).expect("argv strings from the OS hold no NUL"))
+        .collect();
+    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+
+    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
+    // No handler of lastcall's may run in the child: it would write to the parent's
+    // signal pipe. Blocked here, the child starts blocked and unblocks at exec.
+    let saved = block_all();
+    // SAFETY: lastcall is single-threaded, and the child only runs `child_main`, which makes
+    // system calls and never returns.
+    let fork = unsafe { nix::unistd::fork() };
+    match fork {
+        Ok(ForkResult::Child) => child_main(&ptrs, inherited, err_write.as_raw_fd()),
+        Ok(ForkResult::Parent { child }) => {
+            restore_mask(&saved);
+            drop(err_write);
+            // Also done here so the group exists before anyone signals it; the child's own
+            // call makes the order irrelevant. EACCES once the child has exec'd is fine.
+            let _ = nix::unistd::setpgid(child, child);
+            match read_exec_error(err_read) {
+                None => Ok(child),
+                Some(errno) => Err(SpawnError::Exec {
+                    program: argv[0].to_string_lossy().into_owned(),
+                    errno,
+                }),
+            }
+        }
+        Err(errno) => {
+            restore_mask(&saved);
+            Err(SpawnError::Os { what: "fork", errno })
+        }
+    }
+}
+
+/// EOF means `exec` succeeded (the CLOEXEC write end closed); four bytes are its errno.
+fn read_exec_error(read_end: OwnedFd) -> Option<Errno> {
+    let mut file = std::fs::File::from(read_end);
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    (got == buf.len()).then(|| Errno::from_raw(i32::from_ne_bytes(buf)))
+}
+
+fn block_all() -> libc::sigset_t {
+    // SAFETY: plain libc calls on local, initialised sigset_t values.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut saved: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut saved);
+        saved
+    }
+}
+
+fn restore_mask(mask: &libc::sigset_t) {
+    // SAFETY: `mask` is an initialised sigset_t.
+    unsafe {
+        libc::sigprocmask(libc::SIG_SETMASK, mask, std::ptr::null_mut());
+    }
+}
+
+/// Everything the child does before `exec`. Never returns.
+fn child_main(argv: &[*const libc::c_char], inherited: &Inherited, err_fd: RawFd) -> ! {
+    let foreground = had_foreground();
+    own_process_group();
+    if foreground {
+        take_terminal();
+    }
+    restore_dispositions(inherited);
+    restore_mask(&inherited.mask);
+    // SAFETY: `argv` is a null-terminated array of pointers to NUL-terminated strings that
+    // outlive this call.
+    unsafe { libc::execvp(argv[0], argv.as_ptr()) };
+    let errno = Errno::last_raw();
+    let code: i32 = if matches!(Errno::from_raw(errno), Errno::ENOENT | Errno::ENOTDIR) {
+        127
+    } else {
+        126
+    };
+    // SAFETY: writing four bytes from a local to an fd we own, then leaving without running
+    // any of the parent's atexit handlers or destructors.
+    unsafe {
+        libc::write(err_fd, errno.to_ne_bytes().as_ptr().cast(), 4);
+        libc::_exit(code)
+    }
+}
+
+/// Whether lastcall's process group is the foreground of a terminal on stdin. A lastcall
+/// started in the background (`lastcall app &`) must not steal the terminal from the shell.
+fn had_foreground() -> bool {
+    // SAFETY: plain libc calls; failures (no tty) are answers, not errors.
+    unsafe { libc::isatty(0) == 1 && libc::tcgetpgrp(0) == libc::getpgrp() }
+}
+
+fn own_process_group() {
+    // SAFETY: plain libc call.
+    unsafe { libc::setpgid(0, 0) };
+}
+
+/// Makes the child's group the terminal's foreground, so that it reads the terminal and gets
+/// Ctrl-C itself. SIGTTOU is blocked here, so this works from what was a background group.
+/// Failure (ENOTTY, ENXIO on some platforms) leaves the child without the terminal, as tini does.
+fn take_terminal() {
+    // SAFETY: plain libc calls.
+    unsafe { libc::tcsetpgrp(0, libc::getpid()) };
+}
+
+/// Hands back the dispositions lastcall changed: ignored stays ignored, anything else goes
+/// back to default. Signals lastcall left alone were inherited across fork as they were.
+fn restore_dispositions(inherited: &Inherited) {
+    for sig in signals::all().filter(|s| signals::class(*s) != Class::Default) {
+        let disposition = if inherited.was_ignored(sig) {
+            libc::SIG_IGN
+        } else {
+            libc::SIG_DFL
+        };
+        // SAFETY: plain libc call with a valid signal number.
+        unsafe { libc::signal(sig.0, disposition) };
+    }
+}
