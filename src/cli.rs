@@ -148,7 +148,10 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1000years").is_err());
         assert_eq!(parse_prestop("AUTO"), Ok(Prestop::Auto));
-        assert_eq!(parse_prestop("2s"), Ok(Prestop::Fixed(Duration::from_secs(2))));
+        assert_eq!(
+            parse_prestop("2s"),
+            Ok(Prestop::Fixed(Duration::from_secs(2)))
+        );
     }
 
     #[test]

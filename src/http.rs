@@ -50,7 +50,12 @@ fn reason(status: u16) -> &'static str {
 
 impl Response {
     fn error(status: u16) -> Response {
-        Response { status, body: "", allow: false, close: true }
+        Response {
+            status,
+            body: "",
+            allow: false,
+            close: true,
+        }
     }
 
     fn write_to(&self, head_only: bool, out: &mut Vec<u8>) {
@@ -86,10 +91,22 @@ pub fn route(method: &str, path: &str, keep_alive: bool, health: Health) -> Resp
     let (ok, body_ok, body_bad) = match path {
         "/readyz" => (health.ready, "ready", "not ready"),
         "/livez" => (health.live, "alive", "not alive"),
-        _ => return Response { status: 404, body: "", allow: false, close: !keep_alive },
+        _ => {
+            return Response {
+                status: 404,
+                body: "",
+                allow: false,
+                close: !keep_alive,
+            };
+        }
     };
     if method != "GET" && method != "HEAD" {
-        return Response { status: 405, body: "", allow: true, close: !keep_alive };
+        return Response {
+            status: 405,
+            body: "",
+            allow: true,
+            close: !keep_alive,
+        };
     }
     Response {
         status: if ok { 200 } else { 503 },
@@ -202,10 +219,8 @@ impl Endpoint {
                 .reregister(&mut conn.stream, event.token(), interest)
                 .is_ok();
         }
-        if !alive {
-            if let Some(mut conn) = self.conns[slot].take() {
-                let _ = registry.deregister(&mut conn.stream);
-            }
+        if !alive && let Some(mut conn) = self.conns[slot].take() {
+            let _ = registry.deregister(&mut conn.stream);
         }
     }
 }
@@ -304,11 +319,21 @@ fn flush(conn: &mut Conn) -> bool {
 mod tests {
     use super::*;
 
-    const UP: Health = Health { ready: true, live: true };
-    const DRAINING: Health = Health { ready: false, live: true };
+    const UP: Health = Health {
+        ready: true,
+        live: true,
+    };
+    const DRAINING: Health = Health {
+        ready: false,
+        live: true,
+    };
 
     fn check(method: &str, path: &str, health: Health, status: u16) {
-        assert_eq!(route(method, path, true, health).status, status, "{method} {path}");
+        assert_eq!(
+            route(method, path, true, health).status,
+            status,
+            "{method} {path}"
+        );
     }
 
     #[test]
@@ -318,7 +343,15 @@ mod tests {
         check("GET", "/readyz?x=1", UP, 200);
         check("GET", "/readyz", DRAINING, 503);
         check("GET", "/livez", DRAINING, 200);
-        check("GET", "/livez", Health { ready: false, live: false }, 503);
+        check(
+            "GET",
+            "/livez",
+            Health {
+                ready: false,
+                live: false,
+            },
+            503,
+        );
         check("GET", "/nope", UP, 404);
         check("POST", "/readyz", UP, 405);
         assert!(route("POST", "/readyz", true, UP).allow);

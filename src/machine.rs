@@ -44,14 +44,26 @@ pub enum Phase {
     /// The child runs; `/readyz` is 200.
     Running { pid: Pid, since: Instant },
     /// Unready, waiting out the preStop delay so that load balancers stop routing.
-    Draining { pid: Pid, since: Instant, until: Instant },
+    Draining {
+        pid: Pid,
+        since: Instant,
+        until: Instant,
+    },
     /// The stop signal was sent; SIGKILL at `deadline`.
-    Stopping { pid: Pid, since: Instant, deadline: Instant },
+    Stopping {
+        pid: Pid,
+        since: Instant,
+        deadline: Instant,
+    },
     /// SIGKILL was sent; waiting for the child to be reaped.
     Killing { pid: Pid, since: Instant },
     /// The child is gone but other processes under lastcall remain: they were sent the stop
     /// signal, and get SIGKILL at `kill_at` (`None`: already sent).
-    Reaping { status: ChildStatus, since: Instant, kill_at: Option<Instant> },
+    Reaping {
+        status: ChildStatus,
+        since: Instant,
+        kill_at: Option<Instant>,
+    },
     /// Nothing is left; lastcall exits with `code`.
     Exited { code: u8 },
 }
@@ -61,7 +73,10 @@ pub enum Input {
     /// lastcall received a signal (never SIGCHLD: that is the reaper's).
     Signal(Sig),
     /// The main child was reaped; `others_left` says whether lastcall still has children.
-    ChildExited { status: ChildStatus, others_left: bool },
+    ChildExited {
+        status: ChildStatus,
+        others_left: bool,
+    },
     /// Other processes were reaped.
     OthersReaped { others_left: bool },
     /// `/readyz` was requested (it makes `--prestop-delay auto` choose a delay).
@@ -82,7 +97,10 @@ pub enum Target {
 
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub enum Action {
-    Signal { sig: Sig, to: Target },
+    Signal {
+        sig: Sig,
+        to: Target,
+    },
     /// A step of the shutdown worth telling the operator (logged at info).
     Log(String),
     Exit(u8),
@@ -151,9 +169,10 @@ impl Machine {
         let mut out = Vec::new();
         match input {
             Input::Signal(sig) => self.on_signal(sig, now, &mut out),
-            Input::ChildExited { status, others_left } => {
-                self.on_child_exit(status, others_left, now, &mut out)
-            }
+            Input::ChildExited {
+                status,
+                others_left,
+            } => self.on_child_exit(status, others_left, now, &mut out),
             Input::OthersReaped { others_left } => self.on_others_reaped(others_left, &mut out),
             Input::Probed => self.probed = true,
             Input::Tick => self.on_tick(now, &mut out),
@@ -172,7 +191,10 @@ impl Machine {
     fn on_signal(&mut self, sig: Sig, now: Instant, out: &mut Vec<Action>) {
         if signals::class(sig) != Class::Drain {
             if let Some(pid) = self.child() {
-                out.push(Action::Signal { sig, to: self.target(pid) });
+                out.push(Action::Signal {
+                    sig,
+                    to: self.target(pid),
+                });
             }
             return;
         }
@@ -189,13 +211,23 @@ impl Machine {
             }
             // Nothing left to skip: the child sees the signal, as it would without lastcall.
             (Phase::Stopping { pid, .. }, 2) => {
-                out.push(Action::Signal { sig, to: self.target(pid) });
+                out.push(Action::Signal {
+                    sig,
+                    to: self.target(pid),
+                });
             }
             (Phase::Draining { pid, .. } | Phase::Stopping { pid, .. }, _) => {
                 out.push(Action::Log(format!("received {sig} a third time")));
                 self.kill(pid, now, out);
             }
-            (Phase::Reaping { kill_at: Some(_), status, since }, n) if n >= 3 => {
+            (
+                Phase::Reaping {
+                    kill_at: Some(_),
+                    status,
+                    since,
+                },
+                n,
+            ) if n >= 3 => {
                 out.push(Action::Log(format!("received {sig} a third time")));
                 self.kill_descendants(status, since, out);
             }
@@ -224,7 +256,11 @@ impl Machine {
         if delay.is_zero() {
             self.stop(pid, now, out);
         } else {
-            self.phase = Phase::Draining { pid, since: now, until: now + delay };
+            self.phase = Phase::Draining {
+                pid,
+                since: now,
+                until: now + delay,
+            };
         }
     }
 
@@ -238,7 +274,11 @@ impl Machine {
             show(self.policy.grace)
         )));
         out.push(Action::Signal { sig, to });
-        self.phase = Phase::Stopping { pid, since: now, deadline: now + self.policy.grace };
+        self.phase = Phase::Stopping {
+            pid,
+            since: now,
+            deadline: now + self.policy.grace,
+        };
     }
 
     fn kill(&mut self, pid: Pid, now: Instant, out: &mut Vec<Action>) {
@@ -246,14 +286,26 @@ impl Machine {
             "sending SIGKILL to process group {pid} after {} of drain",
             show(self.since_drain(now))
         )));
-        out.push(Action::Signal { sig: SIGKILL, to: Target::Group(pid) });
+        out.push(Action::Signal {
+            sig: SIGKILL,
+            to: Target::Group(pid),
+        });
         self.phase = Phase::Killing { pid, since: now };
     }
 
     fn kill_descendants(&mut self, status: ChildStatus, since: Instant, out: &mut Vec<Action>) {
-        out.push(Action::Log("sending SIGKILL to the remaining processes".into()));
-        out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
-        self.phase = Phase::Reaping { status, since, kill_at: None };
+        out.push(Action::Log(
+            "sending SIGKILL to the remaining processes".into(),
+        ));
+        out.push(Action::Signal {
+            sig: SIGKILL,
+            to: Target::Descendants,
+        });
+        self.phase = Phase::Reaping {
+            status,
+            since,
+            kill_at: None,
+        };
     }
 
     fn on_child_exit(
@@ -302,8 +354,15 @@ impl Machine {
                     "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
                     show(at.saturating_duration_since(now))
                 )));
-                out.push(Action::Signal { sig, to: Target::Descendants });
-                self.phase = Phase::Reaping { status, since: now, kill_at: Some(at) };
+                out.push(Action::Signal {
+                    sig,
+                    to: Target::Descendants,
+                });
+                self.phase = Phase::Reaping {
+                    status,
+                    since: now,
+                    kill_at: Some(at),
+                };
             }
             None => {
                 out.push(Action::Log(format!("{shown}; other processes remain")));
@@ -313,7 +372,10 @@ impl Machine {
     }
 
     fn on_others_reaped(&mut self, others_left: bool, out: &mut Vec<Action>) {
-        let Phase::Reaping { status, kill_at, .. } = self.phase else {
+        let Phase::Reaping {
+            status, kill_at, ..
+        } = self.phase
+        else {
             return;
         };
         if !others_left {
@@ -324,7 +386,10 @@ impl Machine {
             self.exit(code, out);
         } else if kill_at.is_none() {
             // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
-            out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
+            out.push(Action::Signal {
+                sig: SIGKILL,
+                to: Target::Descendants,
+            });
         }
     }
 
@@ -338,9 +403,11 @@ impl Machine {
                 )));
                 self.kill(pid, now, out)
             }
-            Phase::Reaping { status, since, kill_at: Some(at) } if now >= at => {
-                self.kill_descendants(status, since, out)
-            }
+            Phase::Reaping {
+                status,
+                since,
+                kill_at: Some(at),
+            } if now >= at => self.kill_descendants(status, since, out),
             _ => {}
         }
     }
@@ -355,7 +422,8 @@ impl Machine {
     }
 
     fn since_drain(&self, now: Instant) -> Duration {
-        self.drain_started.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+        self.drain_started
+            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 }
 
@@ -377,5 +445,400 @@ impl fmt::Display for DisplayTarget {
             Target::Group(pid) => write!(f, "process group {pid}"),
             Target::Descendants => write!(f, "the remaining processes"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signals::SIGTERM;
+
+    const PID: Pid = Pid::from_raw(42);
+    const SIGINT: Sig = Sig(libc::SIGINT);
+    const SIGHUP: Sig = Sig(libc::SIGHUP);
+    const SIGUSR2: Sig = Sig(libc::SIGUSR2);
+
+    fn policy(prestop: Prestop) -> Policy {
+        Policy {
+            prestop,
+            grace: secs(20),
+            stop_signal: None,
+            group: false,
+            success_exit: vec![],
+            in_kubernetes: false,
+        }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// A machine and a clock that only moves when the test says so.
+    struct Run {
+        m: Machine,
+        t0: Instant,
+        now: Instant,
+    }
+
+    impl Run {
+        fn new(policy: Policy) -> Run {
+            let t0 = Instant::now();
+            Run {
+                m: Machine::new(policy, PID, t0),
+                t0,
+                now: t0,
+            }
+        }
+
+        fn at(&mut self, offset: Duration) -> &mut Run {
+            self.now = self.t0 + offset;
+            self
+        }
+
+        /// The non-log actions of one step.
+        fn step(&mut self, input: Input) -> Vec<Action> {
+            self.m
+                .step(input, self.now)
+                .into_iter()
+                .filter(|a| !matches!(a, Action::Log(_)))
+                .collect()
+        }
+    }
+
+    fn signal(sig: Sig, to: Target) -> Vec<Action> {
+        vec![Action::Signal { sig, to }]
+    }
+
+    #[test]
+    fn forwards_other_signals_in_every_phase_with_the_child() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        assert_eq!(
+            r.step(Input::Signal(SIGHUP)),
+            signal(SIGHUP, Target::Child(PID))
+        );
+        r.step(Input::Signal(SIGTERM));
+        assert!(matches!(r.m.phase(), Phase::Draining { .. }));
+        assert_eq!(
+            r.step(Input::Signal(SIGHUP)),
+            signal(SIGHUP, Target::Child(PID))
+        );
+        r.at(secs(5)).step(Input::Tick);
+        assert!(matches!(r.m.phase(), Phase::Stopping { .. }));
+        assert_eq!(
+            r.step(Input::Signal(SIGUSR2)),
+            signal(SIGUSR2, Target::Child(PID))
+        );
+    }
+
+    #[test]
+    fn group_option_targets_the_process_group() {
+        let mut r = Run::new(Policy {
+            group: true,
+            ..policy(Prestop::Fixed(Duration::ZERO))
+        });
+        assert_eq!(
+            r.step(Input::Signal(SIGHUP)),
+            signal(SIGHUP, Target::Group(PID))
+        );
+        assert_eq!(
+            r.step(Input::Signal(SIGTERM)),
+            signal(SIGTERM, Target::Group(PID))
+        );
+    }
+
+    #[test]
+    fn full_drain_timeline() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        assert!(r.m.is_ready() && r.m.is_live());
+        assert_eq!(r.m.deadline(), None, "idle: no wake-ups");
+
+        assert_eq!(r.at(secs(10)).step(Input::Signal(SIGTERM)), vec![]);
+        assert!(!r.m.is_ready() && r.m.is_live());
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(15)));
+
+        // A tick before the deadline changes nothing.
+        assert_eq!(r.at(secs(14)).step(Input::Tick), vec![]);
+        assert_eq!(
+            r.at(secs(15)).step(Input::Tick),
+            signal(SIGTERM, Target::Child(PID))
+        );
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(35)));
+
+        assert_eq!(r.at(secs(34)).step(Input::Tick), vec![]);
+        assert_eq!(
+            r.at(secs(35)).step(Input::Tick),
+            signal(SIGKILL, Target::Group(PID))
+        );
+        assert_eq!(r.m.deadline(), None);
+        assert!(r.m.is_live());
+
+        let killed = ChildStatus::Signaled(SIGKILL);
+        let end = r.step(Input::ChildExited {
+            status: killed,
+            others_left: false,
+        });
+        assert_eq!(end, vec![Action::Exit(137)]);
+        assert!(!r.m.is_live());
+    }
+
+    #[test]
+    fn zero_delay_stops_at_once_with_the_trigger_signal() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        assert_eq!(
+            r.step(Input::Signal(SIGINT)),
+            signal(SIGINT, Target::Child(PID))
+        );
+        let mut r = Run::new(Policy {
+            stop_signal: Some(SIGUSR2),
+            ..policy(Prestop::Auto)
+        });
+        assert_eq!(
+            r.step(Input::Signal(SIGINT)),
+            signal(SIGUSR2, Target::Child(PID))
+        );
+    }
+
+    #[test]
+    fn second_signal_skips_the_delay_third_kills() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(30))));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
+        assert_eq!(
+            r.at(secs(1)).step(Input::Signal(SIGTERM)),
+            signal(SIGTERM, Target::Child(PID))
+        );
+        assert_eq!(
+            r.m.deadline(),
+            Some(r.t0 + secs(21)),
+            "grace counts from the stop signal"
+        );
+        assert_eq!(
+            r.at(secs(2)).step(Input::Signal(SIGINT)),
+            signal(SIGKILL, Target::Group(PID))
+        );
+        assert!(matches!(r.m.phase(), Phase::Killing { .. }));
+    }
+
+    #[test]
+    fn second_signal_during_grace_is_forwarded() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        assert_eq!(
+            r.step(Input::Signal(SIGINT)),
+            signal(SIGINT, Target::Child(PID))
+        );
+        assert_eq!(
+            r.step(Input::Signal(SIGTERM)),
+            signal(SIGTERM, Target::Child(PID))
+        );
+        assert_eq!(
+            r.step(Input::Signal(SIGTERM)),
+            signal(SIGKILL, Target::Group(PID))
+        );
+    }
+
+    /// The preStop delay `auto` picks; `None` when it stops at once.
+    fn auto_delay(in_kubernetes: bool, probed: bool) -> Option<Duration> {
+        let mut r = Run::new(Policy {
+            in_kubernetes,
+            ..policy(Prestop::Auto)
+        });
+        if probed {
+            r.step(Input::Probed);
+        }
+        r.step(Input::Signal(SIGTERM));
+        match r.m.phase() {
+            Phase::Draining { until, .. } => Some(until - r.t0),
+            Phase::Stopping { .. } => None,
+            other => panic!("unexpected phase {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auto_prestop_delay() {
+        assert_eq!(auto_delay(false, false), None, "plain: no delay");
+        assert_eq!(auto_delay(true, false), Some(AUTO_PRESTOP), "Kubernetes");
+        assert_eq!(
+            auto_delay(false, true),
+            Some(AUTO_PRESTOP),
+            "/readyz probed"
+        );
+        assert_eq!(auto_delay(true, true), Some(AUTO_PRESTOP));
+    }
+
+    #[test]
+    fn child_exit_ends_every_phase_promptly() {
+        let exited = ChildStatus::Exited(3);
+        for (name, prepare) in [
+            ("running", vec![]),
+            ("draining", vec![Input::Signal(SIGTERM)]),
+            (
+                "stopping",
+                vec![Input::Signal(SIGTERM), Input::Signal(SIGTERM)],
+            ),
+            (
+                "killing",
+                vec![
+                    Input::Signal(SIGTERM),
+                    Input::Signal(SIGTERM),
+                    Input::Signal(SIGTERM),
+                ],
+            ),
+        ] {
+            let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+            for input in prepare {
+                r.step(input);
+            }
+            let out = r.step(Input::ChildExited {
+                status: exited,
+                others_left: false,
+            });
+            assert_eq!(out, vec![Action::Exit(3)], "{name}");
+            assert_eq!(r.m.phase(), Phase::Exited { code: 3 }, "{name}");
+        }
+    }
+
+    #[test]
+    fn success_exit_maps_the_code() {
+        let mut r = Run::new(Policy {
+            success_exit: vec![143],
+            ..policy(Prestop::Auto)
+        });
+        let status = ChildStatus::Signaled(SIGTERM);
+        let out = r.step(Input::ChildExited {
+            status,
+            others_left: false,
+        });
+        assert_eq!(out, vec![Action::Exit(0)]);
+    }
+
+    #[test]
+    fn leftover_descendants_are_stopped_then_killed_then_reaped() {
+        let mut r = Run::new(policy(Prestop::Auto));
+        let status = ChildStatus::Exited(0);
+        let out = r.at(secs(1)).step(Input::ChildExited {
+            status,
+            others_left: true,
+        });
+        assert_eq!(out, signal(SIGTERM, Target::Descendants));
+        assert!(!r.m.is_live() && !r.m.is_ready());
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(21)));
+        // Some leave, some stay: keep waiting.
+        assert_eq!(r.step(Input::OthersReaped { others_left: true }), vec![]);
+        assert_eq!(
+            r.at(secs(21)).step(Input::Tick),
+            signal(SIGKILL, Target::Descendants)
+        );
+        // A killed process's own orphans arrive later: they get SIGKILL too.
+        assert_eq!(
+            r.step(Input::OthersReaped { others_left: true }),
+            signal(SIGKILL, Target::Descendants)
+        );
+        assert_eq!(
+            r.step(Input::OthersReaped { others_left: false }),
+            vec![Action::Exit(0)]
+        );
+    }
+
+    #[test]
+    fn leftovers_keep_the_shutdown_deadline() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        r.step(Input::Signal(SIGTERM));
+        let status = ChildStatus::Signaled(SIGTERM);
+        let out = r.at(secs(15)).step(Input::ChildExited {
+            status,
+            others_left: true,
+        });
+        assert_eq!(out, signal(SIGTERM, Target::Descendants));
+        assert_eq!(
+            r.m.deadline(),
+            Some(r.t0 + secs(20)),
+            "not a fresh grace period"
+        );
+        assert_eq!(
+            r.at(secs(20)).step(Input::Tick),
+            signal(SIGKILL, Target::Descendants)
+        );
+        assert_eq!(
+            r.step(Input::OthersReaped { others_left: false }),
+            vec![Action::Exit(143)]
+        );
+    }
+
+    #[test]
+    fn leftovers_after_sigkill_are_killed_at_once() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        for _ in 0..3 {
+            r.step(Input::Signal(SIGTERM));
+        }
+        let status = ChildStatus::Signaled(SIGKILL);
+        let out = r.step(Input::ChildExited {
+            status,
+            others_left: true,
+        });
+        assert_eq!(out, signal(SIGKILL, Target::Descendants));
+        assert_eq!(r.m.deadline(), None);
+    }
+
+    #[test]
+    fn no_forwarding_once_the_child_is_gone() {
+        let mut r = Run::new(policy(Prestop::Auto));
+        let status = ChildStatus::Exited(0);
+        r.step(Input::ChildExited {
+            status,
+            others_left: true,
+        });
+        assert_eq!(r.step(Input::Signal(SIGHUP)), vec![]);
+    }
+
+    #[test]
+    fn shutdown_is_logged_with_timings() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        let logs = |actions: Vec<Action>| -> Vec<String> {
+            actions
+                .into_iter()
+                .filter_map(|a| match a {
+                    Action::Log(line) => Some(line),
+                    _ => None,
+                })
+                .collect()
+        };
+        let now = r.t0;
+        let first = logs(r.m.step(Input::Signal(SIGTERM), now));
+        assert_eq!(
+            first,
+            [
+                "received SIGTERM: draining, /readyz answers 503; preStop delay 5.0s (--prestop-delay)"
+            ]
+        );
+        let second = logs(r.m.step(Input::Tick, now + secs(5)));
+        assert_eq!(
+            second,
+            ["sending SIGTERM to child 42 after 5.0s of drain; SIGKILL in 20.0s"]
+        );
+        let status = ChildStatus::Exited(0);
+        let last = logs(r.m.step(
+            Input::ChildExited {
+                status,
+                others_left: false,
+            },
+            now + secs(7),
+        ));
+        assert_eq!(
+            last,
+            [
+                "child exited with status 0 2.0s after the stop signal (7.0s of drain); exiting with 0"
+            ]
+        );
+        // A normal run says nothing at info.
+        let mut quiet = Run::new(policy(Prestop::Auto));
+        assert!(
+            logs(quiet.m.step(
+                Input::ChildExited {
+                    status,
+                    others_left: false
+                },
+                now
+            ))
+            .is_empty()
+        );
     }
 }

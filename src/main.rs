@@ -34,7 +34,10 @@ fn main() -> ExitCode {
         Err(e) => return fail(USAGE, &one_line(&e)),
     };
     if args.command.is_empty() {
-        return fail(USAGE, "no command given (usage: lastcall [OPTIONS] [--] COMMAND [ARGS...])");
+        return fail(
+            USAGE,
+            "no command given (usage: lastcall [OPTIONS] [--] COMMAND [ARGS...])",
+        );
     }
     init_logging(args.log_level);
     let config = Config {
@@ -48,7 +51,8 @@ fn main() -> ExitCode {
             stop_signal: args.stop_signal,
             group: args.group,
             success_exit: args.success_exit,
-            in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST").is_some_and(|v| !v.is_empty()),
+            in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST")
+                .is_some_and(|v| !v.is_empty()),
         },
         subreaper: !args.no_subreaper,
         command: args.command,
@@ -73,7 +77,8 @@ fn one_line(e: &clap::Error) -> String {
 }
 
 /// Written where simplelog would put the time.
-const PREFIX: &[simplelog::FormatItem<'static>] = &[simplelog::FormatItem::StringLiteral("lastcall:")];
+const PREFIX: &[simplelog::FormatItem<'static>] =
+    &[simplelog::FormatItem::StringLiteral("lastcall:")];
 
 /// Log lines go to stderr as `lastcall: message`, one write per line so they do not
 /// interleave with the child's output mid-line.

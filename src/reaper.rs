@@ -35,7 +35,9 @@ pub fn reap(main: Option<Pid>) -> Reaped {
             Ok(status) => {
                 let (pid, end) = match status {
                     WaitStatus::Exited(pid, code) => (pid, ChildStatus::Exited(code)),
-                    WaitStatus::Signaled(pid, sig, _) => (pid, ChildStatus::Signaled(Sig(sig as i32))),
+                    WaitStatus::Signaled(pid, sig, _) => {
+                        (pid, ChildStatus::Signaled(Sig(sig as i32)))
+                    }
                     // Not asked for (no WUNTRACED/WCONTINUED); nothing to collect.
                     _ => continue,
                 };
@@ -78,7 +80,11 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
         return Vec::new();
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if let Some(ppid) = parent_of(pid) {

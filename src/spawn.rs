@@ -31,7 +31,10 @@ impl SpawnError {
     /// lastcall itself could not fork (as `env` and `timeout` use them).
     pub fn exit_code(&self) -> u8 {
         match self {
-            SpawnError::Exec { errno: Errno::ENOENT | Errno::ENOTDIR, .. } => 127,
+            SpawnError::Exec {
+                errno: Errno::ENOENT | Errno::ENOTDIR,
+                ..
+            } => 127,
             SpawnError::Exec { .. } => 126,
             SpawnError::Os { .. } => 125,
         }
@@ -85,7 +88,10 @@ pub fn spawn(argv: &[OsString], inherited: &Inherited) -> Result<Pid, SpawnError
         }
         Err(errno) => {
             restore_mask(&saved);
-            Err(SpawnError::Os { what: "fork", errno })
+            Err(SpawnError::Os {
+                what: "fork",
+                errno,
+            })
         }
     }
 }

@@ -69,7 +69,8 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     // Read before any handler is installed: the child gets exactly this back.
     let inherited = Inherited::record();
     signals::prepare_own_mask();
-    let mut signals = Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
+    let mut signals =
+        Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
     let poll = Poll::new().map_err(setup("creating the event loop"))?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
@@ -121,7 +122,9 @@ fn claim_orphans(subreaper: bool) {
         return;
     }
     if let Err(e) = reaper::become_subreaper() {
-        log::warn!("cannot become a child subreaper ({e}): orphaned descendants will not be reaped here");
+        log::warn!(
+            "cannot become a child subreaper ({e}): orphaned descendants will not be reaped here"
+        );
     }
 }
 
@@ -164,7 +167,10 @@ impl Supervisor {
             }
         }
         for event in events.iter() {
-            let health = Health { ready: self.machine.is_ready(), live: self.machine.is_live() };
+            let health = Health {
+                ready: self.machine.is_ready(),
+                live: self.machine.is_live(),
+            };
             match (event.token(), self.endpoint.as_mut()) {
                 (SIGNALS, _) => {}
                 (LISTENER, Some(endpoint)) => endpoint.accept(self.poll.registry()),
@@ -189,7 +195,10 @@ impl Supervisor {
             code = self.step(Input::OthersReaped { others_left });
         }
         if let Some(status) = reaped.main {
-            code = code.or(self.step(Input::ChildExited { status, others_left }));
+            code = code.or(self.step(Input::ChildExited {
+                status,
+                others_left,
+            }));
         }
         code
     }
@@ -226,4 +235,3 @@ fn deliver(sig: Sig, to: Target) {
         Err(e) => log::debug!("sending {sig} to {to:?} failed: {e}"),
     }
 }
-
