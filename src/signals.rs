@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 /// A signal number. Not `nix::sys::signal::Signal`, which cannot name real-time signals.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -85,8 +86,7 @@ pub enum Class {
     /// Ignored by lastcall: SIGTTIN and SIGTTOU, which would otherwise stop it (or, with a
     /// handler, loop) when it writes its log to a terminal it does not own in the foreground.
     Ignore,
-    /// Not touched: SIGKILL and SIGSTOP cannot be caught, and a handler that returns from a
-    /// real SIGSEGV, SIGFPE or SIGILL would fault again forever.
+    /// Not touched: SIGKILL and SIGSTOP cannot be caught.
     Default,
 }
 
@@ -95,9 +95,7 @@ pub fn class(sig: Sig) -> Class {
         libc::SIGTERM | libc::SIGINT => Class::Drain,
         libc::SIGCHLD => Class::Child,
         libc::SIGTTIN | libc::SIGTTOU => Class::Ignore,
-        libc::SIGKILL | libc::SIGSTOP | libc::SIGSEGV | libc::SIGFPE | libc::SIGILL => {
-            Class::Default
-        }
+        libc::SIGKILL | libc::SIGSTOP => Class::Default,
         _ => Class::Forward,
     }
 }
@@ -217,12 +215,95 @@ pub fn prepare_own_mask() {
     }
 }
 
-/// The signals lastcall installs a handler for (through signal-hook).
+/// The signals lastcall handles through signal-hook: all it receives but the [`FAULTS`].
 pub fn handled() -> Vec<i32> {
     all()
         .filter(|s| matches!(class(*s), Class::Drain | Class::Child | Class::Forward))
+        .filter(|s| !FAULTS.contains(&s.0))
         .map(|s| s.0)
         .collect()
+}
+
+/// Signals that signal-hook will not handle, because a handler that returns from a real fault
+/// runs the faulting instruction again, forever. Sent by another process (`kill -SEGV`), they
+/// are forwarded like any other; a real fault of lastcall's own still kills it.
+pub const FAULTS: [i32; 3] = [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL];
+
+/// Where the fault-signal handler writes the number of a forwarded signal; -1 before set-up.
+static FAULT_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_fault_signal(
+    signo: libc::c_int,
+    info: *mut libc::siginfo_t,
+    _: *mut libc::c_void,
+) {
+    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t. The rest are
+    // async-signal-safe calls; errno is saved because the interrupted code may read it.
+    unsafe {
+        // SI_USER, SI_QUEUE, SI_TKILL and the like are all <= 0: sent by a process.
+        if (*info).si_code <= 0 {
+            let saved = *libc::__errno_location();
+            let byte = signo as u8;
+            libc::write(
+                FAULT_PIPE.load(Ordering::Relaxed),
+                (&raw const byte).cast(),
+                1,
+            );
+            *libc::__errno_location() = saved;
+        } else {
+            // lastcall itself faulted: with the default action back, the instruction faults
+            // again and lastcall dies of it, as it would have without this handler.
+            libc::signal(signo, libc::SIG_DFL);
+        }
+    }
+}
+
+/// The read end of the fault signals' pipe, for the event loop.
+pub struct FaultSignals {
+    read: mio::net::UnixStream,
+    _write: mio::net::UnixStream,
+}
+
+impl FaultSignals {
+    /// Installs the handler for the [`FAULTS`].
+    pub fn install() -> std::io::Result<FaultSignals> {
+        let (read, write) = mio::net::UnixStream::pair()?;
+        FAULT_PIPE.store(std::os::fd::AsRawFd::as_raw_fd(&write), Ordering::Relaxed);
+        for signo in FAULTS {
+            // SAFETY: installs a handler that only makes async-signal-safe calls.
+            unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_fault_signal as *const () as usize;
+                action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(FaultSignals {
+            read,
+            _write: write,
+        })
+    }
+
+    pub fn source(&mut self) -> &mut mio::net::UnixStream {
+        &mut self.read
+    }
+
+    /// The signals received since the last call, in order.
+    pub fn pending(&mut self) -> Vec<Sig> {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match std::io::Read::read(&mut self.read, &mut buf) {
+                Ok(0) => return got,
+                Ok(n) => got.extend(buf[..n].iter().map(|&b| Sig(i32::from(b)))),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return got,
+            }
+        }
+    }
 }
 
 static SIGPIPE_IGNORED_AT_EXEC: std::sync::atomic::AtomicBool =
@@ -296,6 +377,11 @@ mod tests {
         assert_eq!(class(Sig(libc::SIGWINCH)), Class::Forward);
         assert_eq!(class(Sig(rtmin())), Class::Forward);
         assert_eq!(class(SIGKILL), Class::Default);
+        assert_eq!(class(Sig(libc::SIGSEGV)), Class::Forward);
+        assert!(
+            !handled().contains(&libc::SIGSEGV),
+            "signal-hook refuses it"
+        );
         assert_eq!(class(Sig(libc::SIGTTOU)), Class::Ignore);
     }
 }

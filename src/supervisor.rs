@@ -17,12 +17,13 @@ use signal_hook_mio::v1_0::Signals;
 use crate::http::{Endpoint, Health};
 use crate::machine::{Action, Input, Machine, Policy, Target};
 use crate::reaper;
-use crate::signals::{self, Inherited, SIGCHLD, Sig};
+use crate::signals::{self, FaultSignals, Inherited, SIGCHLD, Sig};
 use crate::spawn::{self, SpawnError};
 
 const SIGNALS: Token = Token(0);
-const LISTENER: Token = Token(1);
-const FIRST_CONNECTION: usize = 2;
+const FAULT_SIGNALS: Token = Token(1);
+const LISTENER: Token = Token(2);
+const FIRST_CONNECTION: usize = 3;
 
 /// Everything `run` needs, validated.
 pub struct Config {
@@ -72,8 +73,12 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     let mut signals =
         Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
     let poll = Poll::new().map_err(setup("creating the event loop"))?;
+    let mut faults = FaultSignals::install().map_err(setup("installing signal handlers"))?;
     poll.registry()
         .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(setup("watching signals"))?;
+    poll.registry()
+        .register(faults.source(), FAULT_SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
     let mut endpoint = match config.listen {
         Some(addr) => {
@@ -92,6 +97,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         machine: Machine::new(config.policy, pid, Instant::now()),
         poll,
         signals,
+        faults,
         endpoint: endpoint.take(),
     };
     // A child that exited before the loop started is collected here, not missed.
@@ -132,6 +138,7 @@ struct Supervisor {
     machine: Machine,
     poll: Poll,
     signals: Signals,
+    faults: FaultSignals,
     endpoint: Option<Endpoint>,
 }
 
@@ -152,18 +159,22 @@ impl Supervisor {
     /// Handles one batch of events; `Some(code)` when lastcall should exit.
     fn handle_events(&mut self, events: &Events) -> Option<u8> {
         // Signals first, so that a request in the same batch already sees the drain.
+        let mut pending: Vec<Sig> = Vec::new();
         if events.iter().any(|e| e.token() == SIGNALS) {
-            let pending: Vec<i32> = self.signals.pending().collect();
-            for signo in pending {
-                let code = if Sig(signo) == SIGCHLD {
-                    self.reap()
-                } else {
-                    log::debug!("received {}", Sig(signo));
-                    self.step(Input::Signal(Sig(signo)))
-                };
-                if code.is_some() {
-                    return code;
-                }
+            pending.extend(self.signals.pending().map(Sig));
+        }
+        if events.iter().any(|e| e.token() == FAULT_SIGNALS) {
+            pending.extend(self.faults.pending());
+        }
+        for sig in pending {
+            let code = if sig == SIGCHLD {
+                self.reap()
+            } else {
+                log::debug!("received {sig}");
+                self.step(Input::Signal(sig))
+            };
+            if code.is_some() {
+                return code;
             }
         }
         for event in events.iter() {
@@ -172,7 +183,7 @@ impl Supervisor {
                 live: self.machine.is_live(),
             };
             match (event.token(), self.endpoint.as_mut()) {
-                (SIGNALS, _) => {}
+                (SIGNALS | FAULT_SIGNALS, _) => {}
                 (LISTENER, Some(endpoint)) => endpoint.accept(self.poll.registry()),
                 (token, Some(endpoint)) if endpoint.owns(token) => {
                     endpoint.on_event(self.poll.registry(), event, health)
