@@ -61,6 +61,21 @@ pub struct Args {
           default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub no_subreaper: bool,
 
+    /// Connections to the endpoint beyond this are accepted and closed at once
+    #[arg(long, env = "LASTCALL_MAX_CONNECTIONS", value_name = "N",
+          default_value = "512", value_parser = parse_max_connections)]
+    pub max_connections: usize,
+
+    /// How long a request head may take to arrive before the connection is closed
+    #[arg(long, env = "LASTCALL_REQUEST_TIMEOUT", value_name = "DUR",
+          default_value = "10s", value_parser = parse_timeout)]
+    pub request_timeout: Duration,
+
+    /// How long a keep-alive connection may wait for its next request
+    #[arg(long, env = "LASTCALL_IDLE_TIMEOUT", value_name = "DUR",
+          default_value = "60s", value_parser = parse_timeout)]
+    pub idle_timeout: Duration,
+
     /// error, warn, info, debug or trace
     #[arg(long, env = "LASTCALL_LOG_LEVEL", value_name = "LEVEL",
           default_value = "info", value_parser = parse_level)]
@@ -117,6 +132,20 @@ pub fn parse_signal(text: &str) -> Result<Sig, String> {
     text.parse()
 }
 
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match parse_duration(text)? {
+        d if d.is_zero() => Err("must be longer than 0s".to_string()),
+        d => Ok(d),
+    }
+}
+
+pub fn parse_max_connections(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a number of connections from 1 to 1000000".to_string()),
+    }
+}
+
 pub fn parse_exit_code(text: &str) -> Result<u8, String> {
     text.trim()
         .parse::<u8>()
@@ -168,6 +197,15 @@ mod tests {
         assert!(parse_listen("127.0.0.1").is_err());
         assert!(parse_listen("127.0.0.1:99999").is_err());
         assert!(parse_listen("").is_err());
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_timeout("0s").is_err());
+        assert_eq!(parse_max_connections("1"), Ok(1));
+        assert!(parse_max_connections("0").is_err());
+        assert!(parse_max_connections("many").is_err());
     }
 
     #[test]

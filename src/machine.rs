@@ -68,6 +68,37 @@ pub enum Phase {
     Exited { code: u8 },
 }
 
+impl Phase {
+    /// Every phase's name, for `/metrics` (one gauge each).
+    pub const NAMES: [&'static str; 6] = [
+        "running", "draining", "stopping", "killing", "reaping", "exited",
+    ];
+
+    pub fn name(&self) -> &'static str {
+        let i = match self {
+            Phase::Running { .. } => 0,
+            Phase::Draining { .. } => 1,
+            Phase::Stopping { .. } => 2,
+            Phase::Killing { .. } => 3,
+            Phase::Reaping { .. } => 4,
+            Phase::Exited { .. } => 5,
+        };
+        Phase::NAMES[i]
+    }
+
+    /// When the phase began (`None` for the last one, which lasts no time).
+    pub fn since(&self) -> Option<Instant> {
+        match *self {
+            Phase::Running { since, .. }
+            | Phase::Draining { since, .. }
+            | Phase::Stopping { since, .. }
+            | Phase::Killing { since, .. }
+            | Phase::Reaping { since, .. } => Some(since),
+            Phase::Exited { .. } => None,
+        }
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Input {
     /// lastcall received a signal (never SIGCHLD: that is the reaper's).
@@ -115,6 +146,11 @@ pub struct Machine {
     drain_started: Option<Instant>,
     /// The signal that started the drain.
     trigger: Option<Sig>,
+    /// When the stop signal was sent.
+    stop_sent: Option<Instant>,
+    /// The last shutdown's preStop phase and grace phase, once each is over.
+    last_drain: Option<Duration>,
+    last_grace: Option<Duration>,
 }
 
 impl Machine {
@@ -126,12 +162,20 @@ impl Machine {
             drain_signals: 0,
             drain_started: None,
             trigger: None,
+            stop_sent: None,
+            last_drain: None,
+            last_grace: None,
         }
     }
 
-    #[cfg(test)]
     pub fn phase(&self) -> Phase {
         self.phase
+    }
+
+    /// The last shutdown's preStop phase (drain start to stop signal) and grace phase (stop
+    /// signal to the child's exit), once each is over.
+    pub fn last_shutdown(&self) -> (Option<Duration>, Option<Duration>) {
+        (self.last_drain, self.last_grace)
     }
 
     /// What `/readyz` answers: ready until the drain starts.
@@ -274,6 +318,8 @@ impl Machine {
             show(self.policy.grace)
         )));
         out.push(Action::Signal { sig, to });
+        self.stop_sent = Some(now);
+        self.last_drain = Some(self.since_drain(now));
         self.phase = Phase::Stopping {
             pid,
             since: now,
@@ -316,6 +362,9 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         let code = status.exit_code(&self.policy.success_exit);
+        if let Some(sent) = self.stop_sent {
+            self.last_grace = Some(now.saturating_duration_since(sent));
+        }
         let shown = match self.phase {
             Phase::Stopping { since, .. } => format!(
                 "child {status} {} after the stop signal ({} of drain)",
@@ -573,12 +622,13 @@ mod tests {
         assert!(r.m.is_live());
 
         let killed = ChildStatus::Signaled(SIGKILL);
-        let end = r.step(Input::ChildExited {
+        let end = r.at(secs(36)).step(Input::ChildExited {
             status: killed,
             others_left: false,
         });
         assert_eq!(end, vec![Action::Exit(137)]);
         assert!(!r.m.is_live());
+        assert_eq!(r.m.last_shutdown(), (Some(secs(5)), Some(secs(21))));
     }
 
     #[test]

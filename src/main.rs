@@ -5,6 +5,7 @@
 mod cli;
 mod http;
 mod machine;
+mod metrics;
 mod reaper;
 mod signals;
 mod spawn;
@@ -53,6 +54,11 @@ fn main() -> ExitCode {
             success_exit: args.success_exit,
             in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST")
                 .is_some_and(|v| !v.is_empty()),
+        },
+        limits: http::Limits {
+            max_connections: args.max_connections,
+            request_timeout: args.request_timeout,
+            idle_timeout: args.idle_timeout,
         },
         subreaper: !args.no_subreaper,
         command: args.command,

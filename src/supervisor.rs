@@ -14,8 +14,9 @@ use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::http::{Endpoint, Health};
+use crate::http::{Endpoint, Limits};
 use crate::machine::{Action, Input, Machine, Policy, Target};
+use crate::metrics::{Counters, View};
 use crate::reaper;
 use crate::signals::{self, FaultSignals, Inherited, SIGCHLD, Sig};
 use crate::spawn::{self, SpawnError};
@@ -28,6 +29,7 @@ const FIRST_CONNECTION: usize = 3;
 /// Everything `run` needs, validated.
 pub struct Config {
     pub listen: Option<SocketAddr>,
+    pub limits: Limits,
     pub policy: Policy,
     pub subreaper: bool,
     pub command: Vec<OsString>,
@@ -83,7 +85,8 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     let mut endpoint = match config.listen {
         Some(addr) => {
             let bind = |err| Fatal::Bind { addr, err };
-            let mut endpoint = Endpoint::bind(addr, FIRST_CONNECTION).map_err(bind)?;
+            let mut endpoint =
+                Endpoint::bind(addr, config.limits, FIRST_CONNECTION).map_err(bind)?;
             endpoint.register(poll.registry(), LISTENER).map_err(bind)?;
             Some(endpoint)
         }
@@ -91,10 +94,12 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     };
     claim_orphans(config.subreaper);
 
+    let started = Instant::now();
     let pid = spawn::spawn(&config.command, &inherited).map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
     let mut sup = Supervisor {
         machine: Machine::new(config.policy, pid, Instant::now()),
+        counters: Counters::new(started),
         poll,
         signals,
         faults,
@@ -136,6 +141,7 @@ fn claim_orphans(subreaper: bool) {
 
 struct Supervisor {
     machine: Machine,
+    counters: Counters,
     poll: Poll,
     signals: Signals,
     faults: FaultSignals,
@@ -145,10 +151,12 @@ struct Supervisor {
 impl Supervisor {
     /// Sleeps until an event or the machine's next deadline.
     fn next_events(&mut self, events: &mut Events) -> io::Result<()> {
-        let timeout = self
-            .machine
-            .deadline()
-            .map(|d| d.saturating_duration_since(Instant::now()));
+        let endpoint = self.endpoint.as_ref().and_then(Endpoint::deadline);
+        let deadline = match (self.machine.deadline(), endpoint) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // mio rounds a timeout up to whole milliseconds, so a deadline is never woken early.
         match self.poll.poll(events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
@@ -171,28 +179,33 @@ impl Supervisor {
                 self.reap()
             } else {
                 log::debug!("received {sig}");
+                self.counters.received(sig);
                 self.step(Input::Signal(sig))
             };
             if code.is_some() {
                 return code;
             }
         }
-        for event in events.iter() {
-            let health = Health {
-                ready: self.machine.is_ready(),
-                live: self.machine.is_live(),
+        let now = Instant::now();
+        if let Some(endpoint) = self.endpoint.as_mut() {
+            let view = View {
+                machine: &self.machine,
+                counters: &self.counters,
+                now,
             };
-            match (event.token(), self.endpoint.as_mut()) {
-                (SIGNALS | FAULT_SIGNALS, _) => {}
-                (LISTENER, Some(endpoint)) => endpoint.accept(self.poll.registry()),
-                (token, Some(endpoint)) if endpoint.owns(token) => {
-                    endpoint.on_event(self.poll.registry(), event, health)
+            let registry = self.poll.registry();
+            for event in events.iter() {
+                match event.token() {
+                    SIGNALS | FAULT_SIGNALS => {}
+                    LISTENER => endpoint.accept(registry, now),
+                    token if endpoint.owns(token) => endpoint.on_event(registry, event, &view),
+                    token => log::debug!("event for unknown token {}", token.0),
                 }
-                (token, _) => log::debug!("event for unknown token {}", token.0),
             }
-        }
-        if self.endpoint.as_mut().is_some_and(Endpoint::take_probed) {
-            self.step(Input::Probed);
+            endpoint.expire(registry, now);
+            if endpoint.take_probed() {
+                self.step(Input::Probed);
+            }
         }
         self.step(Input::Tick)
     }
@@ -202,6 +215,7 @@ impl Supervisor {
         let reaped = reaper::reap(self.machine.child());
         let others_left = reaped.children_left;
         let mut code = None;
+        self.counters.reaped += reaped.others;
         if reaped.others > 0 {
             code = self.step(Input::OthersReaped { others_left });
         }
@@ -219,7 +233,10 @@ impl Supervisor {
         let mut exit = None;
         for action in actions {
             match action {
-                Action::Signal { sig, to } => deliver(sig, to),
+                Action::Signal { sig, to } => {
+                    deliver(sig, to);
+                    self.counters.forwarded(sig);
+                }
                 Action::Log(line) => log::info!("{line}"),
                 Action::Exit(code) => exit = Some(code),
             }

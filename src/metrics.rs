@@ -1,0 +1,313 @@
+//! What lastcall counts, and its Prometheus text exposition (format 0.0.4) for `/metrics`.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+use crate::machine::{Machine, Phase};
+use crate::signals::Sig;
+
+/// Index room for every signal number (1..=64 on Linux).
+const SIGNALS: usize = 65;
+
+/// The supervisor's counters.
+pub struct Counters {
+    pub started: Instant,
+    received: [u64; SIGNALS],
+    forwarded: [u64; SIGNALS],
+    /// Processes other than the main child that lastcall reaped.
+    pub reaped: u64,
+}
+
+impl Counters {
+    pub fn new(started: Instant) -> Counters {
+        Counters {
+            started,
+            received: [0; SIGNALS],
+            forwarded: [0; SIGNALS],
+            reaped: 0,
+        }
+    }
+
+    pub fn received(&mut self, sig: Sig) {
+        if let Some(n) = self.received.get_mut(sig.0 as usize) {
+            *n += 1;
+        }
+    }
+
+    pub fn forwarded(&mut self, sig: Sig) {
+        if let Some(n) = self.forwarded.get_mut(sig.0 as usize) {
+            *n += 1;
+        }
+    }
+}
+
+/// The endpoint's counters.
+#[derive(Default)]
+pub struct HttpCounters {
+    /// `[route][status]`: routes are /readyz and /livez, statuses 200 and 503.
+    pub probes: [[u64; 2]; 2],
+    pub open: usize,
+    /// Connections closed at once because the maximum was open.
+    pub rejected: u64,
+    /// Connections dropped for a timeout, bad input, or not reading their answers.
+    pub dropped: u64,
+}
+
+/// Everything `/metrics` and `?verbose` show, borrowed for one answer.
+pub struct View<'a> {
+    pub machine: &'a Machine,
+    pub counters: &'a Counters,
+    pub now: Instant,
+}
+
+impl View<'_> {
+    /// The Prometheus text exposition.
+    pub fn render(&self, http: &HttpCounters) -> String {
+        let mut out = String::with_capacity(2048);
+        let phase = self.machine.phase();
+        family(
+            &mut out,
+            "lastcall_phase",
+            "gauge",
+            "1 for the phase lastcall is in, 0 for the others.",
+        );
+        for name in Phase::NAMES {
+            let on = u8::from(name == phase.name());
+            let _ = writeln!(out, "lastcall_phase{{phase=\"{name}\"}} {on}");
+        }
+        family(
+            &mut out,
+            "lastcall_ready",
+            "gauge",
+            "1 while /readyz answers 200.",
+        );
+        let _ = writeln!(out, "lastcall_ready {}", u8::from(self.machine.is_ready()));
+        family(
+            &mut out,
+            "lastcall_child_pid",
+            "gauge",
+            "The child's pid; 0 once it has exited.",
+        );
+        let pid = self.machine.child().map_or(0, |p| p.as_raw());
+        let _ = writeln!(out, "lastcall_child_pid {pid}");
+        family(
+            &mut out,
+            "lastcall_uptime_seconds",
+            "gauge",
+            "Seconds since lastcall started.",
+        );
+        let uptime = self.now.saturating_duration_since(self.counters.started);
+        let _ = writeln!(out, "lastcall_uptime_seconds {:.3}", uptime.as_secs_f64());
+
+        let signals = [
+            (
+                "lastcall_signals_received_total",
+                "Signals lastcall received, by name.",
+                &self.counters.received,
+            ),
+            (
+                "lastcall_signals_forwarded_total",
+                "Signals lastcall sent to the child or its descendants, by name.",
+                &self.counters.forwarded,
+            ),
+        ];
+        for (name, help, counts) in signals {
+            family(&mut out, name, "counter", help);
+            for (signo, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let _ = writeln!(out, "{name}{{signal=\"{}\"}} {n}", Sig(signo as i32));
+            }
+        }
+        family(
+            &mut out,
+            "lastcall_zombies_reaped_total",
+            "counter",
+            "Processes other than the child that lastcall reaped.",
+        );
+        let _ = writeln!(
+            out,
+            "lastcall_zombies_reaped_total {}",
+            self.counters.reaped
+        );
+
+        family(
+            &mut out,
+            "lastcall_probes_total",
+            "counter",
+            "Requests to /readyz and /livez, by path and status code.",
+        );
+        for (r, path) in ["/readyz", "/livez"].iter().enumerate() {
+            for (s, code) in [200, 503].iter().enumerate() {
+                let n = http.probes[r][s];
+                let _ = writeln!(
+                    out,
+                    "lastcall_probes_total{{path=\"{path}\",code=\"{code}\"}} {n}"
+                );
+            }
+        }
+        family(
+            &mut out,
+            "lastcall_http_connections",
+            "gauge",
+            "Open connections to the endpoint.",
+        );
+        let _ = writeln!(out, "lastcall_http_connections {}", http.open);
+        family(
+            &mut out,
+            "lastcall_http_connections_rejected_total",
+            "counter",
+            "Connections closed at once because the maximum was open.",
+        );
+        let _ = writeln!(
+            out,
+            "lastcall_http_connections_rejected_total {}",
+            http.rejected
+        );
+        family(
+            &mut out,
+            "lastcall_http_connections_dropped_total",
+            "counter",
+            "Connections closed for a timeout, bad input, or unread answers.",
+        );
+        let _ = writeln!(
+            out,
+            "lastcall_http_connections_dropped_total {}",
+            http.dropped
+        );
+
+        let (drain, grace) = self.machine.last_shutdown();
+        let timings = [
+            (
+                "lastcall_last_drain_seconds",
+                "The last shutdown's preStop phase: from the drain's start to the stop signal.",
+                drain,
+            ),
+            (
+                "lastcall_last_grace_seconds",
+                "The last shutdown's grace phase: from the stop signal to the child's exit.",
+                grace,
+            ),
+        ];
+        for (name, help, value) in timings {
+            if let Some(d) = value {
+                family(&mut out, name, "gauge", help);
+                let _ = writeln!(out, "{name} {:.3}", d.as_secs_f64());
+            }
+        }
+        out
+    }
+
+    /// The short explanation `?verbose` adds to a probe's answer.
+    pub fn explain(&self) -> String {
+        let phase = self.machine.phase();
+        let pid = self
+            .machine
+            .child()
+            .map_or("none".to_string(), |p| p.to_string());
+        let in_phase = phase
+            .since()
+            .map_or(Duration::ZERO, |t| self.now.saturating_duration_since(t));
+        format!(
+            "phase: {}\nchild pid: {pid}\ntime in phase: {}\n",
+            phase.name(),
+            crate::machine::show(in_phase)
+        )
+    }
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::{Input, Policy, Prestop};
+    use nix::unistd::Pid;
+
+    fn machine(t0: Instant) -> Machine {
+        let policy = Policy {
+            prestop: Prestop::Fixed(Duration::from_secs(5)),
+            grace: Duration::from_secs(20),
+            stop_signal: None,
+            group: false,
+            success_exit: vec![],
+            in_kubernetes: false,
+        };
+        Machine::new(policy, Pid::from_raw(42), t0)
+    }
+
+    /// Checks the text against the exposition format's line grammar: every sample belongs
+    /// to a family declared by HELP and TYPE lines before it, and its value is a number.
+    fn well_formed(text: &str) {
+        let mut declared = Vec::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let mut parts = rest.split(' ');
+                declared.push(parts.next().unwrap().to_string());
+                assert!(matches!(parts.next(), Some("gauge" | "counter")), "{line}");
+                continue;
+            }
+            if line.starts_with("# HELP ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let name = series.split('{').next().unwrap();
+            assert!(declared.iter().any(|d| d == name), "undeclared: {line}");
+            assert!(value.parse::<f64>().is_ok(), "bad value: {line}");
+            assert!(name.starts_with("lastcall_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn exposition_is_well_formed_and_counts() {
+        let t0 = Instant::now();
+        let mut m = machine(t0);
+        let mut c = Counters::new(t0);
+        c.received(Sig(libc::SIGHUP));
+        c.received(Sig(libc::SIGHUP));
+        c.forwarded(Sig(libc::SIGHUP));
+        c.reaped = 3;
+        let mut http = HttpCounters::default();
+        http.probes[0][0] = 7;
+        let view = View {
+            machine: &m,
+            counters: &c,
+            now: t0 + Duration::from_millis(1500),
+        };
+        let text = view.render(&http);
+        well_formed(&text);
+        for line in [
+            "lastcall_phase{phase=\"running\"} 1",
+            "lastcall_phase{phase=\"draining\"} 0",
+            "lastcall_child_pid 42",
+            "lastcall_uptime_seconds 1.500",
+            "lastcall_signals_received_total{signal=\"SIGHUP\"} 2",
+            "lastcall_signals_forwarded_total{signal=\"SIGHUP\"} 1",
+            "lastcall_zombies_reaped_total 3",
+            "lastcall_probes_total{path=\"/readyz\",code=\"200\"} 7",
+            "lastcall_probes_total{path=\"/readyz\",code=\"503\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("last_drain"), "no shutdown yet");
+
+        m.step(
+            Input::Signal(crate::signals::SIGTERM),
+            t0 + Duration::from_secs(1),
+        );
+        m.step(Input::Tick, t0 + Duration::from_secs(6));
+        let view = View {
+            machine: &m,
+            counters: &c,
+            now: t0 + Duration::from_secs(7),
+        };
+        let text = view.render(&http);
+        well_formed(&text);
+        assert!(text.contains("lastcall_phase{phase=\"stopping\"} 1"));
+        assert!(text.contains("lastcall_last_drain_seconds 5.000"));
+        assert_eq!(
+            view.explain(),
+            "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\n"
+        );
+    }
+}
