@@ -1,0 +1,99 @@
+//! The command line: a bad option value, given as a flag or through its environment
+//! variable, is exit status 2 and one stderr line naming the option and the value, and no
+//! child is started.
+
+use crate::support::TestDir;
+
+/// Runs lastcall with `args` and `env` and a child that would leave `$DIR/ran`; expects a
+/// usage error whose one line contains every word of `names` (any of the `|` alternatives).
+#[track_caller]
+fn check_usage_error(args: &[&str], env: &[(&str, &str)], names: &[&str]) {
+    let dir = TestDir::new("usage_error");
+    let mut cmd = dir.lastcall().args(args);
+    for (key, value) in env {
+        cmd = cmd.env(key, value);
+    }
+    let out = cmd.sh("mark ran").run();
+    out.assert_code(2);
+    let line = out.one_stderr_line();
+    out.check(line.starts_with("lastcall: "), "the line starts with `lastcall: `");
+    for name in names {
+        out.check(
+            name.split('|').any(|alt| line.contains(alt)),
+            format!("expected the line to name {name}"),
+        );
+    }
+    out.check(!dir.exists("ran"), "the child must not have been started");
+}
+
+#[test]
+fn bad_option_values_are_usage_errors() {
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["--grace-period", "5x"], &["--grace-period", "5x"]),
+        (&["--grace-period", "1000years"], &["--grace-period", "1000years"]),
+        (&["--prestop-delay", "soon"], &["--prestop-delay", "soon"]),
+        (&["--stop-signal", "FOO"], &["--stop-signal", "FOO"]),
+        (&["--stop-signal", "99"], &["--stop-signal", "99"]),
+        (&["--listen", "nope"], &["--listen", "nope"]),
+        (&["--listen", "127.0.0.1:99999"], &["--listen", "127.0.0.1:99999"]),
+        (&["--success-exit", "300"], &["--success-exit", "300"]),
+        (&["--log-level", "loud"], &["--log-level", "loud"]),
+        (&["--bogus"], &["--bogus"]),
+    ];
+    for (args, names) in cases {
+        check_usage_error(args, &[], names);
+    }
+}
+
+#[test]
+fn bad_values_in_the_environment_are_usage_errors() {
+    let cases: &[(&str, &str, &str)] = &[
+        ("LASTCALL_GRACE_PERIOD", "5x", "--grace-period"),
+        ("LASTCALL_PRESTOP_DELAY", "soon", "--prestop-delay"),
+        ("LASTCALL_STOP_SIGNAL", "FOO", "--stop-signal"),
+        ("LASTCALL_LISTEN", "nope", "--listen"),
+        ("LASTCALL_SUCCESS_EXIT", "3,300", "--success-exit"),
+        ("LASTCALL_LOG_LEVEL", "loud", "--log-level"),
+        ("LASTCALL_GROUP", "maybe", "--group"),
+        ("LASTCALL_NO_SUBREAPER", "maybe", "--no-subreaper"),
+    ];
+    for (key, value, option) in cases {
+        // The option's flag or the variable itself names it well enough.
+        let alternatives = format!("{option}|{key}");
+        let bad = if *key == "LASTCALL_SUCCESS_EXIT" { "300" } else { value };
+        check_usage_error(&[], &[(key, value)], &[&alternatives, bad]);
+    }
+}
+
+#[test]
+fn no_command_is_a_usage_error() {
+    let dir = TestDir::new("no_command");
+    for args in [&["--listen", "off"][..], &["--listen", "off", "--"][..]] {
+        let out = dir.lastcall().args(args).run();
+        out.assert_code(2);
+        let line = out.one_stderr_line();
+        out.check(line.contains("no command"), "expected the line to say `no command`");
+    }
+}
+
+#[test]
+fn help_and_version_exit_zero() {
+    let dir = TestDir::new("help_version");
+    let help = dir.lastcall().arg("--help").run();
+    help.assert_code(0);
+    for flag in [
+        "--listen",
+        "--prestop-delay",
+        "--grace-period",
+        "--stop-signal",
+        "--group",
+        "--success-exit",
+        "--no-subreaper",
+        "--log-level",
+    ] {
+        help.check(help.stdout.contains(flag), format!("--help must list {flag}"));
+    }
+    let version = dir.lastcall().arg("--version").run();
+    version.assert_code(0);
+    version.check(version.stdout.starts_with("lastcall "), "--version prints `lastcall VERSION`");
+}

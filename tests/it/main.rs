@@ -1,0 +1,16 @@
+//! lastcall's integration tests: the real binary, real processes, real signals.
+//!
+//! Each module tests one part of the contract; `support` has what they share. Children are
+//! `sh` scripts that report what they saw through marker files in the test's temp dir.
+
+mod cli;
+mod drain;
+mod endpoint;
+mod exit;
+mod idle;
+mod race;
+mod reaping;
+mod signals;
+mod support;
+mod transparency;
+mod tty;
