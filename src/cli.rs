@@ -11,6 +11,7 @@ use clap::Parser;
 use clap::builder::BoolishValueParser;
 use log::LevelFilter;
 
+use crate::checks::Check;
 use crate::machine::Prestop;
 use crate::signals::Sig;
 
@@ -76,6 +77,52 @@ pub struct Args {
           default_value = "60s", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 
+    /// Ready only when a TCP connect to HOST:PORT succeeds (repeatable; HOST is resolved once)
+    #[arg(long, env = "LASTCALL_READY_TCP", value_name = "HOST:PORT", value_delimiter = ',',
+          value_parser = Check::tcp, help_heading = "Readiness of the app")]
+    pub ready_tcp: Vec<Check>,
+
+    /// Ready only when GET URL answers 2xx (plain http://, repeatable)
+    #[arg(long, env = "LASTCALL_READY_HTTP", value_name = "URL", value_delimiter = ',',
+          value_parser = Check::http, help_heading = "Readiness of the app")]
+    pub ready_http: Vec<Check>,
+
+    /// Ready only when `sh -c CMD` exits 0 (repeatable; the variable holds one command)
+    #[arg(long, env = "LASTCALL_READY_EXEC", value_name = "CMD",
+          value_parser = Check::exec, help_heading = "Readiness of the app")]
+    pub ready_exec: Vec<Check>,
+
+    /// Ready only once the child sends READY=1 to NOTIFY_SOCKET (STOPPING=1: unready again)
+    #[arg(long, env = "LASTCALL_READY_NOTIFY", value_parser = BoolishValueParser::new(),
+          default_value_t = false, num_args = 0, default_missing_value = "true",
+          help_heading = "Readiness of the app")]
+    pub ready_notify: bool,
+
+    /// Time between two rounds of readiness checks
+    #[arg(long, env = "LASTCALL_READY_INTERVAL", value_name = "DUR", default_value = "1s",
+          value_parser = parse_timeout, help_heading = "Readiness of the app")]
+    pub ready_interval: Duration,
+
+    /// How long one readiness check may take before it counts as failed
+    #[arg(long, env = "LASTCALL_READY_TIMEOUT", value_name = "DUR", default_value = "1s",
+          value_parser = parse_timeout, help_heading = "Readiness of the app")]
+    pub ready_timeout: Duration,
+
+    /// After this, an app that never became ready is logged as such (it keeps running, unready)
+    #[arg(long, env = "LASTCALL_STARTUP_TIMEOUT", value_name = "DUR", default_value = "60s",
+          value_parser = parse_timeout, help_heading = "Readiness of the app")]
+    pub startup_timeout: Duration,
+
+    /// During the preStop delay, stop as soon as no connection to PORT is open (repeatable)
+    #[arg(long, env = "LASTCALL_DRAIN_IDLE_PORT", value_name = "PORT", value_delimiter = ',',
+          value_parser = parse_port, help_heading = "Drain")]
+    pub drain_idle_port: Vec<u16>,
+
+    /// With --drain-idle-port, the shortest preStop phase
+    #[arg(long, env = "LASTCALL_DRAIN_MIN", value_name = "DUR", default_value = "1s",
+          value_parser = parse_duration, help_heading = "Drain")]
+    pub drain_min: Duration,
+
     /// error, warn, info, debug or trace
     #[arg(long, env = "LASTCALL_LOG_LEVEL", value_name = "LEVEL",
           default_value = "info", value_parser = parse_level)]
@@ -102,10 +149,9 @@ pub fn parse_listen(text: &str) -> Result<Listen, String> {
         None => text.to_string(),
     };
     match full.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .map(Listen::On)
-            .ok_or_else(|| "the host name has no address".to_string()),
+        Ok(mut addrs) => {
+            addrs.next().map(Listen::On).ok_or_else(|| "the host name has no address".to_string())
+        }
         Err(_) => Err("expected IP:PORT, HOST:PORT, :PORT or off".to_string()),
     }
 }
@@ -123,9 +169,7 @@ pub fn parse_prestop(text: &str) -> Result<Prestop, String> {
     if text.trim().eq_ignore_ascii_case("auto") {
         return Ok(Prestop::Auto);
     }
-    parse_duration(text)
-        .map(Prestop::Fixed)
-        .map_err(|e| format!("{e}, or auto"))
+    parse_duration(text).map(Prestop::Fixed).map_err(|e| format!("{e}, or auto"))
 }
 
 pub fn parse_signal(text: &str) -> Result<Sig, String> {
@@ -146,10 +190,15 @@ pub fn parse_max_connections(text: &str) -> Result<usize, String> {
     }
 }
 
+pub fn parse_port(text: &str) -> Result<u16, String> {
+    match text.trim().parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        _ => Err("expected a port from 1 to 65535".to_string()),
+    }
+}
+
 pub fn parse_exit_code(text: &str) -> Result<u8, String> {
-    text.trim()
-        .parse::<u8>()
-        .map_err(|_| "expected an exit code from 0 to 255".to_string())
+    text.trim().parse::<u8>().map_err(|_| "expected an exit code from 0 to 255".to_string())
 }
 
 pub fn parse_level(text: &str) -> Result<LevelFilter, String> {
@@ -177,23 +226,14 @@ mod tests {
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1000years").is_err());
         assert_eq!(parse_prestop("AUTO"), Ok(Prestop::Auto));
-        assert_eq!(
-            parse_prestop("2s"),
-            Ok(Prestop::Fixed(Duration::from_secs(2)))
-        );
+        assert_eq!(parse_prestop("2s"), Ok(Prestop::Fixed(Duration::from_secs(2))));
     }
 
     #[test]
     fn listen_addresses() {
         assert_eq!(parse_listen("off"), Ok(Listen::Off));
-        assert_eq!(
-            parse_listen(":8080"),
-            Ok(Listen::On("0.0.0.0:8080".parse().unwrap()))
-        );
-        assert_eq!(
-            parse_listen("[::1]:80"),
-            Ok(Listen::On("[::1]:80".parse().unwrap()))
-        );
+        assert_eq!(parse_listen(":8080"), Ok(Listen::On("0.0.0.0:8080".parse().unwrap())));
+        assert_eq!(parse_listen("[::1]:80"), Ok(Listen::On("[::1]:80".parse().unwrap())));
         assert!(parse_listen("127.0.0.1").is_err());
         assert!(parse_listen("127.0.0.1:99999").is_err());
         assert!(parse_listen("").is_err());

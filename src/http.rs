@@ -72,13 +72,7 @@ impl Response {
     /// An error answer; the connection closes after it.
     pub fn error(status: u16) -> Response {
         let body = Cow::Owned(format!("{}\n", reason(status).to_ascii_lowercase()));
-        Response {
-            status,
-            body,
-            content_type: PLAIN,
-            allow: status == 405,
-            close: true,
-        }
+        Response { status, body, content_type: PLAIN, allow: status == 405, close: true }
     }
 
     pub fn write_to(&self, head_only: bool, out: &mut Vec<u8>) {
@@ -89,16 +83,8 @@ impl Response {
             reason(self.status),
             self.content_type,
             self.body.len(),
-            if self.allow {
-                "Allow: GET, HEAD\r\n"
-            } else {
-                ""
-            },
-            if self.close {
-                "Connection: close\r\n"
-            } else {
-                ""
-            },
+            if self.allow { "Allow: GET, HEAD\r\n" } else { "" },
+            if self.close { "Connection: close\r\n" } else { "" },
         );
         if !head_only {
             out.extend_from_slice(self.body.as_bytes());
@@ -132,9 +118,7 @@ pub fn route(method: &str, target: &str, view: &View, http: &mut HttpCounters) -
     if method != "GET" && method != "HEAD" {
         return Response::error(405);
     }
-    let verbose = query
-        .split('&')
-        .any(|kv| kv.split('=').next() == Some("verbose"));
+    let verbose = query.split('&').any(|kv| kv.split('=').next() == Some("verbose"));
     let (ok, word) = match route {
         Route::Metrics => {
             let body = Cow::Owned(view.render(http));
@@ -156,17 +140,9 @@ pub fn route(method: &str, target: &str, view: &View, http: &mut HttpCounters) -
     let body = if verbose {
         Cow::Owned(format!("{word}\n{}", view.explain()))
     } else if ok {
-        Cow::Borrowed(if route == Route::Readyz {
-            "ready\n"
-        } else {
-            "alive\n"
-        })
+        Cow::Borrowed(if route == Route::Readyz { "ready\n" } else { "alive\n" })
     } else {
-        Cow::Borrowed(if route == Route::Readyz {
-            "not ready\n"
-        } else {
-            "not alive\n"
-        })
+        Cow::Borrowed(if route == Route::Readyz { "not ready\n" } else { "not alive\n" })
     };
     Response {
         status: if ok { 200 } else { 503 },
@@ -241,10 +217,7 @@ fn answer(
     if has_body {
         return (Response::error(400), false);
     }
-    let connection = req
-        .headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case("connection"));
+    let connection = req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("connection"));
     let keep_alive = match connection.map(|h| h.value.to_ascii_lowercase()) {
         Some(v) if v == b"close" => false,
         Some(v) if v == b"keep-alive" => true,
@@ -441,14 +414,8 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let outcome = drive(
-            conn,
-            &mut self.scratch,
-            self.limits,
-            view,
-            &mut self.counters,
-            &mut self.probed,
-        );
+        let outcome =
+            drive(conn, &mut self.scratch, self.limits, view, &mut self.counters, &mut self.probed);
         match outcome {
             Outcome::Keep => {
                 let deadline = conn.deadline;
@@ -607,20 +574,23 @@ fn flush(conn: &mut Conn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Input, Machine, Policy, Prestop};
+    use crate::machine::{Input, Machine, Policy};
     use crate::metrics::Counters;
     use nix::unistd::Pid;
 
+    fn no_checks(t0: Instant) -> crate::checks::Checker {
+        crate::checks::Checker::new(
+            vec![],
+            false,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            16,
+            t0,
+        )
+    }
+
     fn machine(t0: Instant) -> Machine {
-        let policy = Policy {
-            prestop: Prestop::Fixed(Duration::from_secs(5)),
-            grace: Duration::from_secs(20),
-            stop_signal: None,
-            group: false,
-            success_exit: vec![],
-            in_kubernetes: false,
-        };
-        Machine::new(policy, Pid::from_raw(42), t0)
+        Machine::new(Policy::for_tests(), Pid::from_raw(42), t0)
     }
 
     /// Runs `input` through [`process`] against a running child; returns the output.
@@ -631,11 +601,7 @@ mod tests {
             m.step(Input::Signal(crate::signals::SIGTERM), t0);
         }
         let counters = Counters::new(t0);
-        let view = View {
-            machine: &m,
-            counters: &counters,
-            now: t0,
-        };
+        let view = View { machine: &m, counters: &counters, checker: &no_checks(t0), now: t0 };
         let mut out = Vec::new();
         let done = process(input, &view, &mut HttpCounters::default(), &mut out);
         (String::from_utf8(out).unwrap(), done)
@@ -658,24 +624,15 @@ mod tests {
             ("GET /metrics HTTP/1.1\r\n\r\n", 200),
             ("GET /nope HTTP/1.1\r\n\r\n", 404),
             ("POST /readyz HTTP/1.1\r\n\r\n", 405),
-            (
-                "GET /readyz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
-                400,
-            ),
+            ("GET /readyz HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400),
             ("\x00\x01garbage\r\n\r\n", 400),
             ("GET /readyz HTTP/9.9\r\n\r\n", 400),
         ] {
             assert_eq!(status_of(request), status, "{request:?}");
         }
         let many_headers: String = (0..100).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(
-            status_of(&format!("GET /readyz HTTP/1.1\r\n{many_headers}\r\n")),
-            431
-        );
-        let long = format!(
-            "GET /readyz HTTP/1.1\r\nX: {}\r\n\r\n",
-            "a".repeat(MAX_HEAD)
-        );
+        assert_eq!(status_of(&format!("GET /readyz HTTP/1.1\r\n{many_headers}\r\n")), 431);
+        let long = format!("GET /readyz HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(status_of(&long), 431);
     }
 
@@ -704,28 +661,17 @@ mod tests {
         let two = b"GET /readyz HTTP/1.1\r\n\r\nGET /livez HTTP/1.1\r\n\r\nGET /rea";
         let (out, done) = run(two, false);
         assert_eq!(done.answered, 2);
-        assert_eq!(
-            done.consumed,
-            two.len() - 8,
-            "the partial third request is kept"
-        );
+        assert_eq!(done.consumed, two.len() - 8, "the partial third request is kept");
         assert!(!done.close);
         assert_eq!(out.matches("HTTP/1.1 200 OK").count(), 2);
         let (_, done) = run(
             b"GET /readyz HTTP/1.1\r\nConnection: close\r\n\r\nGET /readyz HTTP/1.1\r\n\r\n",
             false,
         );
-        assert_eq!(
-            (done.answered, done.close),
-            (1, true),
-            "nothing is answered after close"
-        );
+        assert_eq!((done.answered, done.close), (1, true), "nothing is answered after close");
         let (_, done) = run(b"GET /readyz HTTP/1.0\r\n\r\n", false);
         assert!(done.close, "HTTP/1.0 closes by default");
-        let (_, done) = run(
-            b"GET /readyz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n",
-            false,
-        );
+        let (_, done) = run(b"GET /readyz HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", false);
         assert!(!done.close);
     }
 
@@ -734,11 +680,7 @@ mod tests {
         let t0 = Instant::now();
         let m = machine(t0);
         let counters = Counters::new(t0);
-        let view = View {
-            machine: &m,
-            counters: &counters,
-            now: t0,
-        };
+        let view = View { machine: &m, counters: &counters, checker: &no_checks(t0), now: t0 };
         let mut http = HttpCounters::default();
         let mut pending = Pending::default();
         let mut out = Vec::new();

@@ -37,42 +37,54 @@ pub struct Policy {
     pub success_exit: Vec<u8>,
     /// KUBERNETES_SERVICE_HOST was set at start-up.
     pub in_kubernetes: bool,
+    /// `--drain-idle-port` was given: the preStop phase ends early once the app's
+    /// connections are gone and `drain_min` has passed.
+    pub drain_idle: bool,
+    pub drain_min: Duration,
 }
+
+#[cfg(test)]
+impl Policy {
+    /// The command line's defaults, for tests.
+    pub fn for_tests() -> Policy {
+        Policy {
+            prestop: Prestop::Fixed(Duration::from_secs(5)),
+            grace: Duration::from_secs(20),
+            stop_signal: None,
+            group: false,
+            success_exit: vec![],
+            in_kubernetes: false,
+            drain_idle: false,
+            drain_min: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How often the app's connections are counted during an idle-aware drain.
+pub const COUNT_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
     /// The child runs; `/readyz` is 200.
     Running { pid: Pid, since: Instant },
-    /// Unready, waiting out the preStop delay so that load balancers stop routing.
-    Draining {
-        pid: Pid,
-        since: Instant,
-        until: Instant,
-    },
+    /// Unready, waiting out the preStop delay so that load balancers stop routing; with
+    /// `--drain-idle-port`, the app's connections are counted at `count_at`.
+    Draining { pid: Pid, since: Instant, until: Instant, count_at: Option<Instant> },
     /// The stop signal was sent; SIGKILL at `deadline`.
-    Stopping {
-        pid: Pid,
-        since: Instant,
-        deadline: Instant,
-    },
+    Stopping { pid: Pid, since: Instant, deadline: Instant },
     /// SIGKILL was sent; waiting for the child to be reaped.
     Killing { pid: Pid, since: Instant },
     /// The child is gone but other processes under lastcall remain: they were sent the stop
     /// signal, and get SIGKILL at `kill_at` (`None`: already sent).
-    Reaping {
-        status: ChildStatus,
-        since: Instant,
-        kill_at: Option<Instant>,
-    },
+    Reaping { status: ChildStatus, since: Instant, kill_at: Option<Instant> },
     /// Nothing is left; lastcall exits with `code`.
     Exited { code: u8 },
 }
 
 impl Phase {
     /// Every phase's name, for `/metrics` (one gauge each).
-    pub const NAMES: [&'static str; 6] = [
-        "running", "draining", "stopping", "killing", "reaping", "exited",
-    ];
+    pub const NAMES: [&'static str; 6] =
+        ["running", "draining", "stopping", "killing", "reaping", "exited"];
 
     pub fn name(&self) -> &'static str {
         let i = match self {
@@ -104,14 +116,15 @@ pub enum Input {
     /// lastcall received a signal (never SIGCHLD: that is the reaper's).
     Signal(Sig),
     /// The main child was reaped; `others_left` says whether lastcall still has children.
-    ChildExited {
-        status: ChildStatus,
-        others_left: bool,
-    },
+    ChildExited { status: ChildStatus, others_left: bool },
     /// Other processes were reaped.
     OthersReaped { others_left: bool },
     /// `/readyz` was requested (it makes `--prestop-delay auto` choose a delay).
     Probed,
+    /// The readiness checks of the app now pass (or fail).
+    AppReady(bool),
+    /// The app's established connections on the `--drain-idle-port` ports, as counted.
+    Connections(usize),
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -132,6 +145,8 @@ pub enum Action {
         sig: Sig,
         to: Target,
     },
+    /// Count the app's connections and report them as [`Input::Connections`].
+    CountConnections,
     /// A step of the shutdown worth telling the operator (logged at info).
     Log(String),
     Exit(u8),
@@ -141,6 +156,10 @@ pub struct Machine {
     policy: Policy,
     phase: Phase,
     probed: bool,
+    /// The readiness checks pass (true when there are none).
+    app_ready: bool,
+    /// The app's connection count last reported, to log it as it falls.
+    connections: Option<usize>,
     /// SIGTERM/SIGINT received so far: the first drains, the second hurries, the third kills.
     drain_signals: u32,
     drain_started: Option<Instant>,
@@ -159,6 +178,8 @@ impl Machine {
             policy,
             phase: Phase::Running { pid, since: now },
             probed: false,
+            app_ready: true,
+            connections: None,
             drain_signals: 0,
             drain_started: None,
             trigger: None,
@@ -178,9 +199,20 @@ impl Machine {
         (self.last_drain, self.last_grace)
     }
 
-    /// What `/readyz` answers: ready until the drain starts.
+    /// Starts unready until the readiness checks first pass (when there are checks).
+    pub fn with_checks(mut self) -> Machine {
+        self.app_ready = false;
+        self
+    }
+
+    /// The app's connections at the last count of an idle-aware drain.
+    pub fn connections(&self) -> Option<usize> {
+        self.connections
+    }
+
+    /// What `/readyz` answers: ready while the checks pass, until the drain starts.
     pub fn is_ready(&self) -> bool {
-        matches!(self.phase, Phase::Running { .. })
+        matches!(self.phase, Phase::Running { .. }) && self.app_ready
     }
 
     /// What `/livez` answers: the child is alive, drain or not.
@@ -191,7 +223,9 @@ impl Machine {
     /// When the machine next wants a [`Input::Tick`]; the event loop's poll timeout.
     pub fn deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Draining { until, .. } => Some(until),
+            Phase::Draining { until, count_at, .. } => {
+                Some(count_at.map_or(until, |c| c.min(until)))
+            }
             Phase::Stopping { deadline, .. } => Some(deadline),
             Phase::Reaping { kill_at, .. } => kill_at,
             _ => None,
@@ -213,32 +247,26 @@ impl Machine {
         let mut out = Vec::new();
         match input {
             Input::Signal(sig) => self.on_signal(sig, now, &mut out),
-            Input::ChildExited {
-                status,
-                others_left,
-            } => self.on_child_exit(status, others_left, now, &mut out),
+            Input::ChildExited { status, others_left } => {
+                self.on_child_exit(status, others_left, now, &mut out)
+            }
             Input::OthersReaped { others_left } => self.on_others_reaped(others_left, &mut out),
             Input::Probed => self.probed = true,
+            Input::AppReady(ready) => self.app_ready = ready,
+            Input::Connections(n) => self.on_connections(n, now, &mut out),
             Input::Tick => self.on_tick(now, &mut out),
         }
         out
     }
 
     fn target(&self, pid: Pid) -> Target {
-        if self.policy.group {
-            Target::Group(pid)
-        } else {
-            Target::Child(pid)
-        }
+        if self.policy.group { Target::Group(pid) } else { Target::Child(pid) }
     }
 
     fn on_signal(&mut self, sig: Sig, now: Instant, out: &mut Vec<Action>) {
         if signals::class(sig) != Class::Drain {
             if let Some(pid) = self.child() {
-                out.push(Action::Signal {
-                    sig,
-                    to: self.target(pid),
-                });
+                out.push(Action::Signal { sig, to: self.target(pid) });
             }
             return;
         }
@@ -255,23 +283,13 @@ impl Machine {
             }
             // Nothing left to skip: the child sees the signal, as it would without lastcall.
             (Phase::Stopping { pid, .. }, 2) => {
-                out.push(Action::Signal {
-                    sig,
-                    to: self.target(pid),
-                });
+                out.push(Action::Signal { sig, to: self.target(pid) });
             }
             (Phase::Draining { pid, .. } | Phase::Stopping { pid, .. }, _) => {
                 out.push(Action::Log(format!("received {sig} a third time")));
                 self.kill(pid, now, out);
             }
-            (
-                Phase::Reaping {
-                    kill_at: Some(_),
-                    status,
-                    since,
-                },
-                n,
-            ) if n >= 3 => {
+            (Phase::Reaping { kill_at: Some(_), status, since }, n) if n >= 3 => {
                 out.push(Action::Log(format!("received {sig} a third time")));
                 self.kill_descendants(status, since, out);
             }
@@ -288,10 +306,7 @@ impl Machine {
                 (AUTO_PRESTOP, "auto: KUBERNETES_SERVICE_HOST is set")
             }
             Prestop::Auto if self.probed => (AUTO_PRESTOP, "auto: /readyz has been probed"),
-            Prestop::Auto => (
-                Duration::ZERO,
-                "auto: not in Kubernetes and /readyz never probed",
-            ),
+            Prestop::Auto => (Duration::ZERO, "auto: not in Kubernetes and /readyz never probed"),
         };
         out.push(Action::Log(format!(
             "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
@@ -300,11 +315,9 @@ impl Machine {
         if delay.is_zero() {
             self.stop(pid, now, out);
         } else {
-            self.phase = Phase::Draining {
-                pid,
-                since: now,
-                until: now + delay,
-            };
+            // Counting starts at once: an app with no connections stops after --drain-min.
+            let count_at = self.policy.drain_idle.then_some(now);
+            self.phase = Phase::Draining { pid, since: now, until: now + delay, count_at };
         }
     }
 
@@ -320,11 +333,7 @@ impl Machine {
         out.push(Action::Signal { sig, to });
         self.stop_sent = Some(now);
         self.last_drain = Some(self.since_drain(now));
-        self.phase = Phase::Stopping {
-            pid,
-            since: now,
-            deadline: now + self.policy.grace,
-        };
+        self.phase = Phase::Stopping { pid, since: now, deadline: now + self.policy.grace };
     }
 
     fn kill(&mut self, pid: Pid, now: Instant, out: &mut Vec<Action>) {
@@ -332,26 +341,14 @@ impl Machine {
             "sending SIGKILL to process group {pid} after {} of drain",
             show(self.since_drain(now))
         )));
-        out.push(Action::Signal {
-            sig: SIGKILL,
-            to: Target::Group(pid),
-        });
+        out.push(Action::Signal { sig: SIGKILL, to: Target::Group(pid) });
         self.phase = Phase::Killing { pid, since: now };
     }
 
     fn kill_descendants(&mut self, status: ChildStatus, since: Instant, out: &mut Vec<Action>) {
-        out.push(Action::Log(
-            "sending SIGKILL to the remaining processes".into(),
-        ));
-        out.push(Action::Signal {
-            sig: SIGKILL,
-            to: Target::Descendants,
-        });
-        self.phase = Phase::Reaping {
-            status,
-            since,
-            kill_at: None,
-        };
+        out.push(Action::Log("sending SIGKILL to the remaining processes".into()));
+        out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
+        self.phase = Phase::Reaping { status, since, kill_at: None };
     }
 
     fn on_child_exit(
@@ -403,15 +400,8 @@ impl Machine {
                     "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
                     show(at.saturating_duration_since(now))
                 )));
-                out.push(Action::Signal {
-                    sig,
-                    to: Target::Descendants,
-                });
-                self.phase = Phase::Reaping {
-                    status,
-                    since: now,
-                    kill_at: Some(at),
-                };
+                out.push(Action::Signal { sig, to: Target::Descendants });
+                self.phase = Phase::Reaping { status, since: now, kill_at: Some(at) };
             }
             None => {
                 out.push(Action::Log(format!("{shown}; other processes remain")));
@@ -421,30 +411,27 @@ impl Machine {
     }
 
     fn on_others_reaped(&mut self, others_left: bool, out: &mut Vec<Action>) {
-        let Phase::Reaping {
-            status, kill_at, ..
-        } = self.phase
-        else {
+        let Phase::Reaping { status, kill_at, .. } = self.phase else {
             return;
         };
         if !others_left {
             let code = status.exit_code(&self.policy.success_exit);
-            out.push(Action::Log(format!(
-                "all remaining processes reaped; exiting with {code}"
-            )));
+            out.push(Action::Log(format!("all remaining processes reaped; exiting with {code}")));
             self.exit(code, out);
         } else if kill_at.is_none() {
             // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
-            out.push(Action::Signal {
-                sig: SIGKILL,
-                to: Target::Descendants,
-            });
+            out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
         }
     }
 
     fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         match self.phase {
             Phase::Draining { pid, until, .. } if now >= until => self.stop(pid, now, out),
+            Phase::Draining { pid, since, until, count_at: Some(at) } if now >= at => {
+                out.push(Action::CountConnections);
+                // The count comes back as an input; no second request meanwhile.
+                self.phase = Phase::Draining { pid, since, until, count_at: None };
+            }
             Phase::Stopping { pid, deadline, .. } if now >= deadline => {
                 out.push(Action::Log(format!(
                     "grace period of {} is over",
@@ -452,13 +439,34 @@ impl Machine {
                 )));
                 self.kill(pid, now, out)
             }
-            Phase::Reaping {
-                status,
-                since,
-                kill_at: Some(at),
-            } if now >= at => self.kill_descendants(status, since, out),
+            Phase::Reaping { status, since, kill_at: Some(at) } if now >= at => {
+                self.kill_descendants(status, since, out)
+            }
             _ => {}
         }
+    }
+
+    fn on_connections(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Draining { pid, since, until, .. } = self.phase else {
+            return;
+        };
+        if self.connections != Some(n) {
+            out.push(Action::Log(format!("{n} connection(s) to the app still open")));
+            self.connections = Some(n);
+        }
+        let earliest = since + self.policy.drain_min;
+        if n == 0 && now >= earliest {
+            out.push(Action::Log(format!(
+                "the app is idle after {} of drain (--drain-min {})",
+                show(self.since_drain(now)),
+                show(self.policy.drain_min)
+            )));
+            self.stop(pid, now, out);
+            return;
+        }
+        let next = now + COUNT_EVERY;
+        let count_at = if n == 0 { next.min(earliest) } else { next };
+        self.phase = Phase::Draining { pid, since, until, count_at: Some(count_at) };
     }
 
     fn exit(&mut self, code: u8, out: &mut Vec<Action>) {
@@ -471,8 +479,7 @@ impl Machine {
     }
 
     fn since_drain(&self, now: Instant) -> Duration {
-        self.drain_started
-            .map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
+        self.drain_started.map_or(Duration::ZERO, |t| now.saturating_duration_since(t))
     }
 }
 
@@ -508,14 +515,7 @@ mod tests {
     const SIGUSR2: Sig = Sig(libc::SIGUSR2);
 
     fn policy(prestop: Prestop) -> Policy {
-        Policy {
-            prestop,
-            grace: secs(20),
-            stop_signal: None,
-            group: false,
-            success_exit: vec![],
-            in_kubernetes: false,
-        }
+        Policy { prestop, ..Policy::for_tests() }
     }
 
     fn secs(n: u64) -> Duration {
@@ -532,11 +532,7 @@ mod tests {
     impl Run {
         fn new(policy: Policy) -> Run {
             let t0 = Instant::now();
-            Run {
-                m: Machine::new(policy, PID, t0),
-                t0,
-                now: t0,
-            }
+            Run { m: Machine::new(policy, PID, t0), t0, now: t0 }
         }
 
         fn at(&mut self, offset: Duration) -> &mut Run {
@@ -561,38 +557,20 @@ mod tests {
     #[test]
     fn forwards_other_signals_in_every_phase_with_the_child() {
         let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
-        assert_eq!(
-            r.step(Input::Signal(SIGHUP)),
-            signal(SIGHUP, Target::Child(PID))
-        );
+        assert_eq!(r.step(Input::Signal(SIGHUP)), signal(SIGHUP, Target::Child(PID)));
         r.step(Input::Signal(SIGTERM));
         assert!(matches!(r.m.phase(), Phase::Draining { .. }));
-        assert_eq!(
-            r.step(Input::Signal(SIGHUP)),
-            signal(SIGHUP, Target::Child(PID))
-        );
+        assert_eq!(r.step(Input::Signal(SIGHUP)), signal(SIGHUP, Target::Child(PID)));
         r.at(secs(5)).step(Input::Tick);
         assert!(matches!(r.m.phase(), Phase::Stopping { .. }));
-        assert_eq!(
-            r.step(Input::Signal(SIGUSR2)),
-            signal(SIGUSR2, Target::Child(PID))
-        );
+        assert_eq!(r.step(Input::Signal(SIGUSR2)), signal(SIGUSR2, Target::Child(PID)));
     }
 
     #[test]
     fn group_option_targets_the_process_group() {
-        let mut r = Run::new(Policy {
-            group: true,
-            ..policy(Prestop::Fixed(Duration::ZERO))
-        });
-        assert_eq!(
-            r.step(Input::Signal(SIGHUP)),
-            signal(SIGHUP, Target::Group(PID))
-        );
-        assert_eq!(
-            r.step(Input::Signal(SIGTERM)),
-            signal(SIGTERM, Target::Group(PID))
-        );
+        let mut r = Run::new(Policy { group: true, ..policy(Prestop::Fixed(Duration::ZERO)) });
+        assert_eq!(r.step(Input::Signal(SIGHUP)), signal(SIGHUP, Target::Group(PID)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Group(PID)));
     }
 
     #[test]
@@ -607,25 +585,16 @@ mod tests {
 
         // A tick before the deadline changes nothing.
         assert_eq!(r.at(secs(14)).step(Input::Tick), vec![]);
-        assert_eq!(
-            r.at(secs(15)).step(Input::Tick),
-            signal(SIGTERM, Target::Child(PID))
-        );
+        assert_eq!(r.at(secs(15)).step(Input::Tick), signal(SIGTERM, Target::Child(PID)));
         assert_eq!(r.m.deadline(), Some(r.t0 + secs(35)));
 
         assert_eq!(r.at(secs(34)).step(Input::Tick), vec![]);
-        assert_eq!(
-            r.at(secs(35)).step(Input::Tick),
-            signal(SIGKILL, Target::Group(PID))
-        );
+        assert_eq!(r.at(secs(35)).step(Input::Tick), signal(SIGKILL, Target::Group(PID)));
         assert_eq!(r.m.deadline(), None);
         assert!(r.m.is_live());
 
         let killed = ChildStatus::Signaled(SIGKILL);
-        let end = r.at(secs(36)).step(Input::ChildExited {
-            status: killed,
-            others_left: false,
-        });
+        let end = r.at(secs(36)).step(Input::ChildExited { status: killed, others_left: false });
         assert_eq!(end, vec![Action::Exit(137)]);
         assert!(!r.m.is_live());
         assert_eq!(r.m.last_shutdown(), (Some(secs(5)), Some(secs(21))));
@@ -634,63 +603,32 @@ mod tests {
     #[test]
     fn zero_delay_stops_at_once_with_the_trigger_signal() {
         let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
-        assert_eq!(
-            r.step(Input::Signal(SIGINT)),
-            signal(SIGINT, Target::Child(PID))
-        );
-        let mut r = Run::new(Policy {
-            stop_signal: Some(SIGUSR2),
-            ..policy(Prestop::Auto)
-        });
-        assert_eq!(
-            r.step(Input::Signal(SIGINT)),
-            signal(SIGUSR2, Target::Child(PID))
-        );
+        assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGINT, Target::Child(PID)));
+        let mut r = Run::new(Policy { stop_signal: Some(SIGUSR2), ..policy(Prestop::Auto) });
+        assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGUSR2, Target::Child(PID)));
     }
 
     #[test]
     fn second_signal_skips_the_delay_third_kills() {
         let mut r = Run::new(policy(Prestop::Fixed(secs(30))));
         assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
-        assert_eq!(
-            r.at(secs(1)).step(Input::Signal(SIGTERM)),
-            signal(SIGTERM, Target::Child(PID))
-        );
-        assert_eq!(
-            r.m.deadline(),
-            Some(r.t0 + secs(21)),
-            "grace counts from the stop signal"
-        );
-        assert_eq!(
-            r.at(secs(2)).step(Input::Signal(SIGINT)),
-            signal(SIGKILL, Target::Group(PID))
-        );
+        assert_eq!(r.at(secs(1)).step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(21)), "grace counts from the stop signal");
+        assert_eq!(r.at(secs(2)).step(Input::Signal(SIGINT)), signal(SIGKILL, Target::Group(PID)));
         assert!(matches!(r.m.phase(), Phase::Killing { .. }));
     }
 
     #[test]
     fn second_signal_during_grace_is_forwarded() {
         let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
-        assert_eq!(
-            r.step(Input::Signal(SIGINT)),
-            signal(SIGINT, Target::Child(PID))
-        );
-        assert_eq!(
-            r.step(Input::Signal(SIGTERM)),
-            signal(SIGTERM, Target::Child(PID))
-        );
-        assert_eq!(
-            r.step(Input::Signal(SIGTERM)),
-            signal(SIGKILL, Target::Group(PID))
-        );
+        assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGINT, Target::Child(PID)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGKILL, Target::Group(PID)));
     }
 
     /// The preStop delay `auto` picks; `None` when it stops at once.
     fn auto_delay(in_kubernetes: bool, probed: bool) -> Option<Duration> {
-        let mut r = Run::new(Policy {
-            in_kubernetes,
-            ..policy(Prestop::Auto)
-        });
+        let mut r = Run::new(Policy { in_kubernetes, ..policy(Prestop::Auto) });
         if probed {
             r.step(Input::Probed);
         }
@@ -706,11 +644,7 @@ mod tests {
     fn auto_prestop_delay() {
         assert_eq!(auto_delay(false, false), None, "plain: no delay");
         assert_eq!(auto_delay(true, false), Some(AUTO_PRESTOP), "Kubernetes");
-        assert_eq!(
-            auto_delay(false, true),
-            Some(AUTO_PRESTOP),
-            "/readyz probed"
-        );
+        assert_eq!(auto_delay(false, true), Some(AUTO_PRESTOP), "/readyz probed");
         assert_eq!(auto_delay(true, true), Some(AUTO_PRESTOP));
     }
 
@@ -720,27 +654,17 @@ mod tests {
         for (name, prepare) in [
             ("running", vec![]),
             ("draining", vec![Input::Signal(SIGTERM)]),
-            (
-                "stopping",
-                vec![Input::Signal(SIGTERM), Input::Signal(SIGTERM)],
-            ),
+            ("stopping", vec![Input::Signal(SIGTERM), Input::Signal(SIGTERM)]),
             (
                 "killing",
-                vec![
-                    Input::Signal(SIGTERM),
-                    Input::Signal(SIGTERM),
-                    Input::Signal(SIGTERM),
-                ],
+                vec![Input::Signal(SIGTERM), Input::Signal(SIGTERM), Input::Signal(SIGTERM)],
             ),
         ] {
             let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
             for input in prepare {
                 r.step(input);
             }
-            let out = r.step(Input::ChildExited {
-                status: exited,
-                others_left: false,
-            });
+            let out = r.step(Input::ChildExited { status: exited, others_left: false });
             assert_eq!(out, vec![Action::Exit(3)], "{name}");
             assert_eq!(r.m.phase(), Phase::Exited { code: 3 }, "{name}");
         }
@@ -748,15 +672,9 @@ mod tests {
 
     #[test]
     fn success_exit_maps_the_code() {
-        let mut r = Run::new(Policy {
-            success_exit: vec![143],
-            ..policy(Prestop::Auto)
-        });
+        let mut r = Run::new(Policy { success_exit: vec![143], ..policy(Prestop::Auto) });
         let status = ChildStatus::Signaled(SIGTERM);
-        let out = r.step(Input::ChildExited {
-            status,
-            others_left: false,
-        });
+        let out = r.step(Input::ChildExited { status, others_left: false });
         assert_eq!(out, vec![Action::Exit(0)]);
     }
 
@@ -764,28 +682,19 @@ mod tests {
     fn leftover_descendants_are_stopped_then_killed_then_reaped() {
         let mut r = Run::new(policy(Prestop::Auto));
         let status = ChildStatus::Exited(0);
-        let out = r.at(secs(1)).step(Input::ChildExited {
-            status,
-            others_left: true,
-        });
+        let out = r.at(secs(1)).step(Input::ChildExited { status, others_left: true });
         assert_eq!(out, signal(SIGTERM, Target::Descendants));
         assert!(!r.m.is_live() && !r.m.is_ready());
         assert_eq!(r.m.deadline(), Some(r.t0 + secs(21)));
         // Some leave, some stay: keep waiting.
         assert_eq!(r.step(Input::OthersReaped { others_left: true }), vec![]);
-        assert_eq!(
-            r.at(secs(21)).step(Input::Tick),
-            signal(SIGKILL, Target::Descendants)
-        );
+        assert_eq!(r.at(secs(21)).step(Input::Tick), signal(SIGKILL, Target::Descendants));
         // A killed process's own orphans arrive later: they get SIGKILL too.
         assert_eq!(
             r.step(Input::OthersReaped { others_left: true }),
             signal(SIGKILL, Target::Descendants)
         );
-        assert_eq!(
-            r.step(Input::OthersReaped { others_left: false }),
-            vec![Action::Exit(0)]
-        );
+        assert_eq!(r.step(Input::OthersReaped { others_left: false }), vec![Action::Exit(0)]);
     }
 
     #[test]
@@ -793,24 +702,11 @@ mod tests {
         let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
         r.step(Input::Signal(SIGTERM));
         let status = ChildStatus::Signaled(SIGTERM);
-        let out = r.at(secs(15)).step(Input::ChildExited {
-            status,
-            others_left: true,
-        });
+        let out = r.at(secs(15)).step(Input::ChildExited { status, others_left: true });
         assert_eq!(out, signal(SIGTERM, Target::Descendants));
-        assert_eq!(
-            r.m.deadline(),
-            Some(r.t0 + secs(20)),
-            "not a fresh grace period"
-        );
-        assert_eq!(
-            r.at(secs(20)).step(Input::Tick),
-            signal(SIGKILL, Target::Descendants)
-        );
-        assert_eq!(
-            r.step(Input::OthersReaped { others_left: false }),
-            vec![Action::Exit(143)]
-        );
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(20)), "not a fresh grace period");
+        assert_eq!(r.at(secs(20)).step(Input::Tick), signal(SIGKILL, Target::Descendants));
+        assert_eq!(r.step(Input::OthersReaped { others_left: false }), vec![Action::Exit(143)]);
     }
 
     #[test]
@@ -820,10 +716,7 @@ mod tests {
             r.step(Input::Signal(SIGTERM));
         }
         let status = ChildStatus::Signaled(SIGKILL);
-        let out = r.step(Input::ChildExited {
-            status,
-            others_left: true,
-        });
+        let out = r.step(Input::ChildExited { status, others_left: true });
         assert_eq!(out, signal(SIGKILL, Target::Descendants));
         assert_eq!(r.m.deadline(), None);
     }
@@ -832,11 +725,64 @@ mod tests {
     fn no_forwarding_once_the_child_is_gone() {
         let mut r = Run::new(policy(Prestop::Auto));
         let status = ChildStatus::Exited(0);
-        r.step(Input::ChildExited {
-            status,
-            others_left: true,
-        });
+        r.step(Input::ChildExited { status, others_left: true });
         assert_eq!(r.step(Input::Signal(SIGHUP)), vec![]);
+    }
+
+    #[test]
+    fn readiness_follows_the_checks() {
+        let mut r = Run::new(policy(Prestop::Auto));
+        r.m = Machine::new(policy(Prestop::Auto), PID, r.t0).with_checks();
+        assert!(!r.m.is_ready() && r.m.is_live(), "unready until the checks pass");
+        r.step(Input::AppReady(true));
+        assert!(r.m.is_ready());
+        r.step(Input::AppReady(false));
+        assert!(!r.m.is_ready());
+        r.step(Input::AppReady(true));
+        r.step(Input::Signal(SIGINT));
+        assert!(!r.m.is_ready(), "the drain wins over passing checks");
+    }
+
+    fn idle_policy() -> Policy {
+        Policy { drain_idle: true, drain_min: secs(1), ..policy(Prestop::Fixed(secs(30))) }
+    }
+
+    #[test]
+    fn drain_until_idle_waits_for_connections_to_close() {
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        assert_eq!(r.m.deadline(), Some(r.t0), "counts at once");
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(30)), "no new count until this one is in");
+        assert_eq!(r.step(Input::Connections(3)), vec![]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
+        r.at(secs(2));
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.step(Input::Connections(1)), vec![]);
+        r.at(secs(5));
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.step(Input::Connections(0)), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.m.last_shutdown().0, Some(secs(5)));
+    }
+
+    #[test]
+    fn drain_until_idle_honours_the_minimum_and_the_upper_bound() {
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        r.step(Input::Tick);
+        // Idle at once: the stop signal still waits for --drain-min.
+        assert_eq!(r.step(Input::Connections(0)), vec![]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
+        r.at(secs(1));
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.step(Input::Connections(0)), signal(SIGTERM, Target::Child(PID)));
+
+        // Never idle: the preStop delay is the upper bound.
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        r.step(Input::Tick);
+        r.step(Input::Connections(5));
+        assert_eq!(r.at(secs(30)).step(Input::Tick), signal(SIGTERM, Target::Child(PID)));
     }
 
     #[test]
@@ -860,18 +806,9 @@ mod tests {
             ]
         );
         let second = logs(r.m.step(Input::Tick, now + secs(5)));
-        assert_eq!(
-            second,
-            ["sending SIGTERM to child 42 after 5.0s of drain; SIGKILL in 20.0s"]
-        );
+        assert_eq!(second, ["sending SIGTERM to child 42 after 5.0s of drain; SIGKILL in 20.0s"]);
         let status = ChildStatus::Exited(0);
-        let last = logs(r.m.step(
-            Input::ChildExited {
-                status,
-                others_left: false,
-            },
-            now + secs(7),
-        ));
+        let last = logs(r.m.step(Input::ChildExited { status, others_left: false }, now + secs(7)));
         assert_eq!(
             last,
             [
@@ -881,14 +818,7 @@ mod tests {
         // A normal run says nothing at info.
         let mut quiet = Run::new(policy(Prestop::Auto));
         assert!(
-            logs(quiet.m.step(
-                Input::ChildExited {
-                    status,
-                    others_left: false
-                },
-                now
-            ))
-            .is_empty()
+            logs(quiet.m.step(Input::ChildExited { status, others_left: false }, now)).is_empty()
         );
     }
 }

@@ -2,10 +2,13 @@
 //!
 //! `main` is the only place that prints a fatal error and picks the exit code.
 
+mod checks;
 mod cli;
 mod http;
+mod idle;
 mod machine;
 mod metrics;
+mod notify;
 mod reaper;
 mod signals;
 mod spawn;
@@ -35,10 +38,13 @@ fn main() -> ExitCode {
         Err(e) => return fail(USAGE, &one_line(&e)),
     };
     if args.command.is_empty() {
-        return fail(
-            USAGE,
-            "no command given (usage: lastcall [OPTIONS] [--] COMMAND [ARGS...])",
-        );
+        return fail(USAGE, "no command given (usage: lastcall [OPTIONS] [--] COMMAND [ARGS...])");
+    }
+    let checks: Vec<checks::Check> =
+        [args.ready_tcp, args.ready_http, args.ready_exec].into_iter().flatten().collect();
+    if checks.len() > supervisor::MAX_CHECKS {
+        let max = supervisor::MAX_CHECKS;
+        return fail(USAGE, &format!("{} readiness checks given; at most {max}", checks.len()));
     }
     init_logging(args.log_level);
     let config = Config {
@@ -54,7 +60,17 @@ fn main() -> ExitCode {
             success_exit: args.success_exit,
             in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST")
                 .is_some_and(|v| !v.is_empty()),
+            drain_idle: !args.drain_idle_port.is_empty(),
+            drain_min: args.drain_min,
         },
+        readiness: supervisor::Readiness {
+            checks,
+            notify: args.ready_notify,
+            interval: args.ready_interval,
+            timeout: args.ready_timeout,
+            startup_timeout: args.startup_timeout,
+        },
+        drain_ports: args.drain_idle_port,
         limits: http::Limits {
             max_connections: args.max_connections,
             request_timeout: args.request_timeout,

@@ -3,6 +3,7 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
+use crate::checks::{Checker, Outcome};
 use crate::machine::{Machine, Phase};
 use crate::signals::Sig;
 
@@ -20,12 +21,7 @@ pub struct Counters {
 
 impl Counters {
     pub fn new(started: Instant) -> Counters {
-        Counters {
-            started,
-            received: [0; SIGNALS],
-            forwarded: [0; SIGNALS],
-            reaped: 0,
-        }
+        Counters { started, received: [0; SIGNALS], forwarded: [0; SIGNALS], reaped: 0 }
     }
 
     pub fn received(&mut self, sig: Sig) {
@@ -57,6 +53,7 @@ pub struct HttpCounters {
 pub struct View<'a> {
     pub machine: &'a Machine,
     pub counters: &'a Counters,
+    pub checker: &'a Checker,
     pub now: Instant,
 }
 
@@ -75,27 +72,12 @@ impl View<'_> {
             let on = u8::from(name == phase.name());
             let _ = writeln!(out, "lastcall_phase{{phase=\"{name}\"}} {on}");
         }
-        family(
-            &mut out,
-            "lastcall_ready",
-            "gauge",
-            "1 while /readyz answers 200.",
-        );
+        family(&mut out, "lastcall_ready", "gauge", "1 while /readyz answers 200.");
         let _ = writeln!(out, "lastcall_ready {}", u8::from(self.machine.is_ready()));
-        family(
-            &mut out,
-            "lastcall_child_pid",
-            "gauge",
-            "The child's pid; 0 once it has exited.",
-        );
+        family(&mut out, "lastcall_child_pid", "gauge", "The child's pid; 0 once it has exited.");
         let pid = self.machine.child().map_or(0, |p| p.as_raw());
         let _ = writeln!(out, "lastcall_child_pid {pid}");
-        family(
-            &mut out,
-            "lastcall_uptime_seconds",
-            "gauge",
-            "Seconds since lastcall started.",
-        );
+        family(&mut out, "lastcall_uptime_seconds", "gauge", "Seconds since lastcall started.");
         let uptime = self.now.saturating_duration_since(self.counters.started);
         let _ = writeln!(out, "lastcall_uptime_seconds {:.3}", uptime.as_secs_f64());
 
@@ -123,11 +105,7 @@ impl View<'_> {
             "counter",
             "Processes other than the child that lastcall reaped.",
         );
-        let _ = writeln!(
-            out,
-            "lastcall_zombies_reaped_total {}",
-            self.counters.reaped
-        );
+        let _ = writeln!(out, "lastcall_zombies_reaped_total {}", self.counters.reaped);
 
         family(
             &mut out,
@@ -138,18 +116,11 @@ impl View<'_> {
         for (r, path) in ["/readyz", "/livez"].iter().enumerate() {
             for (s, code) in [200, 503].iter().enumerate() {
                 let n = http.probes[r][s];
-                let _ = writeln!(
-                    out,
-                    "lastcall_probes_total{{path=\"{path}\",code=\"{code}\"}} {n}"
-                );
+                let _ =
+                    writeln!(out, "lastcall_probes_total{{path=\"{path}\",code=\"{code}\"}} {n}");
             }
         }
-        family(
-            &mut out,
-            "lastcall_http_connections",
-            "gauge",
-            "Open connections to the endpoint.",
-        );
+        family(&mut out, "lastcall_http_connections", "gauge", "Open connections to the endpoint.");
         let _ = writeln!(out, "lastcall_http_connections {}", http.open);
         family(
             &mut out,
@@ -157,22 +128,37 @@ impl View<'_> {
             "counter",
             "Connections closed at once because the maximum was open.",
         );
-        let _ = writeln!(
-            out,
-            "lastcall_http_connections_rejected_total {}",
-            http.rejected
-        );
+        let _ = writeln!(out, "lastcall_http_connections_rejected_total {}", http.rejected);
         family(
             &mut out,
             "lastcall_http_connections_dropped_total",
             "counter",
             "Connections closed for a timeout, bad input, or unread answers.",
         );
-        let _ = writeln!(
-            out,
-            "lastcall_http_connections_dropped_total {}",
-            http.dropped
-        );
+        let _ = writeln!(out, "lastcall_http_connections_dropped_total {}", http.dropped);
+
+        if self.checker.is_active() {
+            family(
+                &mut out,
+                "lastcall_check_passing",
+                "gauge",
+                "1 if the readiness check passed last time it ran, 0 if it failed or has not run.",
+            );
+            for (name, outcome) in self.checker.results() {
+                let pass = u8::from(*outcome == Outcome::Pass);
+                let _ =
+                    writeln!(out, "lastcall_check_passing{{check=\"{}\"}} {pass}", escape(&name));
+            }
+        }
+        if let Some(n) = self.machine.connections() {
+            family(
+                &mut out,
+                "lastcall_app_connections",
+                "gauge",
+                "The app's established connections at the last count of the drain.",
+            );
+            let _ = writeln!(out, "lastcall_app_connections {n}");
+        }
 
         let (drain, grace) = self.machine.last_shutdown();
         let timings = [
@@ -199,19 +185,32 @@ impl View<'_> {
     /// The short explanation `?verbose` adds to a probe's answer.
     pub fn explain(&self) -> String {
         let phase = self.machine.phase();
-        let pid = self
-            .machine
-            .child()
-            .map_or("none".to_string(), |p| p.to_string());
-        let in_phase = phase
-            .since()
-            .map_or(Duration::ZERO, |t| self.now.saturating_duration_since(t));
-        format!(
+        let pid = self.machine.child().map_or("none".to_string(), |p| p.to_string());
+        let in_phase =
+            phase.since().map_or(Duration::ZERO, |t| self.now.saturating_duration_since(t));
+        let mut text = format!(
             "phase: {}\nchild pid: {pid}\ntime in phase: {}\n",
             phase.name(),
             crate::machine::show(in_phase)
-        )
+        );
+        for (name, outcome) in self.checker.results() {
+            let result = match outcome {
+                Outcome::Unknown => "not run yet".to_string(),
+                Outcome::Pass => "pass".to_string(),
+                Outcome::Fail(why) => format!("fail: {why}"),
+            };
+            let _ = writeln!(text, "check {name}: {result}");
+        }
+        if let Some(n) = self.machine.connections() {
+            let _ = writeln!(text, "app connections: {n}");
+        }
+        text
     }
+}
+
+/// A label value as the exposition format wants it: backslash, quote and newline escaped.
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -221,19 +220,22 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Input, Policy, Prestop};
+    use crate::machine::{Input, Policy};
     use nix::unistd::Pid;
 
+    fn no_checks(t0: Instant) -> crate::checks::Checker {
+        crate::checks::Checker::new(
+            vec![],
+            false,
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+            16,
+            t0,
+        )
+    }
+
     fn machine(t0: Instant) -> Machine {
-        let policy = Policy {
-            prestop: Prestop::Fixed(Duration::from_secs(5)),
-            grace: Duration::from_secs(20),
-            stop_signal: None,
-            group: false,
-            success_exit: vec![],
-            in_kubernetes: false,
-        };
-        Machine::new(policy, Pid::from_raw(42), t0)
+        Machine::new(Policy::for_tests(), Pid::from_raw(42), t0)
     }
 
     /// Checks the text against the exposition format's line grammar: every sample belongs
@@ -272,6 +274,7 @@ mod tests {
         let view = View {
             machine: &m,
             counters: &c,
+            checker: &no_checks(t0),
             now: t0 + Duration::from_millis(1500),
         };
         let text = view.render(&http);
@@ -291,23 +294,18 @@ mod tests {
         }
         assert!(!text.contains("last_drain"), "no shutdown yet");
 
-        m.step(
-            Input::Signal(crate::signals::SIGTERM),
-            t0 + Duration::from_secs(1),
-        );
+        m.step(Input::Signal(crate::signals::SIGTERM), t0 + Duration::from_secs(1));
         m.step(Input::Tick, t0 + Duration::from_secs(6));
         let view = View {
             machine: &m,
             counters: &c,
+            checker: &no_checks(t0),
             now: t0 + Duration::from_secs(7),
         };
         let text = view.render(&http);
         well_formed(&text);
         assert!(text.contains("lastcall_phase{phase=\"stopping\"} 1"));
         assert!(text.contains("lastcall_last_drain_seconds 5.000"));
-        assert_eq!(
-            view.explain(),
-            "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\n"
-        );
+        assert_eq!(view.explain(), "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\n");
     }
 }

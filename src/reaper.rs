@@ -15,16 +15,14 @@ use crate::status::ChildStatus;
 /// What one reaping pass collected.
 #[derive(Debug, Default)]
 pub struct Reaped {
-    /// The main child's end, if it was among them.
-    pub main: Option<ChildStatus>,
-    /// How many other processes (orphans, or the main child's leftovers) were reaped.
-    pub others: u64,
+    /// Every process reaped, with how it ended.
+    pub exits: Vec<(Pid, ChildStatus)>,
     /// Whether lastcall still has children after the pass.
     pub children_left: bool,
 }
 
 /// Collects every exited child, without blocking.
-pub fn reap(main: Option<Pid>) -> Reaped {
+pub fn reap() -> Reaped {
     let mut reaped = Reaped::default();
     loop {
         match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -32,22 +30,14 @@ pub fn reap(main: Option<Pid>) -> Reaped {
                 reaped.children_left = true;
                 return reaped;
             }
-            Ok(status) => {
-                let (pid, end) = match status {
-                    WaitStatus::Exited(pid, code) => (pid, ChildStatus::Exited(code)),
-                    WaitStatus::Signaled(pid, sig, _) => {
-                        (pid, ChildStatus::Signaled(Sig(sig as i32)))
-                    }
-                    // Not asked for (no WUNTRACED/WCONTINUED); nothing to collect.
-                    _ => continue,
-                };
-                if Some(pid) == main {
-                    reaped.main = Some(end);
-                } else {
-                    log::debug!("reaped process {pid}, which {end}");
-                    reaped.others += 1;
-                }
+            Ok(WaitStatus::Exited(pid, code)) => {
+                reaped.exits.push((pid, ChildStatus::Exited(code)))
             }
+            Ok(WaitStatus::Signaled(pid, sig, _)) => {
+                reaped.exits.push((pid, ChildStatus::Signaled(Sig(sig as i32))))
+            }
+            // Not asked for (no WUNTRACED/WCONTINUED); nothing to collect.
+            Ok(_) => continue,
             Err(Errno::EINTR) => continue,
             // ECHILD: no children at all.
             Err(_) => return reaped,
@@ -80,11 +70,7 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
         return Vec::new();
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
         if let Some(ppid) = parent_of(pid) {
@@ -103,6 +89,21 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
         }
     }
     found
+}
+
+/// Whether `pid` is lastcall's descendant (as PID 1 or a subreaper, every process under it).
+pub fn is_descendant(pid: i32) -> bool {
+    let me = std::process::id() as i32;
+    let mut at = pid;
+    // Bounded: a chain of parents is finite, but /proc can change under us.
+    for _ in 0..4096 {
+        match parent_of(at) {
+            Some(parent) if parent == me => return true,
+            Some(parent) if parent > 1 => at = parent,
+            _ => return false,
+        }
+    }
+    false
 }
 
 /// The parent pid from /proc/PID/stat. The command name (field 2) may hold spaces and

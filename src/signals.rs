@@ -125,11 +125,7 @@ impl FromStr for Sig {
         let bad = || format!("'{text}' is not a signal name or number (try TERM, SIGINT or 15)");
         let trimmed = text.trim();
         if let Ok(n) = trimmed.parse::<i32>() {
-            return if all().any(|s| s.0 == n) {
-                Ok(Sig(n))
-            } else {
-                Err(bad())
-            };
+            return if all().any(|s| s.0 == n) { Ok(Sig(n)) } else { Err(bad()) };
         }
         let upper = trimmed.to_ascii_uppercase();
         let name = upper.strip_prefix("SIG").unwrap_or(&upper);
@@ -165,8 +161,13 @@ pub struct Inherited {
 }
 
 impl Inherited {
-    /// Reads the mask and dispositions. Must run before lastcall installs any handler.
-    pub fn record() -> Inherited {
+    /// Reads the mask and dispositions, once; later calls change nothing. Must run before
+    /// lastcall installs any handler.
+    pub fn record() -> &'static Inherited {
+        INHERITED.get_or_init(Inherited::read)
+    }
+
+    fn read() -> Inherited {
         // SAFETY: plain libc calls on local, initialised sigset_t values.
         unsafe {
             let mut mask: libc::sigset_t = std::mem::zeroed();
@@ -196,6 +197,16 @@ impl Inherited {
         // SAFETY: reads an initialised sigset_t.
         unsafe { libc::sigismember(&self.ignored, sig.0) == 1 }
     }
+}
+
+static INHERITED: std::sync::OnceLock<Inherited> = std::sync::OnceLock::new();
+
+/// What [`Inherited::record`] read (an empty state if it was never called).
+pub fn inherited() -> &'static Inherited {
+    INHERITED.get_or_init(|| {
+        // SAFETY: zeroed sigset_t values are empty sets on Linux.
+        unsafe { std::mem::zeroed() }
+    })
 }
 
 /// Unblocks the signals lastcall must receive, whatever mask it inherited, and ignores the
@@ -244,11 +255,7 @@ extern "C" fn on_fault_signal(
         if (*info).si_code <= 0 {
             let saved = *libc::__errno_location();
             let byte = signo as u8;
-            libc::write(
-                FAULT_PIPE.load(Ordering::Relaxed),
-                (&raw const byte).cast(),
-                1,
-            );
+            libc::write(FAULT_PIPE.load(Ordering::Relaxed), (&raw const byte).cast(), 1);
             *libc::__errno_location() = saved;
         } else {
             // lastcall itself faulted: with the default action back, the instruction faults
@@ -281,10 +288,7 @@ impl FaultSignals {
                 }
             }
         }
-        Ok(FaultSignals {
-            read,
-            _write: write,
-        })
+        Ok(FaultSignals { read, _write: write })
     }
 
     pub fn source(&mut self) -> &mut mio::net::UnixStream {
@@ -316,10 +320,8 @@ extern "C" fn record_sigpipe() {
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0 {
-            SIGPIPE_IGNORED_AT_EXEC.store(
-                old.sa_sigaction == libc::SIG_IGN,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            SIGPIPE_IGNORED_AT_EXEC
+                .store(old.sa_sigaction == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }
@@ -378,10 +380,7 @@ mod tests {
         assert_eq!(class(Sig(rtmin())), Class::Forward);
         assert_eq!(class(SIGKILL), Class::Default);
         assert_eq!(class(Sig(libc::SIGSEGV)), Class::Forward);
-        assert!(
-            !handled().contains(&libc::SIGSEGV),
-            "signal-hook refuses it"
-        );
+        assert!(!handled().contains(&libc::SIGSEGV), "signal-hook refuses it");
         assert_eq!(class(Sig(libc::SIGTTOU)), Class::Ignore);
     }
 }

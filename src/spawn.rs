@@ -31,10 +31,7 @@ impl SpawnError {
     /// lastcall itself could not fork (as `env` and `timeout` use them).
     pub fn exit_code(&self) -> u8 {
         match self {
-            SpawnError::Exec {
-                errno: Errno::ENOENT | Errno::ENOTDIR,
-                ..
-            } => 127,
+            SpawnError::Exec { errno: Errno::ENOENT | Errno::ENOTDIR, .. } => 127,
             SpawnError::Exec { .. } => 126,
             SpawnError::Os { .. } => 125,
         }
@@ -52,16 +49,48 @@ impl std::fmt::Display for SpawnError {
     }
 }
 
-/// Starts `argv` as the child and returns its pid once it has exec'd.
-pub fn spawn(argv: &[OsString], inherited: &Inherited) -> Result<Pid, SpawnError> {
+/// How to start a process; the default is the supervised child.
+#[derive(Default)]
+pub struct Options {
+    /// The environment, if not lastcall's own.
+    pub env: Option<Vec<OsString>>,
+    /// A variable set to the child's own pid, which only the child knows (`LISTEN_PID`).
+    pub own_pid_var: Option<&'static str>,
+    /// Stdin, stdout and stderr on /dev/null, and no terminal (readiness commands).
+    pub quiet: bool,
+}
+
+/// Starts `argv` as the supervised child and returns its pid once it has exec'd.
+pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
     let os = |what| move |errno| SpawnError::Os { what, errno };
     // Built before the fork so that the child only makes system calls.
-    let args: Vec<CString> = argv
-        .iter()
-        .map(|a| CString::new(a.as_bytes()).expect("argv strings from the OS hold no NUL"))
-        .collect();
-    let mut ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
-    ptrs.push(std::ptr::null());
+    let args = c_strings(argv.iter());
+    let argv_ptrs = pointers(&args);
+    let env = options.env.as_ref().map(|vars| c_strings(vars.iter()));
+    // `NAME=` and room for any pid, completed by the child: only it knows its pid.
+    let mut own_pid: Option<Box<[u8]>> = options.own_pid_var.map(|name| {
+        let mut slot = format!("{name}=").into_bytes();
+        slot.resize(slot.len() + 24, 0);
+        slot.into_boxed_slice()
+    });
+    let own_pid_ptr = own_pid.as_mut().map(|slot| (slot.as_mut_ptr(), slot.len()));
+    let env_ptrs = env.as_ref().map(|vars| {
+        let mut ptrs = pointers(vars);
+        if let Some((slot, _)) = own_pid_ptr {
+            ptrs.insert(ptrs.len() - 1, slot.cast_const().cast());
+        }
+        ptrs
+    });
+    let null = if options.quiet {
+        Some(std::fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| {
+            SpawnError::Os {
+                what: "opening /dev/null",
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            }
+        })?)
+    } else {
+        None
+    };
 
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
     // No handler of lastcall's may run in the child: it would write to the parent's
@@ -71,7 +100,16 @@ pub fn spawn(argv: &[OsString], inherited: &Inherited) -> Result<Pid, SpawnError
     // system calls and never returns.
     let fork = unsafe { nix::unistd::fork() };
     match fork {
-        Ok(ForkResult::Child) => child_main(&ptrs, inherited, err_write.as_raw_fd()),
+        Ok(ForkResult::Child) => {
+            let child = Child {
+                argv: &argv_ptrs,
+                env: env_ptrs.as_deref(),
+                own_pid: own_pid_ptr,
+                null: null.as_ref().map(AsRawFd::as_raw_fd),
+                err_fd: err_write.as_raw_fd(),
+            };
+            child_main(child)
+        }
         Ok(ForkResult::Parent { child }) => {
             restore_mask(&saved);
             drop(err_write);
@@ -80,20 +118,36 @@ pub fn spawn(argv: &[OsString], inherited: &Inherited) -> Result<Pid, SpawnError
             let _ = nix::unistd::setpgid(child, child);
             match read_exec_error(err_read) {
                 None => Ok(child),
-                Some(errno) => Err(SpawnError::Exec {
-                    program: argv[0].to_string_lossy().into_owned(),
-                    errno,
-                }),
+                Some(errno) => {
+                    Err(SpawnError::Exec { program: argv[0].to_string_lossy().into_owned(), errno })
+                }
             }
         }
         Err(errno) => {
             restore_mask(&saved);
-            Err(SpawnError::Os {
-                what: "fork",
-                errno,
-            })
+            Err(SpawnError::Os { what: "fork", errno })
         }
     }
+}
+
+/// Starts a readiness command: its own process group, quiet, lastcall's environment.
+pub fn spawn_check(argv: &[OsString]) -> Result<Pid, SpawnError> {
+    spawn(argv, &Options { quiet: true, ..Options::default() })
+}
+
+fn c_strings<'a>(items: impl Iterator<Item = &'a OsString>) -> Vec<CString> {
+    // Strings from the OS (argv, environ) hold no NUL; one from elsewhere is cut at it.
+    items
+        .map(|s| {
+            let bytes = s.as_bytes();
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            CString::new(&bytes[..end]).unwrap_or_default()
+        })
+        .collect()
+}
+
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
 /// EOF means `exec` succeeded (the CLOEXEC write end closed); four bytes are its errno.
@@ -130,29 +184,77 @@ fn restore_mask(mask: &libc::sigset_t) {
     }
 }
 
+/// What the child needs, all prepared before the fork.
+struct Child<'a> {
+    argv: &'a [*const libc::c_char],
+    env: Option<&'a [*const libc::c_char]>,
+    /// The `NAME=` buffer (pointer, length) in `env`, to complete with the child's pid.
+    own_pid: Option<(*mut u8, usize)>,
+    null: Option<RawFd>,
+    err_fd: RawFd,
+}
+
 /// Everything the child does before `exec`. Never returns.
-fn child_main(argv: &[*const libc::c_char], inherited: &Inherited, err_fd: RawFd) -> ! {
-    let foreground = had_foreground();
+fn child_main(child: Child) -> ! {
+    let foreground = child.null.is_none() && had_foreground();
     own_process_group();
     if foreground {
         take_terminal();
     }
-    restore_dispositions(inherited);
-    restore_mask(&inherited.mask);
-    // SAFETY: `argv` is a null-terminated array of pointers to NUL-terminated strings that
-    // outlive this call.
-    unsafe { libc::execvp(argv[0], argv.as_ptr()) };
-    let errno = Errno::last_raw();
-    let code: i32 = if matches!(Errno::from_raw(errno), Errno::ENOENT | Errno::ENOTDIR) {
-        127
-    } else {
-        126
+    if let Some(fd) = child.null {
+        quiet_stdio(fd);
+    }
+    restore_dispositions(signals::inherited());
+    restore_mask(&signals::inherited().mask);
+    if let Some((slot, len)) = child.own_pid {
+        // SAFETY: the buffer was allocated before the fork with this length, and nothing
+        // else refers to it in the child.
+        set_own_pid(unsafe { std::slice::from_raw_parts_mut(slot, len) });
+    }
+    // SAFETY: `argv` and `env` are null-terminated arrays of pointers to NUL-terminated
+    // strings that outlive this call.
+    unsafe {
+        match child.env {
+            Some(env) => libc::execvpe(child.argv[0], child.argv.as_ptr(), env.as_ptr()),
+            None => libc::execvp(child.argv[0], child.argv.as_ptr()),
+        }
     };
+    let errno = Errno::last_raw();
+    let code: i32 =
+        if matches!(Errno::from_raw(errno), Errno::ENOENT | Errno::ENOTDIR) { 127 } else { 126 };
     // SAFETY: writing four bytes from a local to an fd we own, then leaving without running
     // any of the parent's atexit handlers or destructors.
     unsafe {
-        libc::write(err_fd, errno.to_ne_bytes().as_ptr().cast(), 4);
+        libc::write(child.err_fd, errno.to_ne_bytes().as_ptr().cast(), 4);
         libc::_exit(code)
+    }
+}
+
+/// Writes the pid in decimal after `NAME=`, NUL-terminated, without allocating.
+fn set_own_pid(slot: &mut [u8]) {
+    let start = slot.iter().position(|&b| b == 0).unwrap_or(slot.len());
+    // SAFETY: plain libc call.
+    let mut pid = unsafe { libc::getpid() } as u32;
+    let mut digits = [0u8; 10];
+    let mut n = 0;
+    loop {
+        digits[n] = b'0' + (pid % 10) as u8;
+        n += 1;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    for i in 0..n {
+        slot[start + i] = digits[n - 1 - i];
+    }
+    slot[start + n] = 0;
+}
+
+fn quiet_stdio(null: RawFd) {
+    for fd in 0..3 {
+        // SAFETY: plain libc call; dup2 leaves the new fd without CLOEXEC, as stdio must be.
+        unsafe { libc::dup2(null, fd) };
     }
 }
 
@@ -180,11 +282,7 @@ fn take_terminal() {
 /// back to default. Signals lastcall left alone were inherited across fork as they were.
 fn restore_dispositions(inherited: &Inherited) {
     for sig in signals::all().filter(|s| signals::class(*s) != Class::Default) {
-        let disposition = if inherited.was_ignored(sig) {
-            libc::SIG_IGN
-        } else {
-            libc::SIG_DFL
-        };
+        let disposition = if inherited.was_ignored(sig) { libc::SIG_IGN } else { libc::SIG_DFL };
         // SAFETY: plain libc call with a valid signal number.
         unsafe { libc::signal(sig.0, disposition) };
     }

@@ -27,11 +27,7 @@ impl ChildStatus {
     /// into 0.
     pub fn exit_code(self, success_exit: &[u8]) -> u8 {
         let code = self.code();
-        if success_exit.contains(&code) {
-            0
-        } else {
-            code
-        }
+        if success_exit.contains(&code) { 0 } else { code }
     }
 }
 

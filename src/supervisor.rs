@@ -1,22 +1,26 @@
 //! The event loop: one thread, one mio `Poll`, no periodic wake-ups.
 //!
 //! Waiting ([`Supervisor::next_events`]) is kept apart from deciding (the state machine's
-//! `step`) and doing ([`Supervisor::execute`]). The poll timeout is the machine's next
-//! deadline, so an idle lastcall sleeps in `epoll_wait` until something happens.
+//! `step`) and doing ([`Supervisor::execute`]). The poll timeout is the earliest deadline of
+//! the machine, the endpoint's connections, the readiness checks and the systemd watchdog;
+//! with none of those, an idle lastcall sleeps in `epoll_wait` until something happens.
 
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
 use signal_hook_mio::v1_0::Signals;
 
+use crate::checks::{Check, Checker, Verdict};
 use crate::http::{Endpoint, Limits};
-use crate::machine::{Action, Input, Machine, Policy, Target};
+use crate::idle;
+use crate::machine::{Action, Input, Machine, Phase, Policy, Target, show};
 use crate::metrics::{Counters, View};
+use crate::notify::{self, Said};
 use crate::reaper;
 use crate::signals::{self, FaultSignals, Inherited, SIGCHLD, Sig};
 use crate::spawn::{self, SpawnError};
@@ -24,15 +28,31 @@ use crate::spawn::{self, SpawnError};
 const SIGNALS: Token = Token(0);
 const FAULT_SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
-const FIRST_CONNECTION: usize = 3;
+const CHILD_NOTIFY: Token = Token(3);
+const FIRST_CHECK: usize = 16;
+/// Room for this many readiness checks before the connections' tokens.
+pub const MAX_CHECKS: usize = 64;
+const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
 
 /// Everything `run` needs, validated.
 pub struct Config {
     pub listen: Option<SocketAddr>,
     pub limits: Limits,
     pub policy: Policy,
+    pub readiness: Readiness,
+    /// `--drain-idle-port`.
+    pub drain_ports: Vec<u16>,
     pub subreaper: bool,
     pub command: Vec<OsString>,
+}
+
+/// The readiness-check options.
+pub struct Readiness {
+    pub checks: Vec<Check>,
+    pub notify: bool,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub startup_timeout: Duration,
 }
 
 /// A failure that stops lastcall before or instead of supervising.
@@ -70,52 +90,114 @@ impl fmt::Display for Fatal {
 pub fn run(config: Config) -> Result<u8, Fatal> {
     let setup = |what| move |err| Fatal::Setup { what, err };
     // Read before any handler is installed: the child gets exactly this back.
-    let inherited = Inherited::record();
+    Inherited::record();
     signals::prepare_own_mask();
     let mut signals =
         Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
-    let poll = Poll::new().map_err(setup("creating the event loop"))?;
     let mut faults = FaultSignals::install().map_err(setup("installing signal handlers"))?;
-    poll.registry()
+    let poll = Poll::new().map_err(setup("creating the event loop"))?;
+    let registry = poll.registry();
+    registry
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
-    poll.registry()
+    registry
         .register(faults.source(), FAULT_SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
-    let mut endpoint = match config.listen {
+    let endpoint = match config.listen {
         Some(addr) => {
             let bind = |err| Fatal::Bind { addr, err };
             let mut endpoint =
                 Endpoint::bind(addr, config.limits, FIRST_CONNECTION).map_err(bind)?;
-            endpoint.register(poll.registry(), LISTENER).map_err(bind)?;
+            endpoint.register(registry, LISTENER).map_err(bind)?;
             Some(endpoint)
         }
         None => None,
     };
+    let mut child_notify = match config.readiness.notify {
+        true => Some(notify::Private::bind().map_err(setup("creating the notify socket"))?),
+        false => None,
+    };
+    if let Some(private) = child_notify.as_mut() {
+        registry
+            .register(private.source(), CHILD_NOTIFY, Interest::READABLE)
+            .map_err(setup("watching the notify socket"))?;
+    }
+    let systemd = notify::Systemd::from_env();
     claim_orphans(config.subreaper);
 
+    let options = child_options(child_notify.as_ref(), systemd.is_some());
     let started = Instant::now();
-    let pid = spawn::spawn(&config.command, &inherited).map_err(Fatal::Spawn)?;
+    let pid = spawn::spawn(&config.command, &options).map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
+    let now = Instant::now();
+    let r = config.readiness;
+    let gated = !r.checks.is_empty() || r.notify;
+    let mut machine = Machine::new(config.policy, pid, now);
+    if gated {
+        machine = machine.with_checks();
+    }
     let mut sup = Supervisor {
-        machine: Machine::new(config.policy, pid, Instant::now()),
+        checker: Checker::new(r.checks, r.notify, r.interval, r.timeout, FIRST_CHECK, now),
+        startup_deadline: gated.then(|| now + r.startup_timeout),
+        startup_timeout: r.startup_timeout,
+        ever_ready: false,
+        drain_ports: config.drain_ports,
+        machine,
         counters: Counters::new(started),
         poll,
         signals,
         faults,
-        endpoint: endpoint.take(),
+        endpoint,
+        child_notify,
+        systemd: systemd.map(|s| SystemdState {
+            next_ping: s.watchdog_every.map(|d| now + d),
+            s,
+            ready_sent: false,
+            last_phase: "",
+        }),
     };
+    sup.tell_systemd(now);
     // A child that exited before the loop started is collected here, not missed.
     if let Some(code) = sup.reap() {
         return Ok(code);
     }
-    let mut events = Events::with_capacity(64);
+    let mut events = Events::with_capacity(256);
     loop {
-        sup.next_events(&mut events)
-            .map_err(setup("waiting for events"))?;
+        sup.next_events(&mut events).map_err(setup("waiting for events"))?;
         if let Some(code) = sup.handle_events(&events) {
             return Ok(code);
         }
+    }
+}
+
+/// The child's environment: lastcall's own, with NOTIFY_SOCKET pointing at the private socket
+/// (`--ready-notify`) or removed when it is lastcall's to use; LISTEN_PID rewritten to the
+/// child's pid when systemd's socket-activation fds were meant for lastcall.
+fn child_options(private: Option<&notify::Private>, lastcall_notifies: bool) -> spawn::Options {
+    let socket_activation =
+        std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
+    if private.is_none() && !lastcall_notifies && !socket_activation {
+        return spawn::Options::default();
+    }
+    let mut env: Vec<OsString> = std::env::vars_os()
+        .filter(|(key, _)| {
+            !(key == "NOTIFY_SOCKET" && (private.is_some() || lastcall_notifies))
+                && !(key == "LISTEN_PID" && socket_activation)
+        })
+        .map(|(key, value)| {
+            let mut pair = key;
+            pair.push("=");
+            pair.push(value);
+            pair
+        })
+        .collect();
+    if let Some(private) = private {
+        env.push(format!("NOTIFY_SOCKET={}", private.env_value).into());
+    }
+    spawn::Options {
+        env: Some(env),
+        own_pid_var: socket_activation.then_some("LISTEN_PID"),
+        quiet: false,
     }
 }
 
@@ -139,23 +221,43 @@ fn claim_orphans(subreaper: bool) {
     }
 }
 
+struct SystemdState {
+    s: notify::Systemd,
+    next_ping: Option<Instant>,
+    ready_sent: bool,
+    last_phase: &'static str,
+}
+
 struct Supervisor {
     machine: Machine,
     counters: Counters,
+    checker: Checker,
+    /// When an app that never became ready is reported as such (once).
+    startup_deadline: Option<Instant>,
+    startup_timeout: Duration,
+    ever_ready: bool,
+    drain_ports: Vec<u16>,
     poll: Poll,
     signals: Signals,
     faults: FaultSignals,
     endpoint: Option<Endpoint>,
+    child_notify: Option<notify::Private>,
+    systemd: Option<SystemdState>,
 }
 
 impl Supervisor {
-    /// Sleeps until an event or the machine's next deadline.
+    /// Sleeps until an event or the earliest deadline.
     fn next_events(&mut self, events: &mut Events) -> io::Result<()> {
-        let endpoint = self.endpoint.as_ref().and_then(Endpoint::deadline);
-        let deadline = match (self.machine.deadline(), endpoint) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let deadline = [
+            self.machine.deadline(),
+            self.endpoint.as_ref().and_then(Endpoint::deadline),
+            self.checker.deadline(),
+            self.startup_deadline,
+            self.systemd.as_ref().and_then(|s| s.next_ping),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         // mio rounds a timeout up to whole milliseconds, so a deadline is never woken early.
         match self.poll.poll(events, timeout) {
@@ -187,19 +289,40 @@ impl Supervisor {
             }
         }
         let now = Instant::now();
+        let mut verdicts = Vec::new();
+        let registry = self.poll.registry();
+        for event in events.iter() {
+            match event.token() {
+                SIGNALS | FAULT_SIGNALS | LISTENER => {}
+                CHILD_NOTIFY => {
+                    for said in self.child_notify.as_mut().map(|n| n.receive()).unwrap_or_default()
+                    {
+                        verdicts.push(self.checker.on_notify(said == Said::Ready));
+                    }
+                }
+                token if self.checker.owns(token) => {
+                    verdicts.push(self.checker.on_event(registry, token))
+                }
+                _ => {}
+            }
+        }
+        verdicts.push(self.checker.on_tick(registry, now));
+        for verdict in verdicts {
+            self.take_verdict(verdict, now);
+        }
+        let registry = self.poll.registry();
         if let Some(endpoint) = self.endpoint.as_mut() {
             let view = View {
                 machine: &self.machine,
                 counters: &self.counters,
+                checker: &self.checker,
                 now,
             };
-            let registry = self.poll.registry();
             for event in events.iter() {
                 match event.token() {
-                    SIGNALS | FAULT_SIGNALS => {}
                     LISTENER => endpoint.accept(registry, now),
                     token if endpoint.owns(token) => endpoint.on_event(registry, event, &view),
-                    token => log::debug!("event for unknown token {}", token.0),
+                    _ => {}
                 }
             }
             endpoint.expire(registry, now);
@@ -207,29 +330,75 @@ impl Supervisor {
                 self.step(Input::Probed);
             }
         }
-        self.step(Input::Tick)
+        if self.startup_deadline.is_some_and(|t| t <= now) {
+            self.startup_deadline = None;
+            if !self.ever_ready && matches!(self.machine.phase(), Phase::Running { .. }) {
+                log::warn!(
+                    "the app is not ready {} after start ({}); it keeps running, unready",
+                    show(self.startup_timeout),
+                    self.checker.failing().unwrap_or_default()
+                );
+            }
+        }
+        let code = self.step(Input::Tick);
+        self.tell_systemd(now);
+        code
     }
 
-    /// One reaping pass, fed to the machine.
+    /// Feeds a change of the checks' verdict to the machine, logging it once.
+    fn take_verdict(&mut self, verdict: Verdict, now: Instant) {
+        let Verdict::Changed(ready, reason) = verdict else {
+            return;
+        };
+        if ready && !self.ever_ready {
+            let took = now.saturating_duration_since(self.counters.started);
+            log::info!("the app is ready ({} after start)", show(took));
+            self.ever_ready = true;
+        } else if ready {
+            log::info!("the app is ready again");
+        } else {
+            log::info!("the app is not ready: {}", reason.unwrap_or_default());
+        }
+        self.step(Input::AppReady(ready));
+    }
+
+    /// One reaping pass: the main child to the machine, check commands to the checker.
     fn reap(&mut self) -> Option<u8> {
-        let reaped = reaper::reap(self.machine.child());
+        let reaped = reaper::reap();
         let others_left = reaped.children_left;
+        let main = self.machine.child();
+        let mut main_status = None;
+        let mut others = 0;
+        let now = Instant::now();
+        for (pid, status) in reaped.exits {
+            if Some(pid) == main {
+                main_status = Some(status);
+            } else if let Some(verdict) = self.checker.on_exit(pid, status) {
+                self.take_verdict(verdict, now);
+            } else {
+                log::debug!("reaped process {pid}, which {status}");
+                others += 1;
+            }
+        }
+        self.counters.reaped += others;
         let mut code = None;
-        self.counters.reaped += reaped.others;
-        if reaped.others > 0 {
+        if others > 0 {
             code = self.step(Input::OthersReaped { others_left });
         }
-        if let Some(status) = reaped.main {
-            code = code.or(self.step(Input::ChildExited {
-                status,
-                others_left,
-            }));
+        if let Some(status) = main_status {
+            code = code.or(self.step(Input::ChildExited { status, others_left }));
         }
         code
     }
 
     fn step(&mut self, input: Input) -> Option<u8> {
+        let was_running = matches!(self.machine.phase(), Phase::Running { .. });
         let actions = self.machine.step(input, Instant::now());
+        if was_running && !matches!(self.machine.phase(), Phase::Running { .. }) {
+            // Readiness no longer matters, and a check must not hold a connection open
+            // while the app's connections are counted.
+            self.checker.stop(self.poll.registry());
+        }
         let mut exit = None;
         for action in actions {
             match action {
@@ -237,11 +406,64 @@ impl Supervisor {
                     deliver(sig, to);
                     self.counters.forwarded(sig);
                 }
+                Action::CountConnections => {
+                    let n = idle::count(&self.drain_ports);
+                    exit = exit.or(self.step(Input::Connections(n)));
+                }
                 Action::Log(line) => log::info!("{line}"),
                 Action::Exit(code) => exit = Some(code),
             }
         }
         exit
+    }
+
+    /// READY=1 when /readyz would first answer 200, STOPPING=1 when the drain starts,
+    /// STATUS= at each phase change, and the watchdog ping while the child lives.
+    fn tell_systemd(&mut self, now: Instant) {
+        let Some(sd) = self.systemd.as_mut() else {
+            return;
+        };
+        let phase = self.machine.phase();
+        if !sd.ready_sent && self.machine.is_ready() {
+            sd.s.send("READY=1\nSTATUS=running, ready");
+            sd.ready_sent = true;
+            sd.last_phase = phase.name();
+        }
+        if phase.name() != sd.last_phase {
+            if sd.last_phase == "running" {
+                // Once, when lastcall starts to go down, whatever the reason.
+                sd.s.send("STOPPING=1");
+            }
+            let status = match phase {
+                Phase::Running { .. } if !self.machine.is_ready() => {
+                    "STATUS=running, waiting for the app to be ready".to_string()
+                }
+                Phase::Running { .. } => "STATUS=running, ready".to_string(),
+                Phase::Draining { .. } => {
+                    "STATUS=draining: unready, waiting out the preStop delay".to_string()
+                }
+                Phase::Stopping { .. } => {
+                    "STATUS=stopping: stop signal sent, waiting for the child".to_string()
+                }
+                Phase::Killing { .. } => {
+                    "STATUS=killing: grace period over, SIGKILL sent".to_string()
+                }
+                Phase::Reaping { .. } => {
+                    "STATUS=child exited; stopping the processes it left".to_string()
+                }
+                Phase::Exited { code } => format!("STATUS=exiting with {code}"),
+            };
+            sd.s.send(&status);
+            sd.last_phase = phase.name();
+        }
+        if let Some(at) = sd.next_ping.filter(|&at| at <= now) {
+            if self.machine.is_live() {
+                sd.s.send("WATCHDOG=1");
+            }
+            let every = sd.s.watchdog_every.unwrap_or(Duration::from_secs(1));
+            // Skip missed pings rather than bursting them.
+            sd.next_ping = Some((at + every).max(now + every / 2));
+        }
     }
 }
 

@@ -1,0 +1,493 @@
+//! Readiness checks of the child: TCP connect, HTTP GET, a command, and the child's own
+//! `READY=1` over the notify protocol. All must pass for `/readyz` to answer 200.
+//!
+//! Checks run inside the event loop without blocking it: sockets are non-blocking with
+//! deadlines, and a command is a process like any other, reaped by the reaper and killed at
+//! its timeout. A round of checks starts every `--ready-interval`; its verdict is known when
+//! every check of the round has finished or timed out.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use nix::unistd::Pid;
+
+use crate::signals::{self, SIGKILL};
+use crate::spawn;
+use crate::status::ChildStatus;
+
+/// The most of an HTTP check's answer that is read: enough for the status line and headers.
+const MAX_ANSWER: usize = 8 * 1024;
+
+/// One configured check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// `--ready-tcp HOST:PORT`: a connect succeeds.
+    Tcp { text: String, addr: SocketAddr },
+    /// `--ready-http URL`: a GET answers 2xx.
+    Http { url: String, addr: SocketAddr, host: String, path: String },
+    /// `--ready-exec CMD`: `sh -c CMD` exits 0.
+    Exec { command: String },
+}
+
+impl Check {
+    pub fn tcp(text: &str) -> Result<Check, String> {
+        let addr = resolve(text.trim())?;
+        Ok(Check::Tcp { text: text.trim().to_string(), addr })
+    }
+
+    /// Plain `http://HOST[:PORT][/PATH]`; the host is resolved once, now.
+    pub fn http(url: &str) -> Result<Check, String> {
+        let url = url.trim();
+        if url.len() >= 8 && url[..8].eq_ignore_ascii_case("https://") {
+            return Err("https is not supported: readiness checks use plain HTTP".to_string());
+        }
+        let rest = match url.get(..7) {
+            Some(scheme) if scheme.eq_ignore_ascii_case("http://") => &url[7..],
+            _ => return Err("expected a URL like http://127.0.0.1:8080/healthz".to_string()),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        if authority.is_empty() || authority.contains('@') {
+            return Err("expected a URL like http://127.0.0.1:8080/healthz".to_string());
+        }
+        if path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+            return Err("the path holds spaces or control characters".to_string());
+        }
+        let has_port = match authority.rfind(']') {
+            Some(close) => authority[close..].contains(':'),
+            None => authority.contains(':'),
+        };
+        let with_port = if has_port { authority.to_string() } else { format!("{authority}:80") };
+        let addr = resolve(&with_port)?;
+        Ok(Check::Http {
+            url: url.to_string(),
+            addr,
+            host: authority.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    pub fn exec(command: &str) -> Result<Check, String> {
+        if command.trim().is_empty() {
+            return Err("the command is empty".to_string());
+        }
+        Ok(Check::Exec { command: command.to_string() })
+    }
+}
+
+fn resolve(host_port: &str) -> Result<SocketAddr, String> {
+    let mut addrs = host_port.to_socket_addrs().map_err(|e| format!("expected HOST:PORT ({e})"))?;
+    addrs.next().ok_or_else(|| "the host name has no address".to_string())
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Check::Tcp { text, .. } => write!(f, "--ready-tcp {text}"),
+            Check::Http { url, .. } => write!(f, "--ready-http {url}"),
+            Check::Exec { command } => write!(f, "--ready-exec '{command}'"),
+        }
+    }
+}
+
+/// The last result of one check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Not run yet.
+    Unknown,
+    Pass,
+    Fail(String),
+}
+
+/// A check in flight.
+enum Probe {
+    Connecting { stream: TcpStream },
+    Writing { stream: TcpStream, request: Vec<u8>, sent: usize },
+    Reading { stream: TcpStream, answer: Vec<u8> },
+    Running { pid: Pid },
+}
+
+struct Slot {
+    check: Check,
+    probe: Option<Probe>,
+    deadline: Option<Instant>,
+    last: Outcome,
+    /// The result of the round in progress, once known.
+    this_round: Option<Outcome>,
+}
+
+/// What the checker tells the loop after an event.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing new.
+    Same,
+    /// The app turned ready (true) or unready (false); the reason when unready.
+    Changed(bool, Option<String>),
+}
+
+pub struct Checker {
+    slots: Vec<Slot>,
+    first_token: usize,
+    interval: Duration,
+    timeout: Duration,
+    /// `--ready-notify`: the child's own word (`None` when not used).
+    notify: Option<bool>,
+    ready: bool,
+    /// Commands killed at their timeout, not reaped yet: theirs is no result any more.
+    abandoned: Vec<Pid>,
+    next_round: Option<Instant>,
+    running: bool,
+}
+
+impl Checker {
+    pub fn new(
+        checks: Vec<Check>,
+        notify: bool,
+        interval: Duration,
+        timeout: Duration,
+        first_token: usize,
+        now: Instant,
+    ) -> Checker {
+        let any = !checks.is_empty();
+        Checker {
+            slots: checks
+                .into_iter()
+                .map(|check| Slot {
+                    check,
+                    probe: None,
+                    deadline: None,
+                    last: Outcome::Unknown,
+                    this_round: None,
+                })
+                .collect(),
+            first_token,
+            interval,
+            timeout,
+            notify: notify.then_some(false),
+            ready: !any && !notify,
+            abandoned: Vec::new(),
+            next_round: any.then_some(now),
+            running: true,
+        }
+    }
+
+    pub fn is_active(&self) -> bool {
+        !self.slots.is_empty() || self.notify.is_some()
+    }
+
+    pub fn owns(&self, token: Token) -> bool {
+        token.0 >= self.first_token && token.0 - self.first_token < self.slots.len()
+    }
+
+    /// Each check and its last result, for `/metrics` and `?verbose`.
+    pub fn results(&self) -> impl Iterator<Item = (String, &Outcome)> {
+        let notify = self.notify.map(|ready| {
+            let outcome = if ready { &Outcome::Pass } else { &NOT_NOTIFIED };
+            ("--ready-notify".to_string(), outcome)
+        });
+        self.slots.iter().map(|s| (s.check.to_string(), &s.last)).chain(notify)
+    }
+
+    /// The first failing check and why, if any.
+    pub fn failing(&self) -> Option<String> {
+        self.slots
+            .iter()
+            .find_map(|s| match &s.last {
+                Outcome::Pass => None,
+                Outcome::Unknown => Some(format!("{}: not checked yet", s.check)),
+                Outcome::Fail(reason) => Some(format!("{}: {reason}", s.check)),
+            })
+            .or_else(|| {
+                (self.notify == Some(false)).then(|| {
+                    "--ready-notify: no READY=1 from the child (or STOPPING=1 since)".to_string()
+                })
+            })
+    }
+
+    /// The next time the checker needs a turn.
+    pub fn deadline(&self) -> Option<Instant> {
+        if !self.running {
+            return None;
+        }
+        let probes = self.slots.iter().filter_map(|s| s.deadline);
+        probes.chain(self.next_round).min()
+    }
+
+    /// Stops checking (the drain began, or the child is gone): in-flight commands get
+    /// SIGKILL, sockets are closed.
+    pub fn stop(&mut self, registry: &Registry) {
+        self.running = false;
+        self.next_round = None;
+        for slot in &mut self.slots {
+            if let Some(probe) = slot.probe.take() {
+                self.abandoned.extend(close(probe, registry));
+            }
+            slot.deadline = None;
+        }
+    }
+
+    /// Starts due rounds and times out late checks.
+    pub fn on_tick(&mut self, registry: &Registry, now: Instant) -> Verdict {
+        if !self.running {
+            return Verdict::Same;
+        }
+        for slot in &mut self.slots {
+            if slot.deadline.is_some_and(|d| d <= now) {
+                if let Some(probe) = slot.probe.take() {
+                    self.abandoned.extend(close(probe, registry));
+                }
+                slot.deadline = None;
+                slot.this_round = Some(Outcome::Fail(format!(
+                    "no answer within {}",
+                    crate::machine::show(self.timeout)
+                )));
+            }
+        }
+        if self.next_round.is_some_and(|t| t <= now) && self.slots.iter().all(|s| s.probe.is_none())
+        {
+            self.next_round = Some(now + self.interval);
+            for (i, slot) in self.slots.iter_mut().enumerate() {
+                let token = Token(self.first_token + i);
+                match start(&slot.check, registry, token) {
+                    Ok(probe) => {
+                        slot.probe = Some(probe);
+                        slot.deadline = Some(now + self.timeout);
+                        slot.this_round = None;
+                    }
+                    Err(reason) => slot.this_round = Some(Outcome::Fail(reason)),
+                }
+            }
+        }
+        self.conclude()
+    }
+
+    /// Readiness on a check's socket.
+    pub fn on_event(&mut self, registry: &Registry, token: Token) -> Verdict {
+        let slot = &mut self.slots[token.0 - self.first_token];
+        let Some(probe) = slot.probe.take() else {
+            return Verdict::Same;
+        };
+        match advance(probe, slot, registry) {
+            Ok(Some(probe)) => slot.probe = Some(probe),
+            Ok(None) => {
+                slot.deadline = None;
+                slot.this_round = Some(Outcome::Pass);
+            }
+            Err(reason) => {
+                slot.deadline = None;
+                slot.this_round = Some(Outcome::Fail(reason));
+            }
+        }
+        self.conclude()
+    }
+
+    /// Whether `pid` is a check command of ours; if so, takes its exit.
+    pub fn on_exit(&mut self, pid: Pid, status: ChildStatus) -> Option<Verdict> {
+        if let Some(i) = self.abandoned.iter().position(|&p| p == pid) {
+            self.abandoned.swap_remove(i);
+            return Some(Verdict::Same);
+        }
+        let slot = self
+            .slots
+            .iter_mut()
+            .find(|s| matches!(s.probe, Some(Probe::Running { pid: p }) if p == pid))?;
+        slot.probe = None;
+        slot.deadline = None;
+        slot.this_round = Some(match status {
+            ChildStatus::Exited(0) => Outcome::Pass,
+            other => Outcome::Fail(format!("the command {other}")),
+        });
+        Some(self.conclude())
+    }
+
+    /// The child's notify message (`READY=1`, `STOPPING=1`).
+    pub fn on_notify(&mut self, ready: bool) -> Verdict {
+        if self.notify.is_some() {
+            self.notify = Some(ready);
+        }
+        self.conclude()
+    }
+
+    /// Once every check of the round has a result: the verdict, if it changed.
+    fn conclude(&mut self) -> Verdict {
+        if self.slots.iter().all(|s| s.this_round.is_some()) {
+            for slot in &mut self.slots {
+                if let Some(outcome) = slot.this_round.take() {
+                    slot.last = outcome;
+                }
+            }
+        }
+        let failing = self.failing();
+        let ready = failing.is_none();
+        if ready == self.ready {
+            return Verdict::Same;
+        }
+        self.ready = ready;
+        Verdict::Changed(ready, failing)
+    }
+}
+
+static NOT_NOTIFIED: Outcome = Outcome::Unknown;
+
+fn start(check: &Check, registry: &Registry, token: Token) -> Result<Probe, String> {
+    match check {
+        Check::Tcp { addr, .. } | Check::Http { addr, .. } => {
+            let mut stream = TcpStream::connect(*addr).map_err(|e| e.to_string())?;
+            registry
+                .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
+                .map_err(|e| e.to_string())?;
+            Ok(Probe::Connecting { stream })
+        }
+        Check::Exec { command } => {
+            let argv: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), command.into()];
+            match spawn::spawn_check(&argv) {
+                Ok(pid) => Ok(Probe::Running { pid }),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    }
+}
+
+/// Moves a socket check along. `Ok(None)`: it passed.
+fn advance(probe: Probe, slot: &Slot, registry: &Registry) -> Result<Option<Probe>, String> {
+    match probe {
+        Probe::Connecting { stream } => {
+            if let Some(e) = stream.take_error().map_err(|e| e.to_string())? {
+                let _ = registry.deregister(&mut { stream });
+                return Err(e.to_string());
+            }
+            // Not connected yet: the event was a hint.
+            if stream.peer_addr().is_err() {
+                return Ok(Some(Probe::Connecting { stream }));
+            }
+            match &slot.check {
+                Check::Http { host, path, .. } => {
+                    let request = format!(
+                        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: lastcall\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+                    );
+                    let probe = Probe::Writing { stream, request: request.into_bytes(), sent: 0 };
+                    advance(probe, slot, registry)
+                }
+                _ => {
+                    let _ = registry.deregister(&mut { stream });
+                    Ok(None)
+                }
+            }
+        }
+        Probe::Writing { mut stream, request, mut sent } => {
+            while sent < request.len() {
+                match stream.write(&request[sent..]) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Some(Probe::Writing { stream, request, sent }));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = registry.deregister(&mut stream);
+                        return Err(e.to_string());
+                    }
+                }
+            }
+            advance(Probe::Reading { stream, answer: Vec::new() }, slot, registry)
+        }
+        Probe::Reading { mut stream, mut answer } => {
+            let mut buf = [0u8; 2048];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        answer.extend_from_slice(&buf[..n]);
+                        if status_of(&answer).is_some() || answer.len() >= MAX_ANSWER {
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        return Ok(Some(Probe::Reading { stream, answer }));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        let _ = registry.deregister(&mut stream);
+                        return Err(e.to_string());
+                    }
+                }
+            }
+            let _ = registry.deregister(&mut stream);
+            match status_of(&answer) {
+                Some(code) if (200..300).contains(&code) => Ok(None),
+                Some(code) => Err(format!("status {code}")),
+                None => Err("no HTTP answer".to_string()),
+            }
+        }
+        Probe::Running { pid } => Ok(Some(Probe::Running { pid })),
+    }
+}
+
+/// The status code, once the answer's head is complete.
+fn status_of(answer: &[u8]) -> Option<u16> {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut response = httparse::Response::new(&mut headers);
+    match response.parse(answer) {
+        Ok(httparse::Status::Complete(_)) => response.code,
+        _ => None,
+    }
+}
+
+/// Ends a check in flight; returns the pid of a killed command, still to be reaped.
+fn close(probe: Probe, registry: &Registry) -> Option<Pid> {
+    match probe {
+        Probe::Connecting { mut stream }
+        | Probe::Writing { mut stream, .. }
+        | Probe::Reading { mut stream, .. } => {
+            let _ = registry.deregister(&mut stream);
+            None
+        }
+        // Its own process group: the command and anything it started. Reaped as usual.
+        Probe::Running { pid } => {
+            let _ = signals::send(-pid.as_raw(), SIGKILL);
+            Some(pid)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        let Ok(Check::Http { addr, host, path, .. }) =
+            Check::http("http://127.0.0.1:8080/healthz?x=1")
+        else {
+            panic!("valid URL rejected");
+        };
+        assert_eq!(
+            (addr.port(), host.as_str(), path.as_str()),
+            (8080, "127.0.0.1:8080", "/healthz?x=1")
+        );
+        let Ok(Check::Http { addr, path, .. }) = Check::http("HTTP://[::1]") else {
+            panic!("valid URL rejected");
+        };
+        assert_eq!((addr.port(), path.as_str()), (80, "/"));
+        assert!(Check::http("https://127.0.0.1/").unwrap_err().contains("https"));
+        assert!(Check::http("127.0.0.1:80/").is_err());
+        assert!(Check::http("http://").is_err());
+        assert!(Check::http("http://user@127.0.0.1/").is_err());
+        assert!(Check::tcp("127.0.0.1:5432").is_ok());
+        assert!(Check::tcp("127.0.0.1").is_err());
+        assert!(Check::exec("  ").is_err());
+    }
+
+    #[test]
+    fn status_line() {
+        assert_eq!(status_of(b"HTTP/1.1 204 No Content\r\n\r\n"), Some(204));
+        assert_eq!(status_of(b"HTTP/1.1 500 Oops\r\nX: y\r\n"), None, "head not complete");
+        assert_eq!(status_of(b"garbage"), None);
+    }
+}
