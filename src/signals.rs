@@ -310,6 +310,22 @@ impl FaultSignals {
     }
 }
 
+/// Blocks every signal when dropped. Dropped before the signal plumbing on every way out:
+/// signal-hook's unregistering, interrupted by a signal on the same (only) thread, can spin
+/// forever inside the handler.
+pub struct BlockOnDrop;
+
+impl Drop for BlockOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: plain libc calls on a local, initialised sigset_t.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
+        }
+    }
+}
+
 static SIGPIPE_IGNORED_AT_EXEC: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 

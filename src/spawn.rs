@@ -92,6 +92,9 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
         None
     };
 
+    // Asked before the fork: once the parent has moved the child to its own group, the
+    // child could no longer tell.
+    let foreground = !options.quiet && had_foreground();
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
     // No handler of lastcall's may run in the child: it would write to the parent's
     // signal pipe. Blocked here, the child starts blocked and unblocks at exec.
@@ -106,6 +109,7 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
                 env: env_ptrs.as_deref(),
                 own_pid: own_pid_ptr,
                 null: null.as_ref().map(AsRawFd::as_raw_fd),
+                foreground,
                 err_fd: err_write.as_raw_fd(),
             };
             child_main(child)
@@ -191,14 +195,15 @@ struct Child<'a> {
     /// The `NAME=` buffer (pointer, length) in `env`, to complete with the child's pid.
     own_pid: Option<(*mut u8, usize)>,
     null: Option<RawFd>,
+    /// lastcall's group had the terminal's foreground: the child takes it.
+    foreground: bool,
     err_fd: RawFd,
 }
 
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: Child) -> ! {
-    let foreground = child.null.is_none() && had_foreground();
     own_process_group();
-    if foreground {
+    if child.foreground {
         take_terminal();
     }
     if let Some(fd) = child.null {

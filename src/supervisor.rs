@@ -22,7 +22,7 @@ use crate::machine::{Action, Input, Machine, Phase, Policy, Target, show};
 use crate::metrics::{Counters, View};
 use crate::notify::{self, Said};
 use crate::reaper;
-use crate::signals::{self, FaultSignals, Inherited, SIGCHLD, Sig};
+use crate::signals::{self, BlockOnDrop, FaultSignals, Inherited, SIGCHLD, Sig};
 use crate::spawn::{self, SpawnError};
 
 const SIGNALS: Token = Token(0);
@@ -95,6 +95,8 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     let mut signals =
         Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
     let mut faults = FaultSignals::install().map_err(setup("installing signal handlers"))?;
+    // Declared after the plumbing, so dropped before it on an early return.
+    let quiet = BlockOnDrop;
     let poll = Poll::new().map_err(setup("creating the event loop"))?;
     let registry = poll.registry();
     registry
@@ -137,6 +139,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         machine = machine.with_checks();
     }
     let mut sup = Supervisor {
+        _quiet: quiet,
         checker: Checker::new(r.checks, r.notify, r.interval, r.timeout, FIRST_CHECK, now),
         startup_deadline: gated.then(|| now + r.startup_timeout),
         startup_timeout: r.startup_timeout,
@@ -229,6 +232,8 @@ struct SystemdState {
 }
 
 struct Supervisor {
+    /// First, so that it drops first: see [`BlockOnDrop`].
+    _quiet: BlockOnDrop,
     machine: Machine,
     counters: Counters,
     checker: Checker,
