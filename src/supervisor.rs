@@ -161,16 +161,15 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     };
     sup.tell_systemd(now);
     // A child that exited before the loop started is collected here, not missed.
-    if let Some(code) = sup.reap() {
-        return Ok(code);
-    }
+    let mut exit = sup.reap();
     let mut events = Events::with_capacity(256);
-    loop {
+    while exit.is_none() {
         sup.next_events(&mut events).map_err(setup("waiting for events"))?;
-        if let Some(code) = sup.handle_events(&events) {
-            return Ok(code);
-        }
+        exit = sup.handle_events(&events);
     }
+    // Systemd hears the last status too.
+    sup.tell_systemd(Instant::now());
+    Ok(exit.unwrap_or_default())
 }
 
 /// The child's environment: lastcall's own, with NOTIFY_SOCKET pointing at the private socket

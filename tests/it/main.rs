@@ -12,5 +12,6 @@ mod race;
 mod reaping;
 mod signals;
 mod support;
+mod systemd;
 mod transparency;
 mod tty;
