@@ -1,5 +1,6 @@
-//! A child that exits at once, over and over: lastcall must never miss its end, whether it
-//! comes before or after the event loop starts.
+//! Races at start-up and exit, run many times over: a child that exits at once must never be
+//! missed, whether it ends before or after the event loop starts, and a program that cannot
+//! be run must always end lastcall.
 
 use std::time::Duration;
 
@@ -26,5 +27,23 @@ fn a_child_that_kills_itself_at_once_is_never_missed() {
             .spawn()
             .wait_for(Duration::from_secs(10))
             .assert_code(128 + libc::SIGTERM);
+    }
+}
+
+#[test]
+fn a_program_that_cannot_run_always_ends_lastcall() {
+    // Four at a time, each with its own output files: the failed child's exit races with
+    // lastcall's own way out, and the race is lost more often on a busy machine.
+    let dirs: Vec<TestDir> = (0..4).map(|_| TestDir::new("exec_failure_race")).collect();
+    for _ in 0..100 {
+        let running: Vec<_> = dirs
+            .iter()
+            .map(|dir| {
+                dir.lastcall().args(["--listen", "off", "--", "/nonexistent/program"]).spawn()
+            })
+            .collect();
+        for lastcall in running {
+            lastcall.wait_for(Duration::from_secs(10)).assert_code(127);
+        }
     }
 }
