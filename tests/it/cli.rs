@@ -9,7 +9,14 @@ use crate::support::TestDir;
 #[track_caller]
 fn check_usage_error(args: &[&str], env: &[(&str, &str)], names: &[&str]) {
     let dir = TestDir::new("usage_error");
-    let mut cmd = dir.lastcall().args(args);
+    let mut cmd = dir.lastcall();
+    // Should lastcall wrongly start, it must not take the default port from a parallel test.
+    let about_listen = args.iter().any(|a| a.starts_with("--listen"))
+        || env.iter().any(|(key, _)| *key == "LASTCALL_LISTEN");
+    if !about_listen {
+        cmd = cmd.args(["--listen", "off"]);
+    }
+    cmd = cmd.args(args);
     for (key, value) in env {
         cmd = cmd.env(key, value);
     }

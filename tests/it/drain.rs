@@ -47,7 +47,9 @@ fn sigterm_turns_unready_and_waits_out_the_prestop_delay() {
 
     let out = lastcall.wait();
     out.assert_code(128 + libc::SIGTERM);
-    let waited = Duration::from_nanos((recorded_at(&dir, "TERM") - sent) as u64);
+    let recorded = recorded_at(&dir, "TERM");
+    out.check(recorded >= sent, "the child recorded SIGTERM before it was sent (clock step?)");
+    let waited = Duration::from_nanos((recorded - sent) as u64);
     out.check(
         waited >= delay,
         format!("the stop signal came {waited:?} after SIGTERM, before the 2s delay"),
