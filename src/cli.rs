@@ -14,6 +14,7 @@ use log::LevelFilter;
 use crate::checks::Check;
 use crate::machine::Prestop;
 use crate::signals::Sig;
+use crate::sockets::Spec;
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
 /// nor one of the common exporter ports.
@@ -24,7 +25,12 @@ const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
 /// tini + drain: run COMMAND as a supervised child, reap zombies, forward signals, and on
 /// SIGTERM/SIGINT turn unready, wait, stop the child, and SIGKILL it after a grace period.
 #[derive(Parser, Debug)]
-#[command(name = "lastcall", version, max_term_width = 100)]
+#[command(
+    name = "lastcall",
+    version,
+    max_term_width = 100,
+    override_usage = "lastcall [OPTIONS] [--] COMMAND [ARGS...]"
+)]
 pub struct Args {
     /// Where the HTTP endpoint (/readyz, /livez) listens: IP:PORT, HOST:PORT, :PORT, or `off`
     #[arg(long, env = "LASTCALL_LISTEN", value_name = "ADDR",
@@ -122,6 +128,18 @@ pub struct Args {
     #[arg(long, env = "LASTCALL_DRAIN_MIN", value_name = "DUR", default_value = "1s",
           value_parser = parse_duration, help_heading = "Drain")]
     pub drain_min: Duration,
+
+    /// Bind this socket and pass it to the child by socket activation (repeatable):
+    /// [NAME=]tcp://HOST:PORT or [NAME=]unix:/path
+    #[arg(long, env = "LASTCALL_SOCKET", value_name = "ADDR", value_delimiter = ',',
+          value_parser = Spec::parse, help_heading = "Reload")]
+    pub socket: Vec<Spec>,
+
+    /// With --socket: on this signal, start a new child on the same sockets, wait until it is
+    /// ready, then drain the old one [default: HUP]
+    #[arg(long, env = "LASTCALL_RELOAD_SIGNAL", value_name = "SIG", value_parser = parse_signal,
+          help_heading = "Reload")]
+    pub reload_signal: Option<Sig>,
 
     /// error, warn, info, debug or trace
     #[arg(long, env = "LASTCALL_LOG_LEVEL", value_name = "LEVEL",

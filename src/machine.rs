@@ -41,6 +41,10 @@ pub struct Policy {
     /// connections are gone and `drain_min` has passed.
     pub drain_idle: bool,
     pub drain_min: Duration,
+    /// `--reload-signal` (only with `--socket`): start a new child, then drain the old one.
+    pub reload_signal: Option<Sig>,
+    /// How long a new child may take to become ready before the reload counts as failed.
+    pub startup_timeout: Duration,
 }
 
 #[cfg(test)]
@@ -56,6 +60,8 @@ impl Policy {
             in_kubernetes: false,
             drain_idle: false,
             drain_min: Duration::from_secs(1),
+            reload_signal: None,
+            startup_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -119,6 +125,15 @@ pub enum Input {
     ChildExited { status: ChildStatus, others_left: bool },
     /// Other processes were reaped.
     OthersReaped { others_left: bool },
+    /// A reload's new child was started.
+    Spawned(Pid),
+    /// A reload's new child could not be started.
+    SpawnFailed,
+    /// A reload's new child is ready.
+    NewReady,
+    /// A child other than the main one that the machine [claims](Machine::claims) was reaped:
+    /// a reload's new child, or an old one being stopped.
+    Exited { pid: Pid, status: ChildStatus },
     /// `/readyz` was requested (it makes `--prestop-delay auto` choose a delay).
     Probed,
     /// The readiness checks of the app now pass (or fail).
@@ -147,6 +162,9 @@ pub enum Action {
     },
     /// Count the app's connections and report them as [`Input::Connections`].
     CountConnections,
+    /// Start a new child on the same sockets; report it as [`Input::Spawned`] or
+    /// [`Input::SpawnFailed`].
+    SpawnNew,
     /// A step of the shutdown worth telling the operator (logged at info).
     Log(String),
     Exit(u8),
@@ -160,6 +178,15 @@ pub struct Machine {
     app_ready: bool,
     /// The app's connection count last reported, to log it as it falls.
     connections: Option<usize>,
+    /// A reload's new child, while it starts: (pid, started, deadline to be ready).
+    starting: Option<(Pid, Instant, Instant)>,
+    /// A reload signal arrived during a reload: one more reload follows it.
+    reload_queued: bool,
+    /// Children being stopped after a reload (old ones, or new ones that failed), and when
+    /// they get SIGKILL (`None`: sent).
+    retiring: Vec<(Pid, Option<Instant>)>,
+    reloads: u64,
+    reload_failures: u64,
     /// SIGTERM/SIGINT received so far: the first drains, the second hurries, the third kills.
     drain_signals: u32,
     drain_started: Option<Instant>,
@@ -180,6 +207,11 @@ impl Machine {
             probed: false,
             app_ready: true,
             connections: None,
+            starting: None,
+            reload_queued: false,
+            retiring: Vec::new(),
+            reloads: 0,
+            reload_failures: 0,
             drain_signals: 0,
             drain_started: None,
             trigger: None,
@@ -222,14 +254,33 @@ impl Machine {
 
     /// When the machine next wants a [`Input::Tick`]; the event loop's poll timeout.
     pub fn deadline(&self) -> Option<Instant> {
-        match self.phase {
+        let phase = match self.phase {
             Phase::Draining { until, count_at, .. } => {
                 Some(count_at.map_or(until, |c| c.min(until)))
             }
             Phase::Stopping { deadline, .. } => Some(deadline),
             Phase::Reaping { kill_at, .. } => kill_at,
             _ => None,
-        }
+        };
+        let starting = self.starting.map(|(_, _, deadline)| deadline);
+        let retiring = self.retiring.iter().filter_map(|(_, at)| *at).min();
+        [phase, starting, retiring].into_iter().flatten().min()
+    }
+
+    /// A reload's new child while it starts, and when it was started.
+    pub fn starting(&self) -> Option<(Pid, Instant)> {
+        self.starting.map(|(pid, since, _)| (pid, since))
+    }
+
+    /// Whether `pid` is a reload's new or old child (not the main child).
+    pub fn claims(&self, pid: Pid) -> bool {
+        self.starting.is_some_and(|(p, ..)| p == pid)
+            || self.retiring.iter().any(|(p, _)| *p == pid)
+    }
+
+    /// Reloads done, and reloads that failed.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (self.reloads, self.reload_failures)
     }
 
     /// The main child's pid while it is alive.
@@ -254,7 +305,16 @@ impl Machine {
             Input::Probed => self.probed = true,
             Input::AppReady(ready) => self.app_ready = ready,
             Input::Connections(n) => self.on_connections(n, now, &mut out),
-            Input::Tick => self.on_tick(now, &mut out),
+            Input::Tick => {
+                self.on_tick(now, &mut out);
+                self.reload_tick(now, &mut out);
+            }
+            Input::Spawned(pid) => {
+                self.starting = Some((pid, now, now + self.policy.startup_timeout));
+            }
+            Input::SpawnFailed => self.reload_failed("could not be started", now, &mut out),
+            Input::NewReady => self.promote(now, &mut out),
+            Input::Exited { pid, status } => self.on_exited(pid, status, &mut out),
         }
         out
     }
@@ -264,6 +324,9 @@ impl Machine {
     }
 
     fn on_signal(&mut self, sig: Sig, now: Instant, out: &mut Vec<Action>) {
+        if Some(sig) == self.policy.reload_signal {
+            return self.reload(sig, out);
+        }
         if signals::class(sig) != Class::Drain {
             if let Some(pid) = self.child() {
                 out.push(Action::Signal { sig, to: self.target(pid) });
@@ -300,6 +363,11 @@ impl Machine {
     fn start_drain(&mut self, pid: Pid, sig: Sig, now: Instant, out: &mut Vec<Action>) {
         self.drain_started = Some(now);
         self.trigger = Some(sig);
+        if let Some((new, ..)) = self.starting.take() {
+            out.push(Action::Log(format!("reload abandoned: stopping new child {new}")));
+            self.retire(new, now, out);
+        }
+        self.reload_queued = false;
         let (delay, why) = match self.policy.prestop {
             Prestop::Fixed(d) => (d, "--prestop-delay"),
             Prestop::Auto if self.policy.in_kubernetes => {
@@ -467,6 +535,87 @@ impl Machine {
         let next = now + COUNT_EVERY;
         let count_at = if n == 0 { next.min(earliest) } else { next };
         self.phase = Phase::Draining { pid, since, until, count_at: Some(count_at) };
+    }
+
+    fn reload(&mut self, sig: Sig, out: &mut Vec<Action>) {
+        if !matches!(self.phase, Phase::Running { .. }) {
+            out.push(Action::Log(format!("received {sig} while stopping: no reload")));
+        } else if self.starting.is_some() {
+            if !self.reload_queued {
+                out.push(Action::Log(format!("received {sig} during a reload: one more follows")));
+            }
+            self.reload_queued = true;
+        } else {
+            out.push(Action::Log(format!("received {sig}: starting a new child")));
+            out.push(Action::SpawnNew);
+        }
+    }
+
+    /// The new child is ready: it becomes the main child, and the old one is stopped.
+    fn promote(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let (Some((new, since, _)), Phase::Running { pid: old, .. }) = (self.starting, self.phase)
+        else {
+            return;
+        };
+        self.starting = None;
+        self.reloads += 1;
+        out.push(Action::Log(format!(
+            "new child {new} is ready after {}: stopping old child {old}",
+            show(now.saturating_duration_since(since))
+        )));
+        self.phase = Phase::Running { pid: new, since: now };
+        self.retire(old, now, out);
+        self.next_queued(out);
+    }
+
+    /// Sends `pid` the stop signal; SIGKILL follows after the grace period.
+    fn retire(&mut self, pid: Pid, now: Instant, out: &mut Vec<Action>) {
+        let sig = self.policy.stop_signal.unwrap_or(SIGTERM);
+        out.push(Action::Signal { sig, to: self.target(pid) });
+        self.retiring.push((pid, Some(now + self.policy.grace)));
+    }
+
+    fn reload_failed(&mut self, why: &str, now: Instant, out: &mut Vec<Action>) {
+        self.reload_failures += 1;
+        let old = self.child().map_or_else(String::new, |p| format!("; child {p} keeps serving"));
+        out.push(Action::Log(format!("reload failed: the new child {why}{old}")));
+        if let Some((new, ..)) = self.starting.take() {
+            self.retire(new, now, out);
+        }
+        self.next_queued(out);
+    }
+
+    fn next_queued(&mut self, out: &mut Vec<Action>) {
+        if std::mem::take(&mut self.reload_queued) && matches!(self.phase, Phase::Running { .. }) {
+            out.push(Action::Log("starting the queued reload".into()));
+            out.push(Action::SpawnNew);
+        }
+    }
+
+    fn on_exited(&mut self, pid: Pid, status: ChildStatus, out: &mut Vec<Action>) {
+        if self.starting.is_some_and(|(p, ..)| p == pid) {
+            self.starting = None;
+            self.reload_failures += 1;
+            let old =
+                self.child().map_or_else(String::new, |p| format!("; child {p} keeps serving"));
+            out.push(Action::Log(format!("reload failed: the new child {status}{old}")));
+            self.next_queued(out);
+        } else {
+            self.retiring.retain(|(p, _)| *p != pid);
+        }
+    }
+
+    fn reload_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if self.starting.is_some_and(|(_, _, deadline)| now >= deadline) {
+            let why = format!("was not ready within {}", show(self.policy.startup_timeout));
+            self.reload_failed(&why, now, out);
+        }
+        for (pid, kill_at) in &mut self.retiring {
+            if kill_at.is_some_and(|at| now >= at) {
+                *kill_at = None;
+                out.push(Action::Signal { sig: SIGKILL, to: Target::Group(*pid) });
+            }
+        }
     }
 
     fn exit(&mut self, code: u8, out: &mut Vec<Action>) {
@@ -783,6 +932,88 @@ mod tests {
         r.step(Input::Tick);
         r.step(Input::Connections(5));
         assert_eq!(r.at(secs(30)).step(Input::Tick), signal(SIGTERM, Target::Child(PID)));
+    }
+
+    const NEW: Pid = Pid::from_raw(43);
+    const NEWER: Pid = Pid::from_raw(44);
+    const SIGHUP_RELOAD: Sig = Sig(libc::SIGHUP);
+
+    fn reload_policy() -> Policy {
+        Policy {
+            reload_signal: Some(SIGHUP_RELOAD),
+            startup_timeout: secs(10),
+            ..policy(Prestop::Fixed(secs(5)))
+        }
+    }
+
+    #[test]
+    fn reload_starts_a_new_child_then_stops_the_old_one() {
+        let mut r = Run::new(reload_policy());
+        assert_eq!(r.step(Input::Signal(SIGHUP_RELOAD)), vec![Action::SpawnNew], "not forwarded");
+        r.at(secs(1)).step(Input::Spawned(NEW));
+        assert!(r.m.claims(NEW) && r.m.is_ready(), "the old child serves meanwhile");
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(11)), "the startup timeout");
+        assert_eq!(r.at(secs(2)).step(Input::NewReady), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.m.child(), Some(NEW));
+        assert!(r.m.is_ready(), "ready throughout");
+        assert_eq!(r.m.reload_counts(), (1, 0));
+        // The old child gets SIGKILL after the grace period, then is reaped; nothing ends.
+        assert_eq!(r.at(secs(22)).step(Input::Tick), signal(SIGKILL, Target::Group(PID)));
+        let status = ChildStatus::Signaled(SIGKILL);
+        assert_eq!(r.step(Input::Exited { pid: PID, status }), vec![]);
+        assert!(!r.m.claims(PID));
+        assert_eq!(r.m.deadline(), None);
+        // The new child is the one the drain stops.
+        r.step(Input::Signal(SIGTERM));
+        assert_eq!(r.at(secs(30)).step(Input::Tick), signal(SIGTERM, Target::Child(NEW)));
+    }
+
+    #[test]
+    fn failed_reloads_keep_the_old_child() {
+        let mut r = Run::new(reload_policy());
+        r.step(Input::Signal(SIGHUP_RELOAD));
+        r.step(Input::Spawned(NEW));
+        // The new child exits at once.
+        assert_eq!(r.step(Input::Exited { pid: NEW, status: ChildStatus::Exited(1) }), vec![]);
+        assert_eq!((r.m.child(), r.m.reload_counts()), (Some(PID), (0, 1)));
+        assert!(r.m.is_ready());
+        // The next one never becomes ready: stopped at the startup timeout.
+        r.step(Input::Signal(SIGHUP_RELOAD));
+        r.at(secs(1)).step(Input::Spawned(NEWER));
+        assert_eq!(r.at(secs(11)).step(Input::Tick), signal(SIGTERM, Target::Child(NEWER)));
+        assert_eq!((r.m.child(), r.m.reload_counts()), (Some(PID), (0, 2)));
+        assert!(r.m.claims(NEWER), "still to be reaped");
+        // And a new child that cannot even be started.
+        r.step(Input::Signal(SIGHUP_RELOAD));
+        assert_eq!(r.step(Input::SpawnFailed), vec![]);
+        assert_eq!(r.m.reload_counts(), (0, 3));
+    }
+
+    #[test]
+    fn a_reload_signal_during_a_reload_is_queued_once() {
+        let mut r = Run::new(reload_policy());
+        r.step(Input::Signal(SIGHUP_RELOAD));
+        r.step(Input::Spawned(NEW));
+        assert_eq!(r.step(Input::Signal(SIGHUP_RELOAD)), vec![]);
+        assert_eq!(r.step(Input::Signal(SIGHUP_RELOAD)), vec![]);
+        let out = r.step(Input::NewReady);
+        assert_eq!(
+            out,
+            vec![Action::Signal { sig: SIGTERM, to: Target::Child(PID) }, Action::SpawnNew]
+        );
+        r.step(Input::Spawned(NEWER));
+        assert_eq!(r.step(Input::NewReady), signal(SIGTERM, Target::Child(NEW)), "only one more");
+    }
+
+    #[test]
+    fn a_drain_abandons_a_reload() {
+        let mut r = Run::new(reload_policy());
+        r.step(Input::Signal(SIGHUP_RELOAD));
+        r.step(Input::Spawned(NEW));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(NEW)));
+        assert_eq!(r.m.starting(), None);
+        assert_eq!(r.step(Input::NewReady), vec![], "too late");
+        assert_eq!(r.step(Input::Signal(SIGHUP_RELOAD)), vec![], "no reload while stopping");
     }
 
     #[test]

@@ -11,6 +11,7 @@ mod metrics;
 mod notify;
 mod reaper;
 mod signals;
+mod sockets;
 mod spawn;
 mod status;
 mod supervisor;
@@ -46,7 +47,26 @@ fn main() -> ExitCode {
         let max = supervisor::MAX_CHECKS;
         return fail(USAGE, &format!("{} readiness checks given; at most {max}", checks.len()));
     }
+    if args.socket.len() > sockets::MAX_SOCKETS {
+        let (n, max) = (args.socket.len(), sockets::MAX_SOCKETS);
+        return fail(USAGE, &format!("{n} sockets given; at most {max}"));
+    }
+    let reload_signal = match (args.reload_signal, args.socket.is_empty()) {
+        (Some(_), true) => {
+            return fail(
+                USAGE,
+                "--reload-signal needs --socket (without it, signals are forwarded)",
+            );
+        }
+        (sig, false) => Some(sig.unwrap_or(signals::Sig(libc::SIGHUP))),
+        (None, true) => None,
+    };
     init_logging(args.log_level);
+    // Bound before the child starts; failing to is fatal, like the endpoint's address.
+    let sockets = match sockets::bind_all(&args.socket) {
+        Ok(bound) => bound,
+        Err(e) => return fail(125, &e),
+    };
     let config = Config {
         listen: match args.listen {
             Listen::Off => None,
@@ -62,6 +82,8 @@ fn main() -> ExitCode {
                 .is_some_and(|v| !v.is_empty()),
             drain_idle: !args.drain_idle_port.is_empty(),
             drain_min: args.drain_min,
+            reload_signal,
+            startup_timeout: args.startup_timeout,
         },
         readiness: supervisor::Readiness {
             checks,
@@ -71,6 +93,7 @@ fn main() -> ExitCode {
             startup_timeout: args.startup_timeout,
         },
         drain_ports: args.drain_idle_port,
+        sockets,
         limits: http::Limits {
             max_connections: args.max_connections,
             request_timeout: args.request_timeout,

@@ -160,6 +160,22 @@ impl View<'_> {
             let _ = writeln!(out, "lastcall_app_connections {n}");
         }
 
+        let (reloads, failed) = self.machine.reload_counts();
+        family(
+            &mut out,
+            "lastcall_reloads_total",
+            "counter",
+            "Reloads that swapped in a ready new child.",
+        );
+        let _ = writeln!(out, "lastcall_reloads_total {reloads}");
+        family(
+            &mut out,
+            "lastcall_reload_failures_total",
+            "counter",
+            "Reloads whose new child exited, failed to start, or was not ready in time.",
+        );
+        let _ = writeln!(out, "lastcall_reload_failures_total {failed}");
+
         let (drain, grace) = self.machine.last_shutdown();
         let timings = [
             (

@@ -61,8 +61,9 @@ impl Private {
         &mut self.socket
     }
 
-    /// Every message waiting, from processes under lastcall; others are dropped.
-    pub fn receive(&mut self) -> Vec<Said> {
+    /// Every message waiting, from processes under lastcall, with its sender's pid; others
+    /// are dropped.
+    pub fn receive(&mut self) -> Vec<(Said, i32)> {
         let mut said = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -87,7 +88,9 @@ impl Private {
                 Err(_) => return said,
             };
             match sender {
-                Some(pid) if reaper::is_descendant(pid) => said.extend(parse(&buf[..len])),
+                Some(pid) if reaper::is_descendant(pid) => {
+                    said.extend(parse(&buf[..len]).into_iter().map(|s| (s, pid)))
+                }
                 _ => log::debug!("notify message from a process not under lastcall dropped"),
             }
         }

@@ -93,13 +93,19 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
 
 /// Whether `pid` is lastcall's descendant (as PID 1 or a subreaper, every process under it).
 pub fn is_descendant(pid: i32) -> bool {
-    let me = std::process::id() as i32;
+    pid != Pid::this().as_raw() && descends_from(pid, Pid::this())
+}
+
+/// Whether `pid` is `root` or under it.
+pub fn descends_from(pid: i32, root: Pid) -> bool {
     let mut at = pid;
     // Bounded: a chain of parents is finite, but /proc can change under us.
     for _ in 0..4096 {
+        if at == root.as_raw() {
+            return true;
+        }
         match parent_of(at) {
-            Some(parent) if parent == me => return true,
-            Some(parent) if parent > 1 => at = parent,
+            Some(parent) if parent > 0 && parent != at => at = parent,
             _ => return false,
         }
     }

@@ -58,6 +58,8 @@ pub struct Options {
     pub own_pid_var: Option<&'static str>,
     /// Stdin, stdout and stderr on /dev/null, and no terminal (readiness commands).
     pub quiet: bool,
+    /// Descriptors the child gets as 3, 4, ... in this order (socket activation).
+    pub pass_fds: Vec<RawFd>,
 }
 
 /// Starts `argv` as the supervised child and returns its pid once it has exec'd.
@@ -110,6 +112,7 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
                 own_pid: own_pid_ptr,
                 null: null.as_ref().map(AsRawFd::as_raw_fd),
                 foreground,
+                pass_fds: &options.pass_fds,
                 err_fd: err_write.as_raw_fd(),
             };
             child_main(child)
@@ -197,6 +200,7 @@ struct Child<'a> {
     null: Option<RawFd>,
     /// lastcall's group had the terminal's foreground: the child takes it.
     foreground: bool,
+    pass_fds: &'a [RawFd],
     err_fd: RawFd,
 }
 
@@ -209,6 +213,7 @@ fn child_main(child: Child) -> ! {
     if let Some(fd) = child.null {
         quiet_stdio(fd);
     }
+    pass_fds(child.pass_fds);
     restore_dispositions(signals::inherited());
     restore_mask(&signals::inherited().mask);
     if let Some((slot, len)) = child.own_pid {
@@ -254,6 +259,21 @@ fn set_own_pid(slot: &mut [u8]) {
         slot[start + i] = digits[n - 1 - i];
     }
     slot[start + n] = 0;
+}
+
+/// Puts `fds` at 3, 4, ... without CLOEXEC. They are first copied above every target, so
+/// that placing one never closes another that is still to be placed.
+fn pass_fds(fds: &[RawFd]) {
+    let mut high = [-1; crate::sockets::MAX_SOCKETS];
+    let above = 3 + fds.len() as RawFd;
+    for (slot, &fd) in high.iter_mut().zip(fds) {
+        // SAFETY: plain libc call; the copy is CLOEXEC, so a leftover never leaks.
+        *slot = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+    }
+    for (i, &fd) in high.iter().take(fds.len()).enumerate() {
+        // SAFETY: plain libc call; dup2 leaves the target without CLOEXEC.
+        unsafe { libc::dup2(fd, 3 + i as RawFd) };
+    }
 }
 
 fn quiet_stdio(null: RawFd) {

@@ -23,6 +23,7 @@ use crate::metrics::{Counters, View};
 use crate::notify::{self, Said};
 use crate::reaper;
 use crate::signals::{self, BlockOnDrop, FaultSignals, Inherited, SIGCHLD, Sig};
+use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
 
 const SIGNALS: Token = Token(0);
@@ -42,6 +43,8 @@ pub struct Config {
     pub readiness: Readiness,
     /// `--drain-idle-port`.
     pub drain_ports: Vec<u16>,
+    /// `--socket`, bound before the child starts.
+    pub sockets: Vec<Bound>,
     pub subreaper: bool,
     pub command: Vec<OsString>,
 }
@@ -127,12 +130,13 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     let systemd = notify::Systemd::from_env();
     claim_orphans(config.subreaper);
 
-    let options = child_options(child_notify.as_ref(), systemd.is_some());
+    let options = child_options(child_notify.as_ref(), systemd.is_some(), &config.sockets);
     let started = Instant::now();
     let pid = spawn::spawn(&config.command, &options).map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
     let now = Instant::now();
     let r = config.readiness;
+    let interval = r.interval;
     let gated = !r.checks.is_empty() || r.notify;
     let mut machine = Machine::new(config.policy, pid, now);
     if gated {
@@ -145,6 +149,10 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         startup_timeout: r.startup_timeout,
         ever_ready: false,
         drain_ports: config.drain_ports,
+        ready_interval: interval,
+        command: config.command,
+        options,
+        _sockets: config.sockets,
         machine,
         counters: Counters::new(started),
         poll,
@@ -173,18 +181,27 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
 }
 
 /// The child's environment: lastcall's own, with NOTIFY_SOCKET pointing at the private socket
-/// (`--ready-notify`) or removed when it is lastcall's to use; LISTEN_PID rewritten to the
-/// child's pid when systemd's socket-activation fds were meant for lastcall.
-fn child_options(private: Option<&notify::Private>, lastcall_notifies: bool) -> spawn::Options {
-    let socket_activation =
+/// (`--ready-notify`) or removed when it is lastcall's to use; the socket-activation variables
+/// for `--socket`, or LISTEN_PID rewritten to the child's pid when systemd's fds were meant for
+/// lastcall.
+fn child_options(
+    private: Option<&notify::Private>,
+    lastcall_notifies: bool,
+    sockets: &[Bound],
+) -> spawn::Options {
+    let inherited_activation =
         std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    if private.is_none() && !lastcall_notifies && !socket_activation {
+    let own_sockets = !sockets.is_empty();
+    if private.is_none() && !lastcall_notifies && !inherited_activation && !own_sockets {
         return spawn::Options::default();
     }
+    let drop_notify = private.is_some() || lastcall_notifies;
     let mut env: Vec<OsString> = std::env::vars_os()
         .filter(|(key, _)| {
-            !(key == "NOTIFY_SOCKET" && (private.is_some() || lastcall_notifies))
-                && !(key == "LISTEN_PID" && socket_activation)
+            let listen = key == "LISTEN_PID"
+                || (own_sockets && (key == "LISTEN_FDS" || key == "LISTEN_FDNAMES"));
+            !(key == "NOTIFY_SOCKET" && drop_notify)
+                && !(listen && (own_sockets || inherited_activation))
         })
         .map(|(key, value)| {
             let mut pair = key;
@@ -196,10 +213,14 @@ fn child_options(private: Option<&notify::Private>, lastcall_notifies: bool) -> 
     if let Some(private) = private {
         env.push(format!("NOTIFY_SOCKET={}", private.env_value).into());
     }
+    for (key, value) in sockets::env(sockets) {
+        env.push(format!("{key}={value}").into());
+    }
     spawn::Options {
         env: Some(env),
-        own_pid_var: socket_activation.then_some("LISTEN_PID"),
+        own_pid_var: (inherited_activation || own_sockets).then_some("LISTEN_PID"),
         quiet: false,
+        pass_fds: sockets.iter().map(Bound::fd).collect(),
     }
 }
 
@@ -241,6 +262,12 @@ struct Supervisor {
     startup_timeout: Duration,
     ever_ready: bool,
     drain_ports: Vec<u16>,
+    ready_interval: Duration,
+    /// How a reload starts a new child: as the first one.
+    command: Vec<OsString>,
+    options: spawn::Options,
+    /// Held for the children: a reload's new child gets the same sockets.
+    _sockets: Vec<Bound>,
     poll: Poll,
     signals: Signals,
     faults: FaultSignals,
@@ -258,6 +285,7 @@ impl Supervisor {
             self.checker.deadline(),
             self.startup_deadline,
             self.systemd.as_ref().and_then(|s| s.next_ping),
+            self.settle_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -294,14 +322,23 @@ impl Supervisor {
         }
         let now = Instant::now();
         let mut verdicts = Vec::new();
+        let mut new_ready = false;
         let registry = self.poll.registry();
         for event in events.iter() {
             match event.token() {
                 SIGNALS | FAULT_SIGNALS | LISTENER => {}
                 CHILD_NOTIFY => {
-                    for said in self.child_notify.as_mut().map(|n| n.receive()).unwrap_or_default()
-                    {
-                        verdicts.push(self.checker.on_notify(said == Said::Ready));
+                    let messages = self.child_notify.as_mut().map(|n| n.receive());
+                    for (said, sender) in messages.unwrap_or_default() {
+                        // A reload's new child speaks for itself; an old one being stopped
+                        // (STOPPING=1) does not speak for the app any more.
+                        let new = self.machine.starting().map(|(pid, _)| pid);
+                        let main = self.machine.child();
+                        if new.is_some_and(|pid| reaper::descends_from(sender, pid)) {
+                            new_ready |= said == Said::Ready;
+                        } else if main.is_some_and(|pid| reaper::descends_from(sender, pid)) {
+                            verdicts.push(self.checker.on_notify(said == Said::Ready));
+                        }
                     }
                 }
                 token if self.checker.owns(token) => {
@@ -344,6 +381,18 @@ impl Supervisor {
                 );
             }
         }
+        // Without --ready-notify, a reload's new child is ready once it has lived through a
+        // readiness interval with the checks passing (they cannot tell the two children
+        // apart on a shared socket; the notify protocol can).
+        if self.settle_deadline().is_some_and(|t| t <= now) && self.machine.is_ready() {
+            new_ready = true;
+        }
+        if new_ready {
+            let code = self.step(Input::NewReady);
+            if code.is_some() {
+                return code;
+            }
+        }
         let code = self.step(Input::Tick);
         self.tell_systemd(now);
         code
@@ -377,14 +426,19 @@ impl Supervisor {
         for (pid, status) in reaped.exits {
             if Some(pid) == main {
                 main_status = Some(status);
+                continue;
+            }
+            others += 1;
+            if self.machine.claims(pid) {
+                log::debug!("reaped child {pid} of a reload, which {status}");
+                self.step(Input::Exited { pid, status });
             } else if let Some(verdict) = self.checker.on_exit(pid, status) {
                 self.take_verdict(verdict, now);
             } else {
                 log::debug!("reaped process {pid}, which {status}");
-                others += 1;
+                self.counters.reaped += 1;
             }
         }
-        self.counters.reaped += others;
         let mut code = None;
         if others > 0 {
             code = self.step(Input::OthersReaped { others_left });
@@ -410,6 +464,19 @@ impl Supervisor {
                     deliver(sig, to);
                     self.counters.forwarded(sig);
                 }
+                Action::SpawnNew => {
+                    let input = match spawn::spawn(&self.command, &self.options) {
+                        Ok(pid) => {
+                            log::debug!("started new child {pid}");
+                            Input::Spawned(pid)
+                        }
+                        Err(e) => {
+                            log::warn!("reload: {e}");
+                            Input::SpawnFailed
+                        }
+                    };
+                    exit = exit.or(self.step(input));
+                }
                 Action::CountConnections => {
                     let n = idle::count(&self.drain_ports);
                     exit = exit.or(self.step(Input::Connections(n)));
@@ -419,6 +486,14 @@ impl Supervisor {
             }
         }
         exit
+    }
+
+    /// When a reload's new child counts as ready without the notify protocol.
+    fn settle_deadline(&self) -> Option<Instant> {
+        if self.child_notify.is_some() {
+            return None;
+        }
+        self.machine.starting().map(|(_, since)| since + self.ready_interval)
     }
 
     /// READY=1 when /readyz would first answer 200, STOPPING=1 when the drain starts,

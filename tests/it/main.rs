@@ -10,6 +10,7 @@ mod exit;
 mod idle;
 mod race;
 mod reaping;
+mod reload;
 mod signals;
 mod support;
 mod systemd;
