@@ -7,6 +7,7 @@ mod cli;
 mod drain;
 mod endpoint;
 mod exit;
+mod haproxy;
 mod idle;
 mod race;
 mod reaping;
