@@ -8,6 +8,7 @@ mod drain;
 mod endpoint;
 mod exit;
 mod haproxy;
+mod hostile;
 mod idle;
 mod race;
 mod reaping;
