@@ -166,11 +166,12 @@ pub struct Processed {
     pub probed: bool,
 }
 
-/// Answers every complete request at the start of `input` (pipelining), appending the
-/// answers to `out`. Never panics, whatever the bytes.
+/// Answers the complete requests at the start of `input` (pipelining), appending the answers
+/// to `out`, until `out` holds [`MAX_OUT`]. Never panics, whatever the bytes.
 pub fn process(input: &[u8], view: &View, http: &mut HttpCounters, out: &mut Vec<u8>) -> Processed {
     let mut done = Processed::default();
-    while done.consumed < input.len() && !done.close {
+    // Past MAX_OUT of answers waiting, the rest of the requests wait for the client to read.
+    while done.consumed < input.len() && !done.close && out.len() < MAX_OUT {
         let rest = &input[done.consumed..];
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -235,11 +236,18 @@ fn answer(
 #[derive(Default)]
 pub struct Pending {
     buf: Vec<u8>,
+    /// Answering stopped at the output limit with input left over.
+    stalled: bool,
 }
 
 impl Pending {
     pub fn len(&self) -> usize {
         self.buf.len()
+    }
+
+    /// Whether requests are waiting that were read but not answered (the output was full).
+    pub fn has_unanswered(&self) -> bool {
+        self.stalled
     }
 
     /// Feeds newly read bytes: answers what is complete, keeps a partial head (never more
@@ -251,25 +259,28 @@ impl Pending {
         http: &mut HttpCounters,
         out: &mut Vec<u8>,
     ) -> Processed {
-        if self.buf.is_empty() {
+        let done = if self.buf.is_empty() {
             // The common case, one whole request per read: nothing is copied.
             let done = process(chunk, view, http, out);
             if !done.close {
                 self.buf.extend_from_slice(&chunk[done.consumed..]);
             }
-            return done;
-        }
-        self.buf.extend_from_slice(chunk);
-        let done = process(&self.buf, view, http, out);
-        if done.close {
-            self.buf = Vec::new();
+            done
         } else {
-            self.buf.drain(..done.consumed);
-        }
+            self.buf.extend_from_slice(chunk);
+            let done = process(&self.buf, view, http, out);
+            if done.close {
+                self.buf.clear();
+            } else {
+                self.buf.drain(..done.consumed);
+            }
+            done
+        };
         if self.buf.is_empty() {
             // Give the memory back: an idle connection holds no buffer.
             self.buf = Vec::new();
         }
+        self.stalled = !done.close && !self.buf.is_empty() && out.len() >= MAX_OUT;
         done
     }
 }
@@ -481,39 +492,47 @@ fn drive(
         return linger(conn, scratch, discarded);
     }
     let mut eof = false;
-    while matches!(conn.state, State::Head | State::Idle) {
-        let room = MAX_HEAD - conn.pending.len();
-        match conn.stream.read(&mut scratch[..room]) {
-            Ok(0) => {
-                eof = true;
-                break;
-            }
-            Ok(n) => {
-                let done = conn.pending.feed(&scratch[..n], view, http, &mut conn.out);
-                *probed |= done.probed;
-                if done.close {
-                    conn.state = State::Closing;
-                } else if done.answered > 0 && conn.pending.len() == 0 {
-                    conn.state = State::Idle;
-                    conn.deadline = now + limits.idle_timeout;
-                } else if done.answered > 0 || conn.state == State::Idle {
-                    // A new request has begun: its head has the request timeout.
-                    conn.state = State::Head;
-                    conn.deadline = now + limits.request_timeout;
-                }
-                if conn.out.len() > MAX_OUT {
-                    log::debug!("client does not read its answers; dropping it");
-                    http.dropped += 1;
-                    return Outcome::Close;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => return Outcome::Close,
+    loop {
+        if !flush(conn) {
+            return Outcome::Close;
         }
-    }
-    if !flush(conn) {
-        return Outcome::Close;
+        if conn.out.len() >= MAX_OUT {
+            // Answers piled up to the limit and the socket takes no more of them.
+            log::debug!("client does not read its answers; dropping it");
+            http.dropped += 1;
+            return Outcome::Close;
+        }
+        if eof || !matches!(conn.state, State::Head | State::Idle) {
+            break;
+        }
+        // Requests read earlier but not answered yet (the output was full) go first.
+        let chunk = if conn.pending.has_unanswered() {
+            0
+        } else {
+            let room = MAX_HEAD - conn.pending.len();
+            match conn.stream.read(&mut scratch[..room]) {
+                Ok(0) => {
+                    eof = true;
+                    continue;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Outcome::Close,
+            }
+        };
+        let done = conn.pending.feed(&scratch[..chunk], view, http, &mut conn.out);
+        *probed |= done.probed;
+        if done.close {
+            conn.state = State::Closing;
+        } else if done.answered > 0 && conn.pending.len() == 0 {
+            conn.state = State::Idle;
+            conn.deadline = now + limits.idle_timeout;
+        } else if done.answered > 0 || conn.state == State::Idle {
+            // A new request has begun: its head has the request timeout.
+            conn.state = State::Head;
+            conn.deadline = now + limits.request_timeout;
+        }
     }
     if eof && conn.state != State::Closing {
         // The client is done sending; whatever it asked for is answered once written.

@@ -213,8 +213,10 @@ fn child_options(
     if let Some(private) = private {
         env.push(format!("NOTIFY_SOCKET={}", private.env_value).into());
     }
-    for (key, value) in sockets::env(sockets) {
-        env.push(format!("{key}={value}").into());
+    if own_sockets {
+        for (key, value) in sockets::env(sockets) {
+            env.push(format!("{key}={value}").into());
+        }
     }
     spawn::Options {
         env: Some(env),
