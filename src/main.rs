@@ -7,6 +7,8 @@ mod cli;
 mod http;
 mod idle;
 mod machine;
+#[cfg(test)]
+mod manpage;
 mod metrics;
 mod notify;
 mod reaper;

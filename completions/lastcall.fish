@@ -1,0 +1,24 @@
+complete -c lastcall -l listen -d 'Where the HTTP endpoint (/readyz, /livez) listens: IP:PORT, HOST:PORT, :PORT, or `off`' -r
+complete -c lastcall -l prestop-delay -d 'Time between turning unready and sending the stop signal; `auto` is 5s in Kubernetes (KUBERNETES_SERVICE_HOST set) or once /readyz has been requested, else 0' -r
+complete -c lastcall -l grace-period -d 'Time after the stop signal before SIGKILL' -r
+complete -c lastcall -l stop-signal -d 'The signal that asks the child to stop [default: the one that started the drain: TERM for docker stop and Kubernetes, INT for Ctrl-C]' -r
+complete -c lastcall -l success-exit -d 'Exit with 0 instead of CODE (repeatable; the variable takes a comma list), e.g. 143' -r
+complete -c lastcall -l max-connections -d 'Connections to the endpoint beyond this are accepted and closed at once' -r
+complete -c lastcall -l request-timeout -d 'How long a request head may take to arrive before the connection is closed' -r
+complete -c lastcall -l idle-timeout -d 'How long a keep-alive connection may wait for its next request' -r
+complete -c lastcall -l ready-tcp -d 'Ready only when a TCP connect to HOST:PORT succeeds (repeatable; HOST is resolved once)' -r
+complete -c lastcall -l ready-http -d 'Ready only when GET URL answers 2xx (plain http://, repeatable)' -r
+complete -c lastcall -l ready-exec -d 'Ready only when `sh -c CMD` exits 0 (repeatable; the variable holds one command)' -r
+complete -c lastcall -l ready-interval -d 'Time between two rounds of readiness checks' -r
+complete -c lastcall -l ready-timeout -d 'How long one readiness check may take before it counts as failed' -r
+complete -c lastcall -l startup-timeout -d 'After this, an app that never became ready is logged as such (it keeps running, unready)' -r
+complete -c lastcall -l drain-idle-port -d 'During the preStop delay, stop as soon as no connection to PORT is open (repeatable)' -r
+complete -c lastcall -l drain-min -d 'With --drain-idle-port, the shortest preStop phase' -r
+complete -c lastcall -l socket -d 'Bind this socket and pass it to the child by socket activation (repeatable): [NAME=]tcp://HOST:PORT or [NAME=]unix:/path' -r
+complete -c lastcall -l reload-signal -d 'With --socket: on this signal, start a new child on the same sockets, wait until it is ready, then drain the old one [default: HUP]' -r
+complete -c lastcall -l log-level -d 'error, warn, info, debug or trace' -r
+complete -c lastcall -l group -d 'Send forwarded and stop signals to the child\'s whole process group'
+complete -c lastcall -l no-subreaper -d 'Do not become a child subreaper when not PID 1'
+complete -c lastcall -l ready-notify -d 'Ready only once the child sends READY=1 to NOTIFY_SOCKET (STOPPING=1: unready again)'
+complete -c lastcall -s h -l help -d 'Print help'
+complete -c lastcall -s V -l version -d 'Print version'
