@@ -250,6 +250,8 @@ impl Checker {
                 )));
             }
         }
+        // The round that just timed out is concluded before the next one starts.
+        let timed_out = self.conclude();
         if self.next_round.is_some_and(|t| t <= now) && self.slots.iter().all(|s| s.probe.is_none())
         {
             self.next_round = Some(now + self.interval);
@@ -265,7 +267,10 @@ impl Checker {
                 }
             }
         }
-        self.conclude()
+        match self.conclude() {
+            Verdict::Same => timed_out,
+            changed => changed,
+        }
     }
 
     /// Readiness on a check's socket.
