@@ -32,8 +32,9 @@ const MAX_DURATION: Duration = Duration::from_secs(366 * 24 * 3600);
     override_usage = "lastcall [OPTIONS] [--] COMMAND [ARGS...]"
 )]
 pub struct Args {
-    /// Where the HTTP endpoint (/readyz, /livez) listens: IP:PORT, HOST:PORT, :PORT, or `off`
-    #[arg(long, env = "LASTCALL_LISTEN", value_name = "ADDR",
+    /// Where the HTTP endpoint (/readyz, /livez, /metrics) listens: IP:PORT, HOST:PORT, :PORT,
+    /// or `off`
+    #[arg(long, env = "LASTCALL_LISTEN", value_name = "ADDR", help_heading = "Endpoint",
           default_value = DEFAULT_LISTEN, value_parser = parse_listen)]
     pub listen: Listen,
 
@@ -69,17 +70,17 @@ pub struct Args {
     pub no_subreaper: bool,
 
     /// Connections to the endpoint beyond this are accepted and closed at once
-    #[arg(long, env = "LASTCALL_MAX_CONNECTIONS", value_name = "N",
+    #[arg(long, env = "LASTCALL_MAX_CONNECTIONS", help_heading = "Endpoint", value_name = "N",
           default_value = "512", value_parser = parse_max_connections)]
     pub max_connections: usize,
 
     /// How long a request head may take to arrive before the connection is closed
-    #[arg(long, env = "LASTCALL_REQUEST_TIMEOUT", value_name = "DUR",
+    #[arg(long, env = "LASTCALL_REQUEST_TIMEOUT", help_heading = "Endpoint", value_name = "DUR",
           default_value = "10s", value_parser = parse_timeout)]
     pub request_timeout: Duration,
 
     /// How long a keep-alive connection may wait for its next request
-    #[arg(long, env = "LASTCALL_IDLE_TIMEOUT", value_name = "DUR",
+    #[arg(long, env = "LASTCALL_IDLE_TIMEOUT", help_heading = "Endpoint", value_name = "DUR",
           default_value = "60s", value_parser = parse_timeout)]
     pub idle_timeout: Duration,
 
