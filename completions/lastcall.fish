@@ -1,4 +1,4 @@
-complete -c lastcall -l listen -d 'Where the HTTP endpoint (/readyz, /livez) listens: IP:PORT, HOST:PORT, :PORT, or `off`' -r
+complete -c lastcall -l listen -d 'Where the HTTP endpoint (/readyz, /livez, /metrics) listens: IP:PORT, HOST:PORT, :PORT, or `off`' -r
 complete -c lastcall -l prestop-delay -d 'Time between turning unready and sending the stop signal; `auto` is 5s in Kubernetes (KUBERNETES_SERVICE_HOST set) or once /readyz has been requested, else 0' -r
 complete -c lastcall -l grace-period -d 'Time after the stop signal before SIGKILL' -r
 complete -c lastcall -l stop-signal -d 'The signal that asks the child to stop [default: the one that started the drain: TERM for docker stop and Kubernetes, INT for Ctrl-C]' -r
