@@ -10,6 +10,7 @@ mod exit;
 mod haproxy;
 mod hostile;
 mod idle;
+mod packaging;
 mod race;
 mod reaping;
 mod reload;
