@@ -12,6 +12,7 @@ mod hostile;
 mod idle;
 mod packaging;
 mod race;
+mod readiness;
 mod reaping;
 mod reload;
 mod signals;
