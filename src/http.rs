@@ -425,8 +425,15 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
-        let outcome =
-            drive(conn, &mut self.scratch, self.limits, view, &mut self.counters, &mut self.probed);
+        let outcome = drive(
+            conn,
+            &mut self.scratch,
+            self.limits,
+            view,
+            &mut self.counters,
+            &mut self.probed,
+            event.is_read_closed(),
+        );
         match outcome {
             Outcome::Keep => {
                 let deadline = conn.deadline;
@@ -486,8 +493,14 @@ fn drive(
     view: &View,
     http: &mut HttpCounters,
     probed: &mut bool,
+    read_closed: bool,
 ) -> Outcome {
     let now = view.now;
+    // A read shorter than the room it had emptied the socket: with edge-triggered events,
+    // more data will come with an event of its own, so the read that would only say
+    // WouldBlock is saved (one system call per request). Not when the peer has closed: its
+    // EOF, already queued, would bring no new event.
+    let mut drained = false;
     if let State::Lingering { discarded } = conn.state {
         return linger(conn, scratch, discarded);
     }
@@ -508,6 +521,8 @@ fn drive(
         // Requests read earlier but not answered yet (the output was full) go first.
         let chunk = if conn.pending.has_unanswered() {
             0
+        } else if drained {
+            break;
         } else {
             let room = MAX_HEAD - conn.pending.len();
             match conn.stream.read(&mut scratch[..room]) {
@@ -515,7 +530,10 @@ fn drive(
                     eof = true;
                     continue;
                 }
-                Ok(n) => n,
+                Ok(n) => {
+                    drained = n < room && !read_closed;
+                    n
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return Outcome::Close,
