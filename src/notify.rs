@@ -61,9 +61,9 @@ impl Private {
         &mut self.socket
     }
 
-    /// Every message waiting, from processes under lastcall, with its sender's pid; others
-    /// are dropped.
-    pub fn receive(&mut self) -> Vec<(Said, i32)> {
+    /// Every message waiting, from processes under lastcall, with its sender; others are
+    /// dropped.
+    pub fn receive(&mut self) -> Vec<(Said, Sender)> {
         let mut said = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
@@ -78,7 +78,9 @@ impl Private {
                 Ok(msg) => {
                     let sender = msg.cmsgs().ok().and_then(|mut c| {
                         c.find_map(|m| match m {
-                            ControlMessageOwned::ScmCredentials(creds) => Some(creds.pid()),
+                            ControlMessageOwned::ScmCredentials(creds) => {
+                                Some((creds.pid(), creds.uid()))
+                            }
                             _ => None,
                         })
                     });
@@ -87,14 +89,35 @@ impl Private {
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(_) => return said,
             };
-            match sender {
-                Some(pid) if reaper::is_descendant(pid) => {
-                    said.extend(parse(&buf[..len]).into_iter().map(|s| (s, pid)))
-                }
-                _ => log::debug!("notify message from a process not under lastcall dropped"),
+            let from = match sender {
+                Some((pid, _)) if reaper::is_descendant(pid) => Some(Sender::Pid(pid)),
+                // A short-lived sender (`systemd-notify --ready` in a shell app) may be gone
+                // by now, and its ancestry with it; one running as lastcall's own user is
+                // taken at its word.
+                Some((pid, uid)) if !reaper::exists(pid) && uid == own_euid() => Some(Sender::Gone),
+                _ => None,
+            };
+            match from {
+                Some(from) => said.extend(parse(&buf[..len]).into_iter().map(|s| (s, from))),
+                None => log::debug!("notify message from a process not under lastcall dropped"),
             }
         }
     }
+}
+
+/// lastcall's effective user id.
+fn own_euid() -> u32 {
+    // SAFETY: geteuid cannot fail and has no preconditions.
+    unsafe { libc::geteuid() }
+}
+
+/// Who sent a notify message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// A process under lastcall.
+    Pid(i32),
+    /// A process that has exited since, running as lastcall's user.
+    Gone,
 }
 
 /// lastcall's own messages to systemd, when started with NOTIFY_SOCKET (`Type=notify`).

@@ -112,6 +112,11 @@ pub fn descends_from(pid: i32, root: Pid) -> bool {
     false
 }
 
+/// Whether a process (or zombie) with this pid exists.
+pub fn exists(pid: i32) -> bool {
+    parent_of(pid).is_some()
+}
+
 /// The parent pid from /proc/PID/stat. The command name (field 2) may hold spaces and
 /// parentheses, so the fields are counted from its closing parenthesis.
 fn parent_of(pid: i32) -> Option<i32> {

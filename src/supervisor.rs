@@ -20,7 +20,7 @@ use crate::http::{Endpoint, Limits};
 use crate::idle;
 use crate::machine::{Action, Input, Machine, Phase, Policy, Target, show};
 use crate::metrics::{Counters, View};
-use crate::notify::{self, Said};
+use crate::notify::{self, Said, Sender};
 use crate::reaper;
 use crate::signals::{self, BlockOnDrop, FaultSignals, Inherited, SIGCHLD, Sig};
 use crate::sockets::{self, Bound};
@@ -333,12 +333,18 @@ impl Supervisor {
                     let messages = self.child_notify.as_mut().map(|n| n.receive());
                     for (said, sender) in messages.unwrap_or_default() {
                         // A reload's new child speaks for itself; an old one being stopped
-                        // (STOPPING=1) does not speak for the app any more.
+                        // (STOPPING=1) does not speak for the app any more. A sender that is
+                        // gone is taken for the new child during a reload, as the old one
+                        // was ready already.
                         let new = self.machine.starting().map(|(pid, _)| pid);
                         let main = self.machine.child();
-                        if new.is_some_and(|pid| reaper::descends_from(sender, pid)) {
+                        let under = |root: Option<nix::unistd::Pid>| match sender {
+                            Sender::Pid(pid) => root.is_some_and(|r| reaper::descends_from(pid, r)),
+                            Sender::Gone => root.is_some(),
+                        };
+                        if under(new) {
                             new_ready |= said == Said::Ready;
-                        } else if main.is_some_and(|pid| reaper::descends_from(sender, pid)) {
+                        } else if under(main) {
                             verdicts.push(self.checker.on_notify(said == Said::Ready));
                         }
                     }
