@@ -700,3 +700,41 @@ fn lastcalls_own_check_connections_do_not_count() {
     assert_eq!(stderr_count(&dir, "the app is ready ("), 1);
     assert_stop_after_drain_min(&dir, lastcall, port);
 }
+
+/// Says READY=1 through a short-lived helper process once `$DIR/go` exists, as a shell app's
+/// `systemd-notify --ready` would, and notes when the helper has exited and been reaped.
+const NOTIFIES_THROUGH_A_HELPER: &str = r#"
+name = os.environ.get("NOTIFY_SOCKET", "")
+mark("started")
+wait_for("go")
+helper = "import socket; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b'READY=1', '\\0' + %r)" % name[1:]
+import subprocess
+subprocess.run([sys.executable, "-c", helper], check=True)
+mark("helper_gone")
+time.sleep(60)
+"#;
+
+#[test]
+fn ready_from_a_helper_that_is_gone_when_lastcall_reads_it() {
+    if !have_python() {
+        return;
+    }
+    let dir = TestDir::new("ready_notify_gone");
+    let (mut lastcall, port) = spawn_listening(
+        |port| {
+            let options = ["--ready-notify", "--prestop-delay", "0s"];
+            lastcall_with_app(&dir, port, &options, NOTIFIES_THROUGH_A_HELPER, 0)
+        },
+        || dir.exists("started"),
+    );
+    assert_eq!(readyz(port), 503);
+    // lastcall is held still while the helper sends, exits and is reaped by the app: by the
+    // time lastcall reads the message, the sender's ancestry can no longer be looked up.
+    lastcall.signal(libc::SIGSTOP);
+    dir.write("go", "");
+    crate::support::wait_until("the helper sent and is gone", || dir.exists("helper_gone"));
+    lastcall.signal(libc::SIGCONT);
+    wait_readyz(&mut lastcall, port, 200);
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait().assert_code(128 + libc::SIGTERM);
+}
