@@ -226,24 +226,28 @@ pub fn prepare_own_mask() {
     }
 }
 
-/// The signals lastcall handles through signal-hook: all it receives but the [`FAULTS`].
+/// The signals lastcall acts on itself, handled through signal-hook: SIGTERM, SIGINT, SIGCHLD.
 pub fn handled() -> Vec<i32> {
-    all()
-        .filter(|s| matches!(class(*s), Class::Drain | Class::Child | Class::Forward))
-        .filter(|s| !FAULTS.contains(&s.0))
-        .map(|s| s.0)
-        .collect()
+    all().filter(|s| matches!(class(*s), Class::Drain | Class::Child)).map(|s| s.0).collect()
 }
 
-/// Signals that signal-hook will not handle, because a handler that returns from a real fault
-/// runs the faulting instruction again, forever. Sent by another process (`kill -SEGV`), they
-/// are forwarded like any other; a real fault of lastcall's own still kills it.
+/// The signals lastcall only passes on go through [`RawSignals`] instead: a handler of a few
+/// lines, where signal-hook would copy its whole table for every signal it registers
+/// (registering the 60 of them was most of start-up's work).
+fn raw(sig: Sig) -> bool {
+    class(sig) == Class::Forward
+}
+
+/// Signals that could be lastcall's own fault: a handler that returns from a real fault runs
+/// the faulting instruction again, forever. Sent by another process (`kill -SEGV`), they are
+/// forwarded like any other; a real fault of lastcall's own still kills it.
 pub const FAULTS: [i32; 3] = [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL];
 
-/// Where the fault-signal handler writes the number of a forwarded signal; -1 before set-up.
-static FAULT_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// Where the raw handler writes the number of a signal to forward; -1 before set-up.
+static RAW_PIPE: AtomicI32 = AtomicI32::new(-1);
 
-extern "C" fn on_fault_signal(
+/// One byte a delivery: real-time signals, which queue, are forwarded as often as they came.
+extern "C" fn on_raw_signal(
     signo: libc::c_int,
     info: *mut libc::siginfo_t,
     _: *mut libc::c_void,
@@ -251,11 +255,12 @@ extern "C" fn on_fault_signal(
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t. The rest are
     // async-signal-safe calls; errno is saved because the interrupted code may read it.
     unsafe {
-        // SI_USER, SI_QUEUE, SI_TKILL and the like are all <= 0: sent by a process.
-        if (*info).si_code <= 0 {
+        // SI_USER, SI_QUEUE, SI_TKILL and the like are all <= 0: sent by a process. Only
+        // SIGSEGV, SIGFPE and SIGILL can be lastcall's own fault.
+        if (*info).si_code <= 0 || !FAULTS.contains(&signo) {
             let saved = *libc::__errno_location();
             let byte = signo as u8;
-            libc::write(FAULT_PIPE.load(Ordering::Relaxed), (&raw const byte).cast(), 1);
+            libc::write(RAW_PIPE.load(Ordering::Relaxed), (&raw const byte).cast(), 1);
             *libc::__errno_location() = saved;
         } else {
             // lastcall itself faulted: with the default action back, the instruction faults
@@ -265,22 +270,22 @@ extern "C" fn on_fault_signal(
     }
 }
 
-/// The read end of the fault signals' pipe, for the event loop.
-pub struct FaultSignals {
+/// The read end of the raw handler's pipe, for the event loop.
+pub struct RawSignals {
     read: mio::net::UnixStream,
     _write: mio::net::UnixStream,
 }
 
-impl FaultSignals {
-    /// Installs the handler for the [`FAULTS`].
-    pub fn install() -> std::io::Result<FaultSignals> {
+impl RawSignals {
+    /// Installs the handler for every signal lastcall forwards.
+    pub fn install() -> std::io::Result<RawSignals> {
         let (read, write) = mio::net::UnixStream::pair()?;
-        FAULT_PIPE.store(std::os::fd::AsRawFd::as_raw_fd(&write), Ordering::Relaxed);
-        for signo in FAULTS {
+        RAW_PIPE.store(std::os::fd::AsRawFd::as_raw_fd(&write), Ordering::Relaxed);
+        for signo in all().filter(|s| raw(*s)).map(|s| s.0) {
             // SAFETY: installs a handler that only makes async-signal-safe calls.
             unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_fault_signal as *const () as usize;
+                action.sa_sigaction = on_raw_signal as *const () as usize;
                 action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
                 libc::sigemptyset(&mut action.sa_mask);
                 if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
@@ -288,7 +293,7 @@ impl FaultSignals {
                 }
             }
         }
-        Ok(FaultSignals { read, _write: write })
+        Ok(RawSignals { read, _write: write })
     }
 
     pub fn source(&mut self) -> &mut mio::net::UnixStream {
@@ -397,6 +402,7 @@ mod tests {
         assert_eq!(class(SIGKILL), Class::Default);
         assert_eq!(class(Sig(libc::SIGSEGV)), Class::Forward);
         assert!(!handled().contains(&libc::SIGSEGV), "signal-hook refuses it");
+        assert_eq!(handled(), [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]);
         assert_eq!(class(Sig(libc::SIGTTOU)), Class::Ignore);
     }
 }

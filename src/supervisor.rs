@@ -22,12 +22,12 @@ use crate::machine::{Action, Input, Machine, Phase, Policy, Target, show};
 use crate::metrics::{Counters, View};
 use crate::notify::{self, Said, Sender};
 use crate::reaper;
-use crate::signals::{self, BlockOnDrop, FaultSignals, Inherited, SIGCHLD, Sig};
+use crate::signals::{self, BlockOnDrop, RawSignals, Inherited, SIGCHLD, Sig};
 use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
 
 const SIGNALS: Token = Token(0);
-const FAULT_SIGNALS: Token = Token(1);
+const RAW_SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
 const CHILD_NOTIFY: Token = Token(3);
 const FIRST_CHECK: usize = 16;
@@ -97,7 +97,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     signals::prepare_own_mask();
     let mut signals =
         Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
-    let mut faults = FaultSignals::install().map_err(setup("installing signal handlers"))?;
+    let mut raw = RawSignals::install().map_err(setup("installing signal handlers"))?;
     // Declared after the plumbing, so dropped before it on an early return.
     let quiet = BlockOnDrop;
     let poll = Poll::new().map_err(setup("creating the event loop"))?;
@@ -106,7 +106,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         .register(&mut signals, SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
     registry
-        .register(faults.source(), FAULT_SIGNALS, Interest::READABLE)
+        .register(raw.source(), RAW_SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
     let endpoint = match config.listen {
         Some(addr) => {
@@ -157,7 +157,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         counters: Counters::new(started),
         poll,
         signals,
-        faults,
+        raw,
         endpoint,
         child_notify,
         systemd: systemd.map(|s| SystemdState {
@@ -272,7 +272,7 @@ struct Supervisor {
     _sockets: Vec<Bound>,
     poll: Poll,
     signals: Signals,
-    faults: FaultSignals,
+    raw: RawSignals,
     endpoint: Option<Endpoint>,
     child_notify: Option<notify::Private>,
     systemd: Option<SystemdState>,
@@ -307,8 +307,8 @@ impl Supervisor {
         if events.iter().any(|e| e.token() == SIGNALS) {
             pending.extend(self.signals.pending().map(Sig));
         }
-        if events.iter().any(|e| e.token() == FAULT_SIGNALS) {
-            pending.extend(self.faults.pending());
+        if events.iter().any(|e| e.token() == RAW_SIGNALS) {
+            pending.extend(self.raw.pending());
         }
         for sig in pending {
             let code = if sig == SIGCHLD {
@@ -328,7 +328,7 @@ impl Supervisor {
         let registry = self.poll.registry();
         for event in events.iter() {
             match event.token() {
-                SIGNALS | FAULT_SIGNALS | LISTENER => {}
+                SIGNALS | RAW_SIGNALS | LISTENER => {}
                 CHILD_NOTIFY => {
                     let messages = self.child_notify.as_mut().map(|n| n.receive());
                     for (said, sender) in messages.unwrap_or_default() {
