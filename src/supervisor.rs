@@ -292,8 +292,15 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
-        let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-        // mio rounds a timeout up to whole milliseconds, so a deadline is never woken early.
+        let timeout = deadline.map(|d| {
+            let left = d.saturating_duration_since(Instant::now());
+            // epoll_wait may sleep past its timeout by 0.1% (the kernel's slack for it, up to
+            // 100 ms), and mio rounds up to whole milliseconds: ask for that much less. The
+            // turn that wakes early finds nothing due and waits out the rest, short enough to
+            // be on time.
+            let slack = left / 1000 + Duration::from_millis(1);
+            if left > slack * 2 { left - slack } else { left }
+        });
         match self.poll.poll(events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
             other => other,
