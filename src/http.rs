@@ -611,34 +611,23 @@ fn flush(conn: &mut Conn) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Input, Machine, Policy};
+    use crate::machine::{Input, Machine};
     use crate::metrics::Counters;
-    use nix::unistd::Pid;
-
-    fn no_checks(t0: Instant) -> crate::checks::Checker {
-        crate::checks::Checker::new(
-            vec![],
-            false,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            16,
-            t0,
-        )
-    }
-
-    fn machine(t0: Instant) -> Machine {
-        Machine::new(Policy::for_tests(), Pid::from_raw(42), t0)
-    }
 
     /// Runs `input` through [`process`] against a running child; returns the output.
     fn run(input: &[u8], draining: bool) -> (String, Processed) {
         let t0 = Instant::now();
-        let mut m = machine(t0);
+        let mut m = Machine::for_tests(t0);
         if draining {
             m.step(Input::Signal(crate::signals::SIGTERM), t0);
         }
         let counters = Counters::new(t0);
-        let view = View { machine: &m, counters: &counters, checker: &no_checks(t0), now: t0 };
+        let view = View {
+            machine: &m,
+            counters: &counters,
+            checker: &crate::checks::Checker::none(t0),
+            now: t0,
+        };
         let mut out = Vec::new();
         let done = process(input, &view, &mut HttpCounters::default(), &mut out);
         (String::from_utf8(out).unwrap(), done)
@@ -715,9 +704,14 @@ mod tests {
     /// Feeds `input` split at `cuts` through [`Pending`]; returns the output.
     fn feed_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
         let t0 = Instant::now();
-        let m = machine(t0);
+        let m = Machine::for_tests(t0);
         let counters = Counters::new(t0);
-        let view = View { machine: &m, counters: &counters, checker: &no_checks(t0), now: t0 };
+        let view = View {
+            machine: &m,
+            counters: &counters,
+            checker: &crate::checks::Checker::none(t0),
+            now: t0,
+        };
         let mut http = HttpCounters::default();
         let mut pending = Pending::default();
         let mut out = Vec::new();

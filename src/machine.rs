@@ -48,6 +48,14 @@ pub struct Policy {
 }
 
 #[cfg(test)]
+impl Machine {
+    /// The command line's defaults, child pid 42, started at `t0`, for tests.
+    pub fn for_tests(t0: Instant) -> Machine {
+        Machine::new(Policy::for_tests(), Pid::from_raw(42), t0)
+    }
+}
+
+#[cfg(test)]
 impl Policy {
     /// The command line's defaults, for tests.
     pub fn for_tests() -> Policy {

@@ -236,23 +236,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::machine::{Input, Policy};
-    use nix::unistd::Pid;
-
-    fn no_checks(t0: Instant) -> crate::checks::Checker {
-        crate::checks::Checker::new(
-            vec![],
-            false,
-            Duration::from_secs(1),
-            Duration::from_secs(1),
-            16,
-            t0,
-        )
-    }
-
-    fn machine(t0: Instant) -> Machine {
-        Machine::new(Policy::for_tests(), Pid::from_raw(42), t0)
-    }
+    use crate::machine::Input;
 
     /// Checks the text against the exposition format's line grammar: every sample belongs
     /// to a family declared by HELP and TYPE lines before it, and its value is a number.
@@ -279,7 +263,7 @@ mod tests {
     #[test]
     fn exposition_is_well_formed_and_counts() {
         let t0 = Instant::now();
-        let mut m = machine(t0);
+        let mut m = Machine::for_tests(t0);
         let mut c = Counters::new(t0);
         c.received(Sig(libc::SIGHUP));
         c.received(Sig(libc::SIGHUP));
@@ -290,7 +274,7 @@ mod tests {
         let view = View {
             machine: &m,
             counters: &c,
-            checker: &no_checks(t0),
+            checker: &crate::checks::Checker::none(t0),
             now: t0 + Duration::from_millis(1500),
         };
         let text = view.render(&http);
@@ -315,7 +299,7 @@ mod tests {
         let view = View {
             machine: &m,
             counters: &c,
-            checker: &no_checks(t0),
+            checker: &crate::checks::Checker::none(t0),
             now: t0 + Duration::from_secs(7),
         };
         let text = view.render(&http);

@@ -247,11 +247,7 @@ pub const FAULTS: [i32; 3] = [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL];
 static RAW_PIPE: AtomicI32 = AtomicI32::new(-1);
 
 /// One byte a delivery: real-time signals, which queue, are forwarded as often as they came.
-extern "C" fn on_raw_signal(
-    signo: libc::c_int,
-    info: *mut libc::siginfo_t,
-    _: *mut libc::c_void,
-) {
+extern "C" fn on_raw_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t. The rest are
     // async-signal-safe calls; errno is saved because the interrupted code may read it.
     unsafe {

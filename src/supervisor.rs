@@ -22,7 +22,7 @@ use crate::machine::{Action, Input, Machine, Phase, Policy, Target, show};
 use crate::metrics::{Counters, View};
 use crate::notify::{self, Said, Sender};
 use crate::reaper;
-use crate::signals::{self, BlockOnDrop, RawSignals, Inherited, SIGCHLD, Sig};
+use crate::signals::{self, BlockOnDrop, Inherited, RawSignals, SIGCHLD, Sig};
 use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
 
