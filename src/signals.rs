@@ -245,12 +245,19 @@ pub const FAULTS: [i32; 3] = [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL];
 
 /// Where the raw handler writes the number of a signal to forward; -1 before set-up.
 static RAW_PIPE: AtomicI32 = AtomicI32::new(-1);
+/// lastcall's pid, for the handler to tell signals it raised itself.
+static OWN_PID: AtomicI32 = AtomicI32::new(0);
 
 /// One byte a delivery: real-time signals, which queue, are forwarded as often as they came.
 extern "C" fn on_raw_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
     // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t. The rest are
     // async-signal-safe calls; errno is saved because the interrupted code may read it.
     unsafe {
+        // A signal lastcall caused itself is not the child's: writing its log to a closed
+        // pipe raises SIGPIPE with lastcall's own pid as the sender.
+        if (*info).si_code == libc::SI_USER && (*info).si_pid() == OWN_PID.load(Ordering::Relaxed) {
+            return;
+        }
         // SI_USER, SI_QUEUE, SI_TKILL and the like are all <= 0: sent by a process. Only
         // SIGSEGV, SIGFPE and SIGILL can be lastcall's own fault.
         if (*info).si_code <= 0 || !FAULTS.contains(&signo) {
@@ -277,6 +284,7 @@ impl RawSignals {
     pub fn install() -> std::io::Result<RawSignals> {
         let (read, write) = mio::net::UnixStream::pair()?;
         RAW_PIPE.store(std::os::fd::AsRawFd::as_raw_fd(&write), Ordering::Relaxed);
+        OWN_PID.store(std::process::id() as i32, Ordering::Relaxed);
         for signo in all().filter(|s| raw(*s)).map(|s| s.0) {
             // SAFETY: installs a handler that only makes async-signal-safe calls.
             unsafe {

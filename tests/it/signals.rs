@@ -137,3 +137,59 @@ fn without_group_only_the_child_gets_signals() {
     out.assert_code(128 + libc::SIGKILL);
     out.check(!dir.got_has("grand TERM"), "the grandchild must not get the stop signal");
 }
+
+/// SIGSEGV, SIGFPE, SIGILL, SIGBUS, SIGABRT, SIGTRAP and SIGSYS sent with kill() are the
+/// child's like any other: only a real fault of lastcall's own would be lastcall's.
+#[test]
+fn fault_signals_sent_by_a_process_are_forwarded() {
+    let dir = TestDir::new("forwarding-faults");
+    let names = ["SEGV", "FPE", "ILL", "BUS", "ABRT", "TRAP", "SYS"];
+    let traps: String = names.iter().map(|n| format!("trap 'rec {n}' {n}; ")).collect();
+    let mut lastcall = dir
+        .lastcall()
+        .args(["--listen", "off", "--prestop-delay", "0s"])
+        .sh(&format!("{traps} trap 'exit 0' TERM; mark started; idle"))
+        .spawn();
+    lastcall.wait_until("the child set its traps", || dir.exists("started"));
+    let signals = [
+        libc::SIGSEGV,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGBUS,
+        libc::SIGABRT,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+    ];
+    for (name, sig) in names.iter().zip(signals) {
+        lastcall.signal(sig);
+        lastcall.wait_until(&format!("the child got {name}"), || dir.got_has(name));
+    }
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait().assert_code(0);
+}
+
+/// lastcall writing its log to a pipe nobody reads raises SIGPIPE in lastcall itself: that
+/// one is not forwarded, and the child lives on to exit as it means to.
+#[test]
+fn lastcalls_own_sigpipe_is_not_forwarded() {
+    let dir = TestDir::new("own-sigpipe");
+    let (read, write) = nix::unistd::pipe().expect("a pipe");
+    drop(read);
+    let mut lastcall = dir
+        .lastcall()
+        .args(["--listen", "off", "--prestop-delay", "0s"])
+        .sh("trap 'rec PIPE' PIPE; trap 'rec TERM; exit 0' TERM; mark started; idle")
+        .stdio(
+            std::process::Stdio::null(),
+            std::process::Stdio::null(),
+            std::process::Stdio::from(write),
+        )
+        .spawn();
+    lastcall.wait_until("the child started", || dir.exists("started"));
+    // The drain's log lines go to the broken pipe.
+    lastcall.signal(libc::SIGTERM);
+    let finished = lastcall.wait();
+    assert!(dir.got_has("TERM"), "the child got the stop signal: {:?}", dir.got());
+    assert!(!dir.got_has("PIPE"), "lastcall's own SIGPIPE reached the child: {:?}", dir.got());
+    finished.assert_code(0);
+}
