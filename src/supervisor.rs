@@ -234,8 +234,8 @@ fn claim_orphans(subreaper: bool) {
     }
     if !subreaper {
         log::warn!(
-            "not PID 1 and --no-subreaper given: orphaned descendants go to the real init, \
-             and zombie reaping of them won't happen here"
+            "not PID 1 and --no-subreaper given: zombie reaping won't work for orphaned \
+             descendants (they go to the real init)"
         );
         return;
     }
