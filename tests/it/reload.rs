@@ -151,9 +151,13 @@ fn reloads_in_a_row(notify: bool) {
     for n in 1..=5 {
         let before = client.last_pid();
         lastcall.signal(libc::SIGHUP);
+        let mut not_ready = 0;
         lastcall.wait_until(&format!("reload {n} swaps the child"), || {
+            // /readyz stays 200 all through a reload.
+            not_ready += usize::from(http(admin, "GET", "/readyz").status != 200);
             client.last_pid() != before && metric(admin, "lastcall_reloads_total") == n
         });
+        assert_eq!(not_ready, 0, "/readyz was not 200 during reload {n}");
         seen.extend(client.last_pid());
     }
     // The client stops first: once lastcall exits, the socket is closed for good.
