@@ -614,23 +614,25 @@ mod tests {
     use crate::machine::{Input, Machine};
     use crate::metrics::Counters;
 
-    /// Runs `input` through [`process`] against a running child; returns the output.
-    fn run(input: &[u8], draining: bool) -> (String, Processed) {
+    /// Calls `f` with a view of a child that runs (or drains), at one instant.
+    fn with_view<R>(draining: bool, f: impl FnOnce(&View) -> R) -> R {
         let t0 = Instant::now();
         let mut m = Machine::for_tests(t0);
         if draining {
             m.step(Input::Signal(crate::signals::SIGTERM), t0);
         }
         let counters = Counters::new(t0);
-        let view = View {
-            machine: &m,
-            counters: &counters,
-            checker: &crate::checks::Checker::none(t0),
-            now: t0,
-        };
-        let mut out = Vec::new();
-        let done = process(input, &view, &mut HttpCounters::default(), &mut out);
-        (String::from_utf8(out).unwrap(), done)
+        let checker = crate::checks::Checker::none(t0);
+        f(&View { machine: &m, counters: &counters, checker: &checker, now: t0 })
+    }
+
+    /// Runs `input` through [`process`] against a running child; returns the output.
+    fn run(input: &[u8], draining: bool) -> (String, Processed) {
+        with_view(draining, |view| {
+            let mut out = Vec::new();
+            let done = process(input, view, &mut HttpCounters::default(), &mut out);
+            (String::from_utf8(out).unwrap(), done)
+        })
     }
 
     fn status_of(request: &str) -> u16 {
@@ -703,15 +705,10 @@ mod tests {
 
     /// Feeds `input` split at `cuts` through [`Pending`]; returns the output.
     fn feed_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
-        let t0 = Instant::now();
-        let m = Machine::for_tests(t0);
-        let counters = Counters::new(t0);
-        let view = View {
-            machine: &m,
-            counters: &counters,
-            checker: &crate::checks::Checker::none(t0),
-            now: t0,
-        };
+        with_view(false, |view| feed_through(view, input, cuts))
+    }
+
+    fn feed_through(view: &View, input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
         let mut http = HttpCounters::default();
         let mut pending = Pending::default();
         let mut out = Vec::new();
@@ -725,7 +722,7 @@ mod tests {
             let mut at = start;
             while at < end {
                 let take = (end - at).min(MAX_HEAD - pending.len());
-                let done = pending.feed(&input[at..at + take], &view, &mut http, &mut out);
+                let done = pending.feed(&input[at..at + take], view, &mut http, &mut out);
                 max_pending = max_pending.max(pending.len());
                 at += take;
                 if done.close {

@@ -322,7 +322,7 @@ impl Machine {
             }
             Input::SpawnFailed => self.reload_failed("could not be started", now, &mut out),
             Input::NewReady => self.promote(now, &mut out),
-            Input::Exited { pid, status } => self.on_exited(pid, status, &mut out),
+            Input::Exited { pid, status } => self.on_exited(pid, status, now, &mut out),
         }
         out
     }
@@ -600,14 +600,11 @@ impl Machine {
         }
     }
 
-    fn on_exited(&mut self, pid: Pid, status: ChildStatus, out: &mut Vec<Action>) {
+    fn on_exited(&mut self, pid: Pid, status: ChildStatus, now: Instant, out: &mut Vec<Action>) {
         if self.starting.is_some_and(|(p, ..)| p == pid) {
+            // Gone already: nothing to stop.
             self.starting = None;
-            self.reload_failures += 1;
-            let old =
-                self.child().map_or_else(String::new, |p| format!("; child {p} keeps serving"));
-            out.push(Action::Log(format!("reload failed: the new child {status}{old}")));
-            self.next_queued(out);
+            self.reload_failed(&status.to_string(), now, out);
         } else {
             self.retiring.retain(|(p, _)| *p != pid);
         }
