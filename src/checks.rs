@@ -1,10 +1,11 @@
-//! Readiness checks of the child: TCP connect, HTTP GET, a command, and the child's own
-//! `READY=1` over the notify protocol. All must pass for `/readyz` to answer 200.
+//! Readiness checks of the app: TCP connect, HTTP GET, a command. All must pass for
+//! `/readyz` to answer 200 (with the child's own `READY=1`, which the state machine weighs).
 //!
 //! Checks run inside the event loop without blocking it: sockets are non-blocking with
 //! deadlines, and a command is a process like any other, reaped by the reaper and killed at
-//! its timeout. A round of checks starts every `--ready-interval`; its verdict is known when
-//! every check of the round has finished or timed out.
+//! its timeout. A round of checks starts every `--ready-interval`; its result is known when
+//! every check of the round has finished or timed out. The checker reports what the checks
+//! say whenever that changes; what it means for the app is the state machine's to decide.
 
 use std::ffi::OsString;
 use std::fmt;
@@ -22,6 +23,8 @@ use crate::status::ChildStatus;
 
 /// The most of an HTTP check's answer that is read: enough for the status line and headers.
 const MAX_ANSWER: usize = 8 * 1024;
+/// The most checks one lastcall runs (each has an event-loop token of its own).
+pub const MAX_CHECKS: usize = 64;
 
 /// One configured check.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,13 +126,11 @@ struct Slot {
     this_round: Option<Outcome>,
 }
 
-/// What the checker tells the loop after an event.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Verdict {
-    /// Nothing new.
-    Same,
-    /// The app turned ready (true) or unready (false); the reason when unready.
-    Changed(bool, Option<String>),
+/// What the checks say: whether all passed last time, and the first that did not, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    pub pass: bool,
+    pub failing: Option<String>,
 }
 
 pub struct Checker {
@@ -137,9 +138,8 @@ pub struct Checker {
     first_token: usize,
     interval: Duration,
     timeout: Duration,
-    /// `--ready-notify`: the child's own word (`None` when not used).
-    notify: Option<bool>,
-    ready: bool,
+    /// What the loop was last told; `None` before the first report.
+    reported: Option<Report>,
     /// Commands killed at their timeout, not reaped yet: theirs is no result any more.
     abandoned: Vec<Pid>,
     next_round: Option<Instant>,
@@ -149,7 +149,6 @@ pub struct Checker {
 impl Checker {
     pub fn new(
         checks: Vec<Check>,
-        notify: bool,
         interval: Duration,
         timeout: Duration,
         first_token: usize,
@@ -170,8 +169,7 @@ impl Checker {
             first_token,
             interval,
             timeout,
-            notify: notify.then_some(false),
-            ready: !any && !notify,
+            reported: None,
             abandoned: Vec::new(),
             next_round: any.then_some(now),
             running: true,
@@ -182,11 +180,11 @@ impl Checker {
     #[cfg(test)]
     pub fn none(now: Instant) -> Checker {
         let second = Duration::from_secs(1);
-        Checker::new(vec![], false, second, second, 16, now)
+        Checker::new(vec![], second, second, 16, now)
     }
 
     pub fn is_active(&self) -> bool {
-        !self.slots.is_empty() || self.notify.is_some()
+        !self.slots.is_empty()
     }
 
     pub fn owns(&self, token: Token) -> bool {
@@ -195,27 +193,16 @@ impl Checker {
 
     /// Each check and its last result, for `/metrics` and `?verbose`.
     pub fn results(&self) -> impl Iterator<Item = (String, &Outcome)> {
-        let notify = self.notify.map(|ready| {
-            let outcome = if ready { &Outcome::Pass } else { &NOT_NOTIFIED };
-            ("--ready-notify".to_string(), outcome)
-        });
-        self.slots.iter().map(|s| (s.check.to_string(), &s.last)).chain(notify)
+        self.slots.iter().map(|s| (s.check.to_string(), &s.last))
     }
 
     /// The first failing check and why, if any.
-    pub fn failing(&self) -> Option<String> {
-        self.slots
-            .iter()
-            .find_map(|s| match &s.last {
-                Outcome::Pass => None,
-                Outcome::Unknown => Some(format!("{}: not checked yet", s.check)),
-                Outcome::Fail(reason) => Some(format!("{}: {reason}", s.check)),
-            })
-            .or_else(|| {
-                (self.notify == Some(false)).then(|| {
-                    "--ready-notify: no READY=1 from the child (or STOPPING=1 since)".to_string()
-                })
-            })
+    fn failing(&self) -> Option<String> {
+        self.slots.iter().find_map(|s| match &s.last {
+            Outcome::Pass => None,
+            Outcome::Unknown => Some(format!("{}: not checked yet", s.check)),
+            Outcome::Fail(reason) => Some(format!("{}: {reason}", s.check)),
+        })
     }
 
     /// The next time the checker needs a turn.
@@ -241,9 +228,9 @@ impl Checker {
     }
 
     /// Starts due rounds and times out late checks.
-    pub fn on_tick(&mut self, registry: &Registry, now: Instant) -> Verdict {
+    pub fn on_tick(&mut self, registry: &Registry, now: Instant) -> Option<Report> {
         if !self.running {
-            return Verdict::Same;
+            return None;
         }
         for slot in &mut self.slots {
             if slot.deadline.is_some_and(|d| d <= now) {
@@ -253,7 +240,7 @@ impl Checker {
                 slot.deadline = None;
                 slot.this_round = Some(Outcome::Fail(format!(
                     "no answer within {}",
-                    crate::machine::show(self.timeout)
+                    crate::show::duration(self.timeout)
                 )));
             }
         }
@@ -274,18 +261,13 @@ impl Checker {
                 }
             }
         }
-        match self.conclude() {
-            Verdict::Same => timed_out,
-            changed => changed,
-        }
+        self.conclude().or(timed_out)
     }
 
     /// Readiness on a check's socket.
-    pub fn on_event(&mut self, registry: &Registry, token: Token) -> Verdict {
-        let slot = &mut self.slots[token.0 - self.first_token];
-        let Some(probe) = slot.probe.take() else {
-            return Verdict::Same;
-        };
+    pub fn on_event(&mut self, registry: &Registry, token: Token) -> Option<Report> {
+        let slot = self.slots.get_mut(token.0.checked_sub(self.first_token)?)?;
+        let probe = slot.probe.take()?;
         match advance(probe, slot, registry) {
             Ok(Some(probe)) => slot.probe = Some(probe),
             Ok(None) => {
@@ -300,11 +282,12 @@ impl Checker {
         self.conclude()
     }
 
-    /// Whether `pid` is a check command of ours; if so, takes its exit.
-    pub fn on_exit(&mut self, pid: Pid, status: ChildStatus) -> Option<Verdict> {
+    /// Whether `pid` is a check command of ours; if so, takes its exit, and returns what
+    /// the checks say if that changed.
+    pub fn on_exit(&mut self, pid: Pid, status: ChildStatus) -> Option<Option<Report>> {
         if let Some(i) = self.abandoned.iter().position(|&p| p == pid) {
             self.abandoned.swap_remove(i);
-            return Some(Verdict::Same);
+            return Some(None);
         }
         let slot = self
             .slots
@@ -319,16 +302,12 @@ impl Checker {
         Some(self.conclude())
     }
 
-    /// The child's notify message (`READY=1`, `STOPPING=1`).
-    pub fn on_notify(&mut self, ready: bool) -> Verdict {
-        if self.notify.is_some() {
-            self.notify = Some(ready);
+    /// Once every check of the round has a result, takes them; what the checks say, if it
+    /// changed since the last report.
+    fn conclude(&mut self) -> Option<Report> {
+        if self.slots.is_empty() {
+            return None;
         }
-        self.conclude()
-    }
-
-    /// Once every check of the round has a result: the verdict, if it changed.
-    fn conclude(&mut self) -> Verdict {
         if self.slots.iter().all(|s| s.this_round.is_some()) {
             for slot in &mut self.slots {
                 if let Some(outcome) = slot.this_round.take() {
@@ -337,16 +316,14 @@ impl Checker {
             }
         }
         let failing = self.failing();
-        let ready = failing.is_none();
-        if ready == self.ready {
-            return Verdict::Same;
+        let report = Report { pass: failing.is_none(), failing };
+        if self.reported.as_ref() == Some(&report) {
+            return None;
         }
-        self.ready = ready;
-        Verdict::Changed(ready, failing)
+        self.reported = Some(report.clone());
+        Some(report)
     }
 }
-
-static NOT_NOTIFIED: Outcome = Outcome::Unknown;
 
 fn start(check: &Check, registry: &Registry, token: Token) -> Result<Probe, String> {
     match check {

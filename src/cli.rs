@@ -1,7 +1,8 @@
-//! The command line: flags shaped like the CLI, then one validated [`Config`].
+//! The command line: flags shaped like the CLI ([`Args`]), then one validated [`Config`].
 //!
-//! Every option also reads a `LASTCALL_*` environment variable. A bad value becomes one line
-//! naming the option and the value (see `main`), exit status 2, and no child is started.
+//! Every option also reads a `LASTCALL_*` environment variable. A bad value, or flags that do
+//! not go together, become one line naming the option and the value ([`Early::Usage`]); `main`
+//! prints it and exits with status 2, and no child is started.
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -9,12 +10,14 @@ use std::time::Duration;
 
 use clap::Parser;
 use clap::builder::BoolishValueParser;
+use clap::error::ErrorKind;
 use log::LevelFilter;
 
-use crate::checks::Check;
-use crate::machine::Prestop;
+use crate::checks::{Check, MAX_CHECKS};
+use crate::http::Limits;
+use crate::machine::{Policy, Prestop};
 use crate::signals::Sig;
-use crate::sockets::Spec;
+use crate::sockets::{MAX_SOCKETS, Spec};
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
 /// nor one of the common exporter ports.
@@ -159,6 +162,121 @@ pub enum Listen {
     On(SocketAddr),
 }
 
+/// Everything `supervisor::run` needs, validated.
+pub struct Config {
+    /// The program to supervise, and its arguments; never empty.
+    pub command: Vec<OsString>,
+    /// What the state machine decides by.
+    pub policy: Policy,
+    /// Where the endpoint listens; `None` for `--listen off`.
+    pub listen: Option<SocketAddr>,
+    pub limits: Limits,
+    /// `--ready-tcp`, `--ready-http`, `--ready-exec`, at most [`MAX_CHECKS`].
+    pub checks: Vec<Check>,
+    /// `--ready-timeout`: how long one check may take.
+    pub check_timeout: Duration,
+    /// `--drain-idle-port`.
+    pub drain_ports: Vec<u16>,
+    /// `--socket`, bound by `run` before the child starts; at most [`MAX_SOCKETS`].
+    pub sockets: Vec<Spec>,
+    pub subreaper: bool,
+    pub log_level: LevelFilter,
+}
+
+/// Why lastcall stops before supervising anything.
+pub enum Early {
+    /// `--help` or `--version`: clap prints it, and lastcall exits with 0.
+    Print(clap::Error),
+    /// A bad command line, in one line.
+    Usage(String),
+}
+
+/// The command line and the environment, read and checked.
+pub fn parse() -> Result<Config, Early> {
+    match Args::try_parse() {
+        Ok(args) => args.into_config(),
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            Err(Early::Print(e))
+        }
+        Err(e) => Err(Early::Usage(one_line(&e))),
+    }
+}
+
+/// clap's first line says what is wrong and names the option and value; the rest (usage,
+/// tips) is left to `--help`.
+fn one_line(e: &clap::Error) -> String {
+    let text = e.render().to_string();
+    let first = text.lines().next().unwrap_or("invalid command line");
+    first.strip_prefix("error: ").unwrap_or(first).to_string()
+}
+
+impl Args {
+    /// Every check that spans more than one flag, and the [`Config`] they make.
+    pub fn into_config(self) -> Result<Config, Early> {
+        let usage = |text: String| Err(Early::Usage(text));
+        if self.command.is_empty() {
+            return usage(
+                "no command given (usage: lastcall [OPTIONS] [--] COMMAND [ARGS...])".into(),
+            );
+        }
+        let checks: Vec<Check> =
+            [self.ready_tcp, self.ready_http, self.ready_exec].into_iter().flatten().collect();
+        if checks.len() > MAX_CHECKS {
+            return usage(format!("{} readiness checks given; at most {MAX_CHECKS}", checks.len()));
+        }
+        if self.socket.len() > MAX_SOCKETS {
+            return usage(format!("{} sockets given; at most {MAX_SOCKETS}", self.socket.len()));
+        }
+        let reload_signal = match (self.reload_signal, self.socket.is_empty()) {
+            (Some(_), true) => {
+                return usage(
+                    "--reload-signal needs --socket (without it, signals are forwarded)".into(),
+                );
+            }
+            (sig, false) => Some(sig.unwrap_or(Sig(libc::SIGHUP))),
+            (None, true) => None,
+        };
+        let policy = Policy {
+            prestop: self.prestop_delay,
+            grace: self.grace_period,
+            stop_signal: self.stop_signal,
+            group: self.group,
+            success_exit: self.success_exit,
+            in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST")
+                .is_some_and(|v| !v.is_empty()),
+            drain_idle: !self.drain_idle_port.is_empty(),
+            drain_min: self.drain_min,
+            reload_signal,
+            checks: !checks.is_empty(),
+            notify: self.ready_notify,
+            ready_interval: self.ready_interval,
+            startup_timeout: self.startup_timeout,
+            // Known once lastcall looks for systemd's socket.
+            systemd: false,
+            watchdog: None,
+        };
+        Ok(Config {
+            command: self.command,
+            policy,
+            listen: match self.listen {
+                Listen::Off => None,
+                Listen::On(addr) => Some(addr),
+            },
+            limits: Limits {
+                max_connections: self.max_connections,
+                request_timeout: self.request_timeout,
+                idle_timeout: self.idle_timeout,
+            },
+            checks,
+            check_timeout: self.ready_timeout,
+            drain_ports: self.drain_idle_port,
+            sockets: self.socket,
+            subreaper: !self.no_subreaper,
+            log_level: self.log_level,
+        })
+    }
+}
+
 pub fn parse_listen(text: &str) -> Result<Listen, String> {
     if text.eq_ignore_ascii_case("off") {
         return Ok(Listen::Off);
@@ -274,6 +392,41 @@ mod tests {
         assert!(parse_exit_code("-1").is_err());
         assert_eq!(parse_level("DEBUG"), Ok(LevelFilter::Debug));
         assert!(parse_level("loud").is_err());
+    }
+
+    fn usage(argv: &[&str]) -> String {
+        match Args::try_parse_from(argv).map(Args::into_config) {
+            Ok(Err(Early::Usage(text))) => text,
+            Ok(Ok(_)) => panic!("{argv:?} was accepted"),
+            _ => panic!("{argv:?} did not parse"),
+        }
+    }
+
+    #[test]
+    fn flags_that_do_not_go_together() {
+        assert!(usage(&["lastcall"]).starts_with("no command given"));
+        assert!(usage(&["lastcall", "--group"]).starts_with("no command given"));
+        assert_eq!(
+            usage(&["lastcall", "--reload-signal", "USR2", "true"]),
+            "--reload-signal needs --socket (without it, signals are forwarded)"
+        );
+        let many: Vec<String> = (0..65).map(|i| format!("--ready-exec=exit {i}")).collect();
+        let mut argv = vec!["lastcall"];
+        argv.extend(many.iter().map(String::as_str));
+        argv.push("true");
+        assert_eq!(usage(&argv), "65 readiness checks given; at most 64");
+    }
+
+    #[test]
+    fn a_config_from_flags() {
+        let argv = ["lastcall", "--socket", "tcp://127.0.0.1:0", "--ready-notify", "--", "app"];
+        let Ok(Ok(config)) = Args::try_parse_from(argv).map(Args::into_config) else {
+            panic!("rejected");
+        };
+        assert_eq!(config.policy.reload_signal, Some(Sig(libc::SIGHUP)), "HUP with --socket");
+        assert!(config.policy.notify && !config.policy.checks);
+        assert_eq!(config.command, ["app"]);
+        assert_eq!(config.listen, Some("0.0.0.0:9753".parse().unwrap()));
     }
 
     #[test]

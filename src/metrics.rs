@@ -4,57 +4,25 @@ use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use crate::checks::{Checker, Outcome};
+use crate::http::{HttpCounters, Pages};
 use crate::machine::{Machine, Phase};
-use crate::signals::Sig;
+use crate::show;
 
-/// Index room for every signal number (1..=64 on Linux).
-const SIGNALS: usize = 65;
-
-/// The supervisor's counters.
-pub struct Counters {
-    pub started: Instant,
-    received: [u64; SIGNALS],
-    forwarded: [u64; SIGNALS],
-    /// Processes other than the main child that lastcall reaped.
-    pub reaped: u64,
-}
-
-impl Counters {
-    pub fn new(started: Instant) -> Counters {
-        Counters { started, received: [0; SIGNALS], forwarded: [0; SIGNALS], reaped: 0 }
-    }
-
-    pub fn received(&mut self, sig: Sig) {
-        if let Some(n) = self.received.get_mut(sig.0 as usize) {
-            *n += 1;
-        }
-    }
-
-    pub fn forwarded(&mut self, sig: Sig) {
-        if let Some(n) = self.forwarded.get_mut(sig.0 as usize) {
-            *n += 1;
-        }
-    }
-}
-
-/// The endpoint's counters.
-#[derive(Default)]
-pub struct HttpCounters {
-    /// `[route][status]`: routes are /readyz and /livez, statuses 200 and 503.
-    pub probes: [[u64; 2]; 2],
-    pub open: usize,
-    /// Connections closed at once because the maximum was open.
-    pub rejected: u64,
-    /// Connections dropped for a timeout, bad input, or not reading their answers.
-    pub dropped: u64,
-}
-
-/// Everything `/metrics` and `?verbose` show, borrowed for one answer.
+/// Everything `/metrics` and `?verbose` show, borrowed for one turn of the loop.
 pub struct View<'a> {
     pub machine: &'a Machine,
-    pub counters: &'a Counters,
     pub checker: &'a Checker,
     pub now: Instant,
+}
+
+impl Pages for View<'_> {
+    fn metrics(&self, http: &HttpCounters) -> String {
+        self.render(http)
+    }
+
+    fn verbose(&self) -> String {
+        self.explain()
+    }
 }
 
 impl View<'_> {
@@ -78,25 +46,25 @@ impl View<'_> {
         let pid = self.machine.child().map_or(0, |p| p.as_raw());
         let _ = writeln!(out, "lastcall_child_pid {pid}");
         family(&mut out, "lastcall_uptime_seconds", "gauge", "Seconds since lastcall started.");
-        let uptime = self.now.saturating_duration_since(self.counters.started);
+        let uptime = self.now.saturating_duration_since(self.machine.started());
         let _ = writeln!(out, "lastcall_uptime_seconds {:.3}", uptime.as_secs_f64());
 
+        let stats = self.machine.stats();
         let signals = [
-            (
-                "lastcall_signals_received_total",
-                "Signals lastcall received, by name.",
-                &self.counters.received,
-            ),
+            ("lastcall_signals_received_total", "Signals lastcall received, by name.", false),
             (
                 "lastcall_signals_forwarded_total",
                 "Signals lastcall sent to the child or its descendants, by name.",
-                &self.counters.forwarded,
+                true,
             ),
         ];
-        for (name, help, counts) in signals {
+        for (name, help, forwarded) in signals {
             family(&mut out, name, "counter", help);
-            for (signo, n) in counts.iter().enumerate().filter(|(_, n)| **n > 0) {
-                let _ = writeln!(out, "{name}{{signal=\"{}\"}} {n}", Sig(signo as i32));
+            for (sig, received, sent) in stats.signals() {
+                let n = if forwarded { sent } else { received };
+                if n > 0 {
+                    let _ = writeln!(out, "{name}{{signal=\"{sig}\"}} {n}");
+                }
             }
         }
         family(
@@ -105,7 +73,7 @@ impl View<'_> {
             "counter",
             "Processes other than the child that lastcall reaped.",
         );
-        let _ = writeln!(out, "lastcall_zombies_reaped_total {}", self.counters.reaped);
+        let _ = writeln!(out, "lastcall_zombies_reaped_total {}", stats.reaped);
 
         family(
             &mut out,
@@ -137,20 +105,21 @@ impl View<'_> {
         );
         let _ = writeln!(out, "lastcall_http_connections_dropped_total {}", http.dropped);
 
-        if self.checker.is_active() {
+        if self.checker.is_active() || self.machine.notified().is_some() {
             family(
                 &mut out,
                 "lastcall_check_passing",
                 "gauge",
                 "1 if the readiness check passed last time it ran, 0 if it failed or has not run.",
             );
-            for (name, outcome) in self.checker.results() {
+            for (name, outcome) in self.checks() {
                 let pass = u8::from(*outcome == Outcome::Pass);
                 let _ =
                     writeln!(out, "lastcall_check_passing{{check=\"{}\"}} {pass}", escape(&name));
             }
         }
-        if let Some(n) = self.machine.connections() {
+        let last = self.machine.last_shutdown();
+        if let Some(n) = last.connections {
             family(
                 &mut out,
                 "lastcall_app_connections",
@@ -176,17 +145,16 @@ impl View<'_> {
         );
         let _ = writeln!(out, "lastcall_reload_failures_total {failed}");
 
-        let (drain, grace) = self.machine.last_shutdown();
         let timings = [
             (
                 "lastcall_last_drain_seconds",
                 "The last shutdown's preStop phase: from the drain's start to the stop signal.",
-                drain,
+                last.drain,
             ),
             (
                 "lastcall_last_grace_seconds",
                 "The last shutdown's grace phase: from the stop signal to the child's exit.",
-                grace,
+                last.grace,
             ),
         ];
         for (name, help, value) in timings {
@@ -207,9 +175,9 @@ impl View<'_> {
         let mut text = format!(
             "phase: {}\nchild pid: {pid}\ntime in phase: {}\n",
             phase.name(),
-            crate::machine::show(in_phase)
+            show::duration(in_phase)
         );
-        for (name, outcome) in self.checker.results() {
+        for (name, outcome) in self.checks() {
             let result = match outcome {
                 Outcome::Unknown => "not run yet".to_string(),
                 Outcome::Pass => "pass".to_string(),
@@ -217,10 +185,19 @@ impl View<'_> {
             };
             let _ = writeln!(text, "check {name}: {result}");
         }
-        if let Some(n) = self.machine.connections() {
+        if let Some(n) = self.machine.last_shutdown().connections {
             let _ = writeln!(text, "app connections: {n}");
         }
         text
+    }
+
+    /// Each check and its last result, `--ready-notify` (the child's own word) last.
+    fn checks(&self) -> impl Iterator<Item = (String, &Outcome)> {
+        let notify = self.machine.notified().map(|ready| {
+            let outcome = if ready { &Outcome::Pass } else { &Outcome::Unknown };
+            ("--ready-notify".to_string(), outcome)
+        });
+        self.checker.results().chain(notify)
     }
 }
 
@@ -237,6 +214,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 mod tests {
     use super::*;
     use crate::machine::Input;
+    use crate::status::ChildStatus;
 
     /// Checks the text against the exposition format's line grammar: every sample belongs
     /// to a family declared by HELP and TYPE lines before it, and its value is a number.
@@ -264,19 +242,15 @@ mod tests {
     fn exposition_is_well_formed_and_counts() {
         let t0 = Instant::now();
         let mut m = Machine::for_tests(t0);
-        let mut c = Counters::new(t0);
-        c.received(Sig(libc::SIGHUP));
-        c.received(Sig(libc::SIGHUP));
-        c.forwarded(Sig(libc::SIGHUP));
-        c.reaped = 3;
+        let hup = crate::signals::Sig(libc::SIGHUP);
+        m.step(Input::Signal(hup), t0);
+        m.step(Input::Signal(hup), t0);
+        let orphans = (100..103).map(|p| (nix::unistd::Pid::from_raw(p), ChildStatus::Exited(0)));
+        m.step(Input::Reaped { exits: orphans.collect(), children_left: true }, t0);
         let mut http = HttpCounters::default();
         http.probes[0][0] = 7;
-        let view = View {
-            machine: &m,
-            counters: &c,
-            checker: &crate::checks::Checker::none(t0),
-            now: t0 + Duration::from_millis(1500),
-        };
+        let checker = crate::checks::Checker::none(t0);
+        let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_millis(1500) };
         let text = view.render(&http);
         well_formed(&text);
         for line in [
@@ -285,7 +259,7 @@ mod tests {
             "lastcall_child_pid 42",
             "lastcall_uptime_seconds 1.500",
             "lastcall_signals_received_total{signal=\"SIGHUP\"} 2",
-            "lastcall_signals_forwarded_total{signal=\"SIGHUP\"} 1",
+            "lastcall_signals_forwarded_total{signal=\"SIGHUP\"} 2",
             "lastcall_zombies_reaped_total 3",
             "lastcall_probes_total{path=\"/readyz\",code=\"200\"} 7",
             "lastcall_probes_total{path=\"/readyz\",code=\"503\"} 0",
@@ -296,12 +270,7 @@ mod tests {
 
         m.step(Input::Signal(crate::signals::SIGTERM), t0 + Duration::from_secs(1));
         m.step(Input::Tick, t0 + Duration::from_secs(6));
-        let view = View {
-            machine: &m,
-            counters: &c,
-            checker: &crate::checks::Checker::none(t0),
-            now: t0 + Duration::from_secs(7),
-        };
+        let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_secs(7) };
         let text = view.render(&http);
         well_formed(&text);
         assert!(text.contains("lastcall_phase{phase=\"stopping\"} 1"));

@@ -112,6 +112,22 @@ pub fn descends_from(pid: i32, root: Pid) -> bool {
     false
 }
 
+/// The child of lastcall's that `pid` is, or is under; `None` when `pid` is not under
+/// lastcall (or is lastcall itself).
+pub fn child_above(pid: i32) -> Option<Pid> {
+    let own = Pid::this().as_raw();
+    let mut at = pid;
+    // Bounded: a chain of parents is finite, but /proc can change under us.
+    for _ in 0..4096 {
+        match parent_of(at) {
+            Some(parent) if parent == own && at != own => return Some(Pid::from_raw(at)),
+            Some(parent) if parent > 0 && parent != at => at = parent,
+            _ => return None,
+        }
+    }
+    None
+}
+
 /// Whether a process (or zombie) with this pid exists.
 pub fn exists(pid: i32) -> bool {
     parent_of(pid).is_some()

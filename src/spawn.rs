@@ -26,15 +26,12 @@ pub enum SpawnError {
     Os { what: &'static str, errno: Errno },
 }
 
-impl SpawnError {
-    /// The shell's codes: 127 for "not found", 126 for "found but cannot run", 125 when
-    /// lastcall itself could not fork (as `env` and `timeout` use them).
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            SpawnError::Exec { errno: Errno::ENOENT | Errno::ENOTDIR, .. } => 127,
-            SpawnError::Exec { .. } => 126,
-            SpawnError::Os { .. } => 125,
-        }
+/// The shell's codes for a program that could not be run: 127 for "not found", 126 for
+/// "found but cannot run".
+pub fn exec_failure_code(errno: Errno) -> u8 {
+    match errno {
+        Errno::ENOENT | Errno::ENOTDIR => 127,
+        _ => 126,
     }
 }
 
@@ -230,8 +227,7 @@ fn child_main(child: Child) -> ! {
         }
     };
     let errno = Errno::last_raw();
-    let code: i32 =
-        if matches!(Errno::from_raw(errno), Errno::ENOENT | Errno::ENOTDIR) { 127 } else { 126 };
+    let code = i32::from(exec_failure_code(Errno::from_raw(errno)));
     // SAFETY: writing four bytes from a local to an fd we own, then leaving without running
     // any of the parent's atexit handlers or destructors.
     unsafe {

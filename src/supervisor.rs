@@ -1,26 +1,38 @@
-//! The event loop: one thread, one mio `Poll`, no periodic wake-ups.
+//! The event loop: one thread, one mio `Poll`, no periodic wake-ups. It decides nothing.
 //!
-//! Waiting ([`Supervisor::next_events`]) is kept apart from deciding (the state machine's
-//! `step`) and doing ([`Supervisor::execute`]). The poll timeout is the earliest deadline of
-//! the machine, the endpoint's connections, the readiness checks and the systemd watchdog;
-//! with none of those, an idle lastcall sleeps in `epoll_wait` until something happens.
+//! [`run`] sets up and starts the child, then loops: [`Supervisor::wait`] sleeps until an
+//! event or the earliest deadline and sorts what woke it in one pass over the events;
+//! [`Supervisor::turn`] translates that into the machine's [`Input`]s; [`Supervisor::execute`]
+//! carries out the [`Action`]s the machine returns. One turn goes in this order:
+//!
+//! 1. signals, as they arrived (SIGCHLD is a reaping pass): first, so that a request in the
+//!    same turn already sees the drain;
+//! 2. notify messages from the child (`--ready-notify`);
+//! 3. readiness checks: their sockets' events, then due rounds and timeouts;
+//! 4. the endpoint: accept, answer from a snapshot taken now, close what expired;
+//! 5. a tick, for the machine's deadlines.
+//!
+//! An action that brings an input back (a reload's new child, a connection count) queues it,
+//! and the queue is empty before the next step of the turn: no recursion.
 
+use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use nix::errno::Errno;
 use signal_hook_mio::v1_0::Signals;
 
-use crate::checks::{Check, Checker, Verdict};
-use crate::http::{Endpoint, Limits};
+use crate::checks::{self, Checker, MAX_CHECKS};
+use crate::cli::Config;
+use crate::http::{Endpoint, Happened, Snapshot};
 use crate::idle;
-use crate::machine::{Action, Input, Machine, Phase, Policy, Target, show};
-use crate::metrics::{Counters, View};
-use crate::notify::{self, Said, Sender};
+use crate::machine::{Action, Input, Machine, Sender, Target};
+use crate::metrics::View;
+use crate::notify::{self, Said};
 use crate::reaper;
 use crate::signals::{self, BlockOnDrop, Inherited, RawSignals, SIGCHLD, Sig};
 use crate::sockets::{self, Bound};
@@ -31,47 +43,34 @@ const RAW_SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
 const CHILD_NOTIFY: Token = Token(3);
 const FIRST_CHECK: usize = 16;
-/// Room for this many readiness checks before the connections' tokens.
-pub const MAX_CHECKS: usize = 64;
 const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
-
-/// Everything `run` needs, validated.
-pub struct Config {
-    pub listen: Option<SocketAddr>,
-    pub limits: Limits,
-    pub policy: Policy,
-    pub readiness: Readiness,
-    /// `--drain-idle-port`.
-    pub drain_ports: Vec<u16>,
-    /// `--socket`, bound before the child starts.
-    pub sockets: Vec<Bound>,
-    pub subreaper: bool,
-    pub command: Vec<OsString>,
-}
-
-/// The readiness-check options.
-pub struct Readiness {
-    pub checks: Vec<Check>,
-    pub notify: bool,
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub startup_timeout: Duration,
-}
 
 /// A failure that stops lastcall before or instead of supervising.
 #[derive(Debug)]
 pub enum Fatal {
     Spawn(SpawnError),
-    Bind { addr: SocketAddr, err: io::Error },
-    Setup { what: &'static str, err: io::Error },
+    Bind {
+        addr: SocketAddr,
+        err: io::Error,
+    },
+    /// A `--socket` could not be bound (the message names it).
+    Sockets(String),
+    Setup {
+        what: &'static str,
+        err: io::Error,
+    },
 }
 
 impl Fatal {
+    /// 126/127 when the command cannot be run, as a shell says it; 125 when lastcall itself
+    /// failed, as `env` and `timeout` say it.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Fatal::Spawn(e) => e.exit_code(),
-            // lastcall itself failed, as `env` and `timeout` report it.
-            Fatal::Bind { .. } | Fatal::Setup { .. } => 125,
+            Fatal::Spawn(SpawnError::Exec { errno, .. }) => spawn::exec_failure_code(*errno),
+            Fatal::Spawn(SpawnError::Os { .. })
+            | Fatal::Bind { .. }
+            | Fatal::Sockets(_)
+            | Fatal::Setup { .. } => 125,
         }
     }
 }
@@ -84,22 +83,22 @@ impl fmt::Display for Fatal {
                 f,
                 "cannot listen on {addr}: {err} (choose another with --listen, or --listen off)"
             ),
+            Fatal::Sockets(text) => write!(f, "{text}"),
             Fatal::Setup { what, err } => write!(f, "{what}: {err}"),
         }
     }
 }
 
+fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
+    move |err| Fatal::Setup { what, err }
+}
+
 /// Supervises `config.command` to the end; returns lastcall's exit code.
-pub fn run(config: Config) -> Result<u8, Fatal> {
-    let setup = |what| move |err| Fatal::Setup { what, err };
-    // Read before any handler is installed: the child gets exactly this back.
-    Inherited::record();
-    signals::prepare_own_mask();
-    let mut signals =
-        Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
-    let mut raw = RawSignals::install().map_err(setup("installing signal handlers"))?;
-    // Declared after the plumbing, so dropped before it on an early return.
-    let quiet = BlockOnDrop;
+pub fn run(mut config: Config) -> Result<u8, Fatal> {
+    let started = Instant::now();
+    // Bound before the child starts; failing to is fatal, like the endpoint's address.
+    let sockets = sockets::bind_all(&config.sockets).map_err(Fatal::Sockets)?;
+    let (mut signals, mut raw, quiet) = take_signals()?;
     let poll = Poll::new().map_err(setup("creating the event loop"))?;
     let registry = poll.registry();
     registry
@@ -108,76 +107,90 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     registry
         .register(raw.source(), RAW_SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
-    let endpoint = match config.listen {
-        Some(addr) => {
-            let bind = |err| Fatal::Bind { addr, err };
-            let mut endpoint =
-                Endpoint::bind(addr, config.limits, FIRST_CONNECTION).map_err(bind)?;
-            endpoint.register(registry, LISTENER).map_err(bind)?;
-            Some(endpoint)
-        }
-        None => None,
-    };
-    let mut child_notify = match config.readiness.notify {
-        true => Some(notify::Private::bind().map_err(setup("creating the notify socket"))?),
-        false => None,
-    };
-    if let Some(private) = child_notify.as_mut() {
-        registry
-            .register(private.source(), CHILD_NOTIFY, Interest::READABLE)
-            .map_err(setup("watching the notify socket"))?;
-    }
+    let endpoint = listen(&config, poll.registry())?;
+    let child_notify = private_notify(config.policy.notify, poll.registry())?;
     let systemd = notify::Systemd::from_env();
+    config.policy.systemd = systemd.is_some();
+    config.policy.watchdog = systemd.as_ref().and_then(|s| s.watchdog_every);
     claim_orphans(config.subreaper);
 
-    let options = child_options(child_notify.as_ref(), systemd.is_some(), &config.sockets);
-    let started = Instant::now();
-    let pid = spawn::spawn(&config.command, &options).map_err(Fatal::Spawn)?;
+    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets);
+    let spawner = Spawner { command: config.command, options, _sockets: sockets };
+    let pid = spawner.spawn().map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
-    let now = Instant::now();
-    let r = config.readiness;
-    let interval = r.interval;
-    let gated = !r.checks.is_empty() || r.notify;
-    let mut machine = Machine::new(config.policy, pid, now);
-    if gated {
-        machine = machine.with_checks();
-    }
-    let mut sup = Supervisor {
+    let checker = Checker::new(
+        config.checks,
+        config.policy.ready_interval,
+        config.check_timeout,
+        FIRST_CHECK,
+        started,
+    );
+    let mut supervisor = Supervisor {
         _quiet: quiet,
-        checker: Checker::new(r.checks, r.notify, r.interval, r.timeout, FIRST_CHECK, now),
-        startup_deadline: gated.then(|| now + r.startup_timeout),
-        startup_timeout: r.startup_timeout,
-        ever_ready: false,
-        drain_ports: config.drain_ports,
-        ready_interval: interval,
-        command: config.command,
-        options,
-        _sockets: config.sockets,
-        machine,
-        counters: Counters::new(started),
+        machine: Machine::new(config.policy, pid, started),
         poll,
+        events: Events::with_capacity(256),
         signals,
         raw,
         endpoint,
+        checker,
         child_notify,
-        systemd: systemd.map(|s| SystemdState {
-            next_ping: s.watchdog_every.map(|d| now + d),
-            s,
-            ready_sent: false,
-            last_phase: "",
-        }),
+        systemd,
+        drain_ports: config.drain_ports,
+        spawner,
     };
-    sup.tell_systemd(now);
-    // A child that exited before the loop started is collected here, not missed.
-    let mut exit = sup.reap();
-    let mut events = Events::with_capacity(256);
-    while exit.is_none() {
-        sup.next_events(&mut events).map_err(setup("waiting for events"))?;
-        exit = sup.handle_events(&events);
+    supervisor.supervise().map_err(setup("waiting for events"))
+}
+
+/// Records the signal state lastcall inherited (the child gets exactly that back), then
+/// takes the signals it handles. The [`BlockOnDrop`] guard is dropped before the plumbing.
+fn take_signals() -> Result<(Signals, RawSignals, BlockOnDrop), Fatal> {
+    Inherited::record();
+    signals::prepare_own_mask();
+    let signals = Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
+    let raw = RawSignals::install().map_err(setup("installing signal handlers"))?;
+    Ok((signals, raw, BlockOnDrop))
+}
+
+fn listen(config: &Config, registry: &Registry) -> Result<Option<Endpoint>, Fatal> {
+    let Some(addr) = config.listen else {
+        return Ok(None);
+    };
+    let bind = |err| Fatal::Bind { addr, err };
+    let mut endpoint = Endpoint::bind(addr, config.limits, FIRST_CONNECTION).map_err(bind)?;
+    endpoint.register(registry, LISTENER).map_err(bind)?;
+    Ok(Some(endpoint))
+}
+
+fn private_notify(wanted: bool, registry: &Registry) -> Result<Option<notify::Private>, Fatal> {
+    if !wanted {
+        return Ok(None);
     }
-    // Systemd hears the last status too.
-    sup.tell_systemd(Instant::now());
-    Ok(exit.unwrap_or_default())
+    let mut private = notify::Private::bind().map_err(setup("creating the notify socket"))?;
+    registry
+        .register(private.source(), CHILD_NOTIFY, Interest::READABLE)
+        .map_err(setup("watching the notify socket"))?;
+    Ok(Some(private))
+}
+
+/// Orphans of the child's descendants must come to lastcall to be reaped: as PID 1 they do
+/// anyway; otherwise lastcall registers as a child subreaper.
+fn claim_orphans(subreaper: bool) {
+    if std::process::id() == 1 {
+        return;
+    }
+    if !subreaper {
+        log::warn!(
+            "not PID 1 and --no-subreaper given: zombie reaping won't work for orphaned \
+             descendants (they go to the real init)"
+        );
+        return;
+    }
+    if let Err(e) = reaper::become_subreaper() {
+        log::warn!(
+            "cannot become a child subreaper ({e}): orphaned descendants will not be reaped here"
+        );
+    }
 }
 
 /// The child's environment: lastcall's own, with NOTIFY_SOCKET pointing at the private socket
@@ -226,68 +239,74 @@ fn child_options(
     }
 }
 
-/// Orphans of the child's descendants must come to lastcall to be reaped: as PID 1 they do
-/// anyway; otherwise lastcall registers as a child subreaper.
-fn claim_orphans(subreaper: bool) {
-    if std::process::id() == 1 {
-        return;
-    }
-    if !subreaper {
-        log::warn!(
-            "not PID 1 and --no-subreaper given: zombie reaping won't work for orphaned \
-             descendants (they go to the real init)"
-        );
-        return;
-    }
-    if let Err(e) = reaper::become_subreaper() {
-        log::warn!(
-            "cannot become a child subreaper ({e}): orphaned descendants will not be reaped here"
-        );
+/// How a child is started: the first one, and a reload's new one, the same way.
+struct Spawner {
+    command: Vec<OsString>,
+    options: spawn::Options,
+    /// Held for the children: a reload's new child gets the same sockets.
+    _sockets: Vec<Bound>,
+}
+
+impl Spawner {
+    fn spawn(&self) -> Result<nix::unistd::Pid, SpawnError> {
+        spawn::spawn(&self.command, &self.options)
     }
 }
 
-struct SystemdState {
-    s: notify::Systemd,
-    next_ping: Option<Instant>,
-    ready_sent: bool,
-    last_phase: &'static str,
+/// What woke the loop, sorted in one pass over the events.
+#[derive(Default)]
+struct Woke {
+    signals: bool,
+    raw_signals: bool,
+    /// A reaping pass is due without a SIGCHLD: the first turn's, for a child that exited
+    /// before the loop began.
+    reap: bool,
+    notify: bool,
+    listener: bool,
+    checks: Vec<Token>,
+    /// Connections' tokens, and whether the peer closed its side.
+    connections: Vec<(Token, bool)>,
 }
 
 struct Supervisor {
     /// First, so that it drops first: see [`BlockOnDrop`].
     _quiet: BlockOnDrop,
     machine: Machine,
-    counters: Counters,
-    checker: Checker,
-    /// When an app that never became ready is reported as such (once).
-    startup_deadline: Option<Instant>,
-    startup_timeout: Duration,
-    ever_ready: bool,
-    drain_ports: Vec<u16>,
-    ready_interval: Duration,
-    /// How a reload starts a new child: as the first one.
-    command: Vec<OsString>,
-    options: spawn::Options,
-    /// Held for the children: a reload's new child gets the same sockets.
-    _sockets: Vec<Bound>,
     poll: Poll,
+    events: Events,
     signals: Signals,
     raw: RawSignals,
     endpoint: Option<Endpoint>,
+    checker: Checker,
     child_notify: Option<notify::Private>,
-    systemd: Option<SystemdState>,
+    /// systemd's notify socket, when lastcall runs as a `Type=notify` service.
+    systemd: Option<notify::Systemd>,
+    /// `--drain-idle-port`.
+    drain_ports: Vec<u16>,
+    spawner: Spawner,
 }
 
 impl Supervisor {
+    /// Turns until the machine says lastcall exits.
+    fn supervise(&mut self) -> io::Result<u8> {
+        // systemd hears at once that lastcall is up (and ready, without checks).
+        self.feed(Input::Tick);
+        let mut woke = Woke { reap: true, ..Woke::default() };
+        loop {
+            self.turn(&woke);
+            if let Some(code) = self.machine.exit_code() {
+                return Ok(code);
+            }
+            woke = self.wait()?;
+        }
+    }
+
     /// Sleeps until an event or the earliest deadline.
-    fn next_events(&mut self, events: &mut Events) -> io::Result<()> {
+    fn wait(&mut self) -> io::Result<Woke> {
         let deadline = [
             self.machine.deadline(),
             self.endpoint.as_ref().and_then(Endpoint::deadline),
             self.checker.deadline(),
-            self.startup_deadline,
-            self.systemd.as_ref().and_then(|s| s.next_ping),
-            self.settle_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -301,264 +320,158 @@ impl Supervisor {
             let slack = left / 1000 + Duration::from_millis(1);
             if left > slack * 2 { left - slack } else { left }
         });
-        match self.poll.poll(events, timeout) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
-            other => other,
+        let mut woke = Woke::default();
+        match self.poll.poll(&mut self.events, timeout) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(woke),
+            other => other?,
         }
-    }
-
-    /// Handles one batch of events; `Some(code)` when lastcall should exit.
-    fn handle_events(&mut self, events: &Events) -> Option<u8> {
-        // Signals first, so that a request in the same batch already sees the drain.
-        let mut pending: Vec<Sig> = Vec::new();
-        if events.iter().any(|e| e.token() == SIGNALS) {
-            pending.extend(self.signals.pending().map(Sig));
-        }
-        if events.iter().any(|e| e.token() == RAW_SIGNALS) {
-            pending.extend(self.raw.pending());
-        }
-        for sig in pending {
-            let code = if sig == SIGCHLD {
-                self.reap()
-            } else {
-                log::debug!("received {sig}");
-                self.counters.received(sig);
-                self.step(Input::Signal(sig))
-            };
-            if code.is_some() {
-                return code;
+        let endpoint = self.endpoint.as_ref();
+        for event in self.events.iter() {
+            match event.token() {
+                SIGNALS => woke.signals = true,
+                RAW_SIGNALS => woke.raw_signals = true,
+                LISTENER => woke.listener = true,
+                CHILD_NOTIFY => woke.notify = true,
+                token if self.checker.owns(token) => woke.checks.push(token),
+                token if endpoint.is_some_and(|e| e.owns(token)) => {
+                    woke.connections.push((token, event.is_read_closed()))
+                }
+                // A PID 1 logs and carries on.
+                token => log::debug!("event for unknown token {token:?}"),
             }
         }
-        let now = Instant::now();
-        let mut verdicts = Vec::new();
-        let mut new_ready = false;
+        Ok(woke)
+    }
+
+    /// One turn: what woke the loop becomes inputs, in the order of the module's doc.
+    fn turn(&mut self, woke: &Woke) {
+        let mut received: Vec<Sig> = Vec::new();
+        if woke.signals {
+            received.extend(self.signals.pending().map(Sig));
+        }
+        if woke.raw_signals {
+            received.extend(self.raw.pending());
+        }
+        if woke.reap {
+            self.reap();
+        }
+        for sig in received {
+            if sig == SIGCHLD { self.reap() } else { self.feed(Input::Signal(sig)) }
+        }
+        if woke.notify {
+            self.hear_the_child();
+        }
         let registry = self.poll.registry();
-        for event in events.iter() {
-            match event.token() {
-                SIGNALS | RAW_SIGNALS | LISTENER => {}
-                CHILD_NOTIFY => {
-                    let messages = self.child_notify.as_mut().map(|n| n.receive());
-                    for (said, sender) in messages.unwrap_or_default() {
-                        // A reload's new child speaks for itself; an old one being stopped
-                        // (STOPPING=1) does not speak for the app any more. A sender that is
-                        // gone is taken for the new child during a reload, as the old one
-                        // was ready already.
-                        let new = self.machine.starting().map(|(pid, _)| pid);
-                        let main = self.machine.child();
-                        let under = |root: Option<nix::unistd::Pid>| match sender {
-                            Sender::Pid(pid) => root.is_some_and(|r| reaper::descends_from(pid, r)),
-                            Sender::Gone => root.is_some(),
-                        };
-                        if under(new) {
-                            new_ready |= said == Said::Ready;
-                        } else if under(main) {
-                            verdicts.push(self.checker.on_notify(said == Said::Ready));
-                        }
+        let mut reports = Vec::new();
+        for &token in &woke.checks {
+            reports.extend(self.checker.on_event(registry, token));
+        }
+        reports.extend(self.checker.on_tick(registry, Instant::now()));
+        for report in reports {
+            self.feed(checks_input(report));
+        }
+        if self.serve(woke).probed {
+            self.feed(Input::Probed);
+        }
+        self.feed(Input::Tick);
+    }
+
+    /// One reaping pass: check commands to the checker, the rest to the machine.
+    fn reap(&mut self) {
+        let reaped = reaper::reap();
+        let collected = reaped.exits.len();
+        let mut exits = Vec::new();
+        for (pid, status) in reaped.exits {
+            match self.checker.on_exit(pid, status) {
+                Some(report) => {
+                    if let Some(report) = report {
+                        self.feed(checks_input(report));
                     }
                 }
-                token if self.checker.owns(token) => {
-                    verdicts.push(self.checker.on_event(registry, token))
-                }
-                _ => {}
+                None => exits.push((pid, status)),
             }
         }
-        verdicts.push(self.checker.on_tick(registry, now));
-        for verdict in verdicts {
-            self.take_verdict(verdict, now);
+        if collected > 0 {
+            self.feed(Input::Reaped { exits, children_left: reaped.children_left });
         }
+    }
+
+    /// The child's notify messages, each with the child of lastcall's it came from.
+    fn hear_the_child(&mut self) {
+        let messages = self.child_notify.as_mut().map(notify::Private::receive);
+        for (said, sender) in messages.unwrap_or_default() {
+            let from = match sender {
+                notify::Sender::Pid(pid) => match reaper::child_above(pid) {
+                    Some(child) => Sender::Under(child),
+                    None => continue,
+                },
+                notify::Sender::Gone => Sender::Gone,
+            };
+            self.feed(Input::Notify { ready: said == Said::Ready, from });
+        }
+    }
+
+    /// The endpoint's turn: accept, answer, expire.
+    fn serve(&mut self, woke: &Woke) -> Happened {
+        let mut happened = Happened::default();
+        let Some(endpoint) = self.endpoint.as_mut() else {
+            return happened;
+        };
         let registry = self.poll.registry();
-        if let Some(endpoint) = self.endpoint.as_mut() {
-            let view = View {
-                machine: &self.machine,
-                counters: &self.counters,
-                checker: &self.checker,
-                now,
-            };
-            for event in events.iter() {
-                match event.token() {
-                    LISTENER => endpoint.accept(registry, now),
-                    token if endpoint.owns(token) => endpoint.on_event(registry, event, &view),
-                    _ => {}
-                }
-            }
-            endpoint.expire(registry, now);
-            if endpoint.take_probed() {
-                self.step(Input::Probed);
-            }
-        }
-        if self.startup_deadline.is_some_and(|t| t <= now) {
-            self.startup_deadline = None;
-            if !self.ever_ready && matches!(self.machine.phase(), Phase::Running { .. }) {
-                log::warn!(
-                    "the app is not ready {} after start ({}); it keeps running, unready",
-                    show(self.startup_timeout),
-                    self.checker.failing().unwrap_or_default()
-                );
-            }
-        }
-        // Without --ready-notify, a reload's new child is ready once it has lived through a
-        // readiness interval with the checks passing (they cannot tell the two children
-        // apart on a shared socket; the notify protocol can).
-        if self.settle_deadline().is_some_and(|t| t <= now) && self.machine.is_ready() {
-            new_ready = true;
-        }
-        if new_ready {
-            let code = self.step(Input::NewReady);
-            if code.is_some() {
-                return code;
-            }
-        }
-        let code = self.step(Input::Tick);
-        self.tell_systemd(now);
-        code
-    }
-
-    /// Feeds a change of the checks' verdict to the machine, logging it once.
-    fn take_verdict(&mut self, verdict: Verdict, now: Instant) {
-        let Verdict::Changed(ready, reason) = verdict else {
-            return;
-        };
-        if ready && !self.ever_ready {
-            let took = now.saturating_duration_since(self.counters.started);
-            log::info!("the app is ready ({} after start)", show(took));
-            self.ever_ready = true;
-        } else if ready {
-            log::info!("the app is ready again");
-        } else {
-            log::info!("the app is not ready: {}", reason.unwrap_or_default());
-        }
-        self.step(Input::AppReady(ready));
-    }
-
-    /// One reaping pass: the main child to the machine, check commands to the checker.
-    fn reap(&mut self) -> Option<u8> {
-        let reaped = reaper::reap();
-        let others_left = reaped.children_left;
-        let main = self.machine.child();
-        let mut main_status = None;
-        let mut others = 0;
         let now = Instant::now();
-        for (pid, status) in reaped.exits {
-            if Some(pid) == main {
-                main_status = Some(status);
-                continue;
-            }
-            others += 1;
-            if self.machine.claims(pid) {
-                log::debug!("reaped child {pid} of a reload, which {status}");
-                self.step(Input::Exited { pid, status });
-            } else if let Some(verdict) = self.checker.on_exit(pid, status) {
-                self.take_verdict(verdict, now);
-            } else {
-                log::debug!("reaped process {pid}, which {status}");
-                self.counters.reaped += 1;
-            }
+        let view = View { machine: &self.machine, checker: &self.checker, now };
+        let snapshot =
+            Snapshot { ready: self.machine.is_ready(), live: self.machine.is_live(), pages: &view };
+        if woke.listener {
+            endpoint.accept(registry, now);
         }
-        let mut code = None;
-        if others > 0 {
-            code = self.step(Input::OthersReaped { others_left });
+        for &(token, read_closed) in &woke.connections {
+            happened.add(endpoint.on_event(registry, token, read_closed, &snapshot, now));
         }
-        if let Some(status) = main_status {
-            code = code.or(self.step(Input::ChildExited { status, others_left }));
-        }
-        code
+        endpoint.expire(registry, now);
+        happened
     }
 
-    fn step(&mut self, input: Input) -> Option<u8> {
-        let was_running = matches!(self.machine.phase(), Phase::Running { .. });
-        let actions = self.machine.step(input, Instant::now());
-        if was_running && !matches!(self.machine.phase(), Phase::Running { .. }) {
-            // Readiness no longer matters, and a check must not hold a connection open
-            // while the app's connections are counted.
-            self.checker.stop(self.poll.registry());
-        }
-        let mut exit = None;
-        for action in actions {
-            match action {
-                Action::Signal { sig, to } => {
-                    deliver(sig, to);
-                    self.counters.forwarded(sig);
-                }
-                Action::SpawnNew => {
-                    let input = match spawn::spawn(&self.command, &self.options) {
-                        Ok(pid) => {
-                            log::debug!("started new child {pid}");
-                            Input::Spawned(pid)
-                        }
-                        Err(e) => {
-                            log::warn!("reload: {e}");
-                            Input::SpawnFailed
-                        }
-                    };
-                    exit = exit.or(self.step(input));
-                }
-                Action::CountConnections => {
-                    let n = idle::count(&self.drain_ports);
-                    exit = exit.or(self.step(Input::Connections(n)));
-                }
-                Action::Log(line) => log::info!("{line}"),
-                Action::Exit(code) => exit = Some(code),
+    /// Steps the machine with `input`, and with every input its actions bring back.
+    fn feed(&mut self, input: Input) {
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            if input != Input::Tick {
+                log::debug!("{input}");
+            }
+            for action in self.machine.step(input, Instant::now()) {
+                queue.extend(self.execute(action));
             }
         }
-        exit
     }
 
-    /// When a reload's new child counts as ready without the notify protocol.
-    fn settle_deadline(&self) -> Option<Instant> {
-        if self.child_notify.is_some() {
-            return None;
+    /// Carries out one action; some bring an input back.
+    fn execute(&mut self, action: Action) -> Option<Input> {
+        match action {
+            Action::Signal { sig, to } => deliver(sig, to),
+            Action::SpawnNew => {
+                return Some(match self.spawner.spawn() {
+                    Ok(pid) => Input::Spawned(pid),
+                    Err(e) => Input::SpawnFailed(e.to_string()),
+                });
+            }
+            Action::CountConnections => {
+                return Some(Input::Connections(idle::count(&self.drain_ports)));
+            }
+            Action::StopChecks => self.checker.stop(self.poll.registry()),
+            Action::Systemd(message) => {
+                if let Some(systemd) = self.systemd.as_ref() {
+                    systemd.send(&message);
+                }
+            }
+            Action::Log(level, line) => log::log!(level, "{line}"),
         }
-        self.machine.starting().map(|(_, since)| since + self.ready_interval)
+        None
     }
+}
 
-    /// READY=1 when /readyz would first answer 200, STOPPING=1 when the drain starts,
-    /// STATUS= at each phase change, and the watchdog ping while the child lives.
-    fn tell_systemd(&mut self, now: Instant) {
-        let Some(sd) = self.systemd.as_mut() else {
-            return;
-        };
-        let phase = self.machine.phase();
-        if !sd.ready_sent && self.machine.is_ready() {
-            sd.s.send("READY=1\nSTATUS=running, ready");
-            sd.ready_sent = true;
-            sd.last_phase = phase.name();
-        }
-        if phase.name() != sd.last_phase {
-            if sd.last_phase == "running" {
-                // Once, when lastcall starts to go down, whatever the reason.
-                sd.s.send("STOPPING=1");
-            }
-            let status = match phase {
-                Phase::Running { .. } if !self.machine.is_ready() => {
-                    "STATUS=running, waiting for the app to be ready".to_string()
-                }
-                Phase::Running { .. } => "STATUS=running, ready".to_string(),
-                Phase::Draining { .. } => {
-                    "STATUS=draining: unready, waiting out the preStop delay".to_string()
-                }
-                Phase::Stopping { .. } => {
-                    "STATUS=stopping: stop signal sent, waiting for the child".to_string()
-                }
-                Phase::Killing { .. } => {
-                    "STATUS=killing: grace period over, SIGKILL sent".to_string()
-                }
-                Phase::Reaping { .. } => {
-                    "STATUS=child exited; stopping the processes it left".to_string()
-                }
-                Phase::Exited { code } => format!("STATUS=exiting with {code}"),
-            };
-            sd.s.send(&status);
-            sd.last_phase = phase.name();
-        }
-        if let Some(at) = sd.next_ping.filter(|&at| at <= now) {
-            if self.machine.is_live() {
-                sd.s.send("WATCHDOG=1");
-            }
-            let every = sd.s.watchdog_every.unwrap_or(Duration::from_secs(1));
-            // Skip missed pings rather than bursting them.
-            sd.next_ping = Some((at + every).max(now + every / 2));
-        }
-    }
+fn checks_input(report: checks::Report) -> Input {
+    Input::Checks { pass: report.pass, failing: report.failing }
 }
 
 fn deliver(sig: Sig, to: Target) {
@@ -575,7 +488,7 @@ fn deliver(sig: Sig, to: Target) {
         }
     };
     match result {
-        Ok(()) => log::debug!("sent {sig} to {to:?}"),
-        Err(e) => log::debug!("sending {sig} to {to:?} failed: {e}"),
+        Ok(()) => log::debug!("sent {sig} to {to}"),
+        Err(e) => log::debug!("sending {sig} to {to} failed: {e}"),
     }
 }

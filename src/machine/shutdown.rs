@@ -1,0 +1,643 @@
+//! The shutdown: the phases from running to exited, what each one waits for, and how it ends.
+//!
+//! ```text
+//! Running ─TERM/INT─► Draining ─delay over / app idle─► Stopping ─grace over─► Killing
+//!    └── the child exits (any phase) ──► Exited, or Reaping while other processes remain
+//! ```
+//!
+//! Each phase carries its own data: a pid only where the child lives, the drain's
+//! bookkeeping only where there is a drain.
+
+use std::time::{Duration, Instant};
+
+use log::Level;
+use nix::unistd::Pid;
+
+use super::{Action, Machine, Prestop, Target};
+use crate::show;
+use crate::signals::{SIGKILL, SIGTERM, Sig};
+use crate::status::ChildStatus;
+
+/// The preStop delay used by `--prestop-delay auto` when a load balancer may be routing to us.
+pub const AUTO_PRESTOP: Duration = Duration::from_secs(5);
+
+/// How often the app's connections are counted during an idle-aware drain.
+pub const COUNT_EVERY: Duration = Duration::from_millis(100);
+
+/// A drain in progress: what started it and how far it got.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Drain {
+    pub started: Instant,
+    /// The signal that started it (the stop signal, unless `--stop-signal` says otherwise).
+    pub trigger: Sig,
+    /// SIGTERM/SIGINT received so far: the first drains, the second hurries, the third kills.
+    pub signals: u32,
+    /// When the stop signal was sent.
+    pub stopped: Option<Instant>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// The child runs; `/readyz` follows the app's readiness.
+    Running { pid: Pid, since: Instant },
+    /// Unready, waiting out the preStop delay so that load balancers stop routing; with
+    /// `--drain-idle-port`, the app's connections are counted at `count_at`.
+    Draining { pid: Pid, drain: Drain, until: Instant, count_at: Option<Instant> },
+    /// The stop signal was sent at `since`; SIGKILL at `deadline`.
+    Stopping { pid: Pid, since: Instant, deadline: Instant, drain: Drain },
+    /// SIGKILL was sent; waiting for the child to be reaped.
+    Killing { pid: Pid, since: Instant, drain: Drain },
+    /// The child is gone but other processes under lastcall remain: they were sent the stop
+    /// signal, and get SIGKILL at `kill_at` (`None`: already sent). `signals` counts
+    /// SIGTERM/SIGINT, the drain's included: the third kills at once.
+    Reaping { status: ChildStatus, since: Instant, kill_at: Option<Instant>, signals: u32 },
+    /// Nothing is left; lastcall exits with `code`.
+    Exited { code: u8 },
+}
+
+impl Phase {
+    /// Every phase's name, for `/metrics` (one gauge each).
+    pub const NAMES: [&'static str; 6] =
+        ["running", "draining", "stopping", "killing", "reaping", "exited"];
+
+    pub fn name(&self) -> &'static str {
+        let i = match self {
+            Phase::Running { .. } => 0,
+            Phase::Draining { .. } => 1,
+            Phase::Stopping { .. } => 2,
+            Phase::Killing { .. } => 3,
+            Phase::Reaping { .. } => 4,
+            Phase::Exited { .. } => 5,
+        };
+        Phase::NAMES[i]
+    }
+
+    /// When the phase began (`None` for the last one, which lasts no time).
+    pub fn since(&self) -> Option<Instant> {
+        match *self {
+            Phase::Running { since, .. }
+            | Phase::Stopping { since, .. }
+            | Phase::Killing { since, .. }
+            | Phase::Reaping { since, .. } => Some(since),
+            Phase::Draining { drain, .. } => Some(drain.started),
+            Phase::Exited { .. } => None,
+        }
+    }
+
+    /// The main child's pid, in the phases where it is alive.
+    pub fn pid(&self) -> Option<Pid> {
+        match *self {
+            Phase::Running { pid, .. }
+            | Phase::Draining { pid, .. }
+            | Phase::Stopping { pid, .. }
+            | Phase::Killing { pid, .. } => Some(pid),
+            Phase::Reaping { .. } | Phase::Exited { .. } => None,
+        }
+    }
+
+    /// The drain, in the phases that have one.
+    fn drain(&self) -> Option<Drain> {
+        match *self {
+            Phase::Draining { drain, .. }
+            | Phase::Stopping { drain, .. }
+            | Phase::Killing { drain, .. } => Some(drain),
+            _ => None,
+        }
+    }
+
+    /// When the phase wants a tick.
+    pub(super) fn deadline(&self) -> Option<Instant> {
+        match *self {
+            Phase::Draining { until, count_at, .. } => {
+                Some(count_at.map_or(until, |c| c.min(until)))
+            }
+            Phase::Stopping { deadline, .. } => Some(deadline),
+            Phase::Reaping { kill_at, .. } => kill_at,
+            _ => None,
+        }
+    }
+}
+
+impl Machine {
+    /// SIGTERM or SIGINT: the first drains, the second skips the rest of the preStop delay
+    /// (or reaches the child, once the stop signal is sent), the third kills.
+    pub(super) fn on_drain_signal(&mut self, sig: Sig, now: Instant, out: &mut Vec<Action>) {
+        match &mut self.phase {
+            Phase::Running { pid, .. } => {
+                let pid = *pid;
+                self.start_drain(pid, sig, now, out);
+            }
+            Phase::Draining { pid, drain, until, .. } => {
+                drain.signals += 1;
+                let (pid, drain, left) = (*pid, *drain, until.saturating_duration_since(now));
+                out.push(info(format!(
+                    "received {sig} again: skipping the {} left of the preStop delay",
+                    show::duration(left)
+                )));
+                self.stop(pid, drain, now, out);
+            }
+            Phase::Stopping { pid, drain, .. } => {
+                drain.signals += 1;
+                let (pid, drain) = (*pid, *drain);
+                if drain.signals == 2 {
+                    // Nothing left to skip: the child sees the signal, as it would without
+                    // lastcall.
+                    out.push(Action::Signal { sig, to: self.target(pid) });
+                } else {
+                    out.push(info(format!("received {sig} a third time")));
+                    self.kill(pid, drain, now, out);
+                }
+            }
+            Phase::Reaping { status, since, kill_at, signals } => {
+                *signals += 1;
+                if *signals >= 3 && kill_at.is_some() {
+                    let (status, since, signals) = (*status, *since, *signals);
+                    out.push(info(format!("received {sig} a third time")));
+                    self.kill_descendants(status, since, signals, out);
+                }
+            }
+            Phase::Killing { .. } | Phase::Exited { .. } => {}
+        }
+    }
+
+    fn start_drain(&mut self, pid: Pid, sig: Sig, now: Instant, out: &mut Vec<Action>) {
+        self.abandon_reload(now, out);
+        let (delay, why) = match self.policy.prestop {
+            Prestop::Fixed(d) => (d, "--prestop-delay"),
+            Prestop::Auto if self.policy.in_kubernetes => {
+                (AUTO_PRESTOP, "auto: KUBERNETES_SERVICE_HOST is set")
+            }
+            Prestop::Auto if self.gate.probed => (AUTO_PRESTOP, "auto: /readyz has been probed"),
+            Prestop::Auto => (Duration::ZERO, "auto: not in Kubernetes and /readyz never probed"),
+        };
+        out.push(info(format!(
+            "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
+            show::duration(delay)
+        )));
+        let drain = Drain { started: now, trigger: sig, signals: 1, stopped: None };
+        if delay.is_zero() {
+            self.stop(pid, drain, now, out);
+        } else {
+            // Counting starts at once: an app with no connections stops after --drain-min.
+            let count_at = self.policy.drain_idle.then_some(now);
+            self.phase = Phase::Draining { pid, drain, until: now + delay, count_at };
+        }
+    }
+
+    /// The stop signal: `--stop-signal`, else the one that started the drain.
+    pub(super) fn stop_signal(&self, trigger: Option<Sig>) -> Sig {
+        self.policy.stop_signal.or(trigger).unwrap_or(SIGTERM)
+    }
+
+    fn stop(&mut self, pid: Pid, mut drain: Drain, now: Instant, out: &mut Vec<Action>) {
+        let sig = self.stop_signal(Some(drain.trigger));
+        let to = self.target(pid);
+        let drained = now.saturating_duration_since(drain.started);
+        out.push(info(format!(
+            "sending {sig} to {to} after {} of drain; SIGKILL in {}",
+            show::duration(drained),
+            show::duration(self.policy.grace)
+        )));
+        out.push(Action::Signal { sig, to });
+        drain.stopped = Some(now);
+        self.last.drain = Some(drained);
+        self.phase = Phase::Stopping { pid, since: now, deadline: now + self.policy.grace, drain };
+    }
+
+    fn kill(&mut self, pid: Pid, drain: Drain, now: Instant, out: &mut Vec<Action>) {
+        out.push(info(format!(
+            "sending SIGKILL to process group {pid} after {} of drain",
+            show::duration(now.saturating_duration_since(drain.started))
+        )));
+        out.push(Action::Signal { sig: SIGKILL, to: Target::Group(pid) });
+        self.phase = Phase::Killing { pid, since: now, drain };
+    }
+
+    fn kill_descendants(
+        &mut self,
+        status: ChildStatus,
+        since: Instant,
+        signals: u32,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(info("sending SIGKILL to the remaining processes".into()));
+        out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
+        self.phase = Phase::Reaping { status, since, kill_at: None, signals };
+    }
+
+    /// The main child was reaped: lastcall exits with its status, once nothing else is left.
+    pub(super) fn on_child_exit(
+        &mut self,
+        status: ChildStatus,
+        others_left: bool,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let code = status.exit_code(&self.policy.success_exit);
+        let drain = self.phase.drain();
+        if let Some(sent) = drain.and_then(|d| d.stopped) {
+            self.last.grace = Some(now.saturating_duration_since(sent));
+        }
+        let drained = drain.map_or(Duration::ZERO, |d| now.saturating_duration_since(d.started));
+        let shown = match self.phase {
+            Phase::Stopping { since, .. } => format!(
+                "child {status} {} after the stop signal ({} of drain)",
+                show::duration(now.saturating_duration_since(since)),
+                show::duration(drained)
+            ),
+            Phase::Killing { since, .. } => format!(
+                "child {status} {} after SIGKILL ({} of drain)",
+                show::duration(now.saturating_duration_since(since)),
+                show::duration(drained)
+            ),
+            Phase::Draining { .. } => format!(
+                "child {status} during the preStop delay ({} of drain)",
+                show::duration(drained)
+            ),
+            _ => format!("child {status}"),
+        };
+        let kill_at = match self.phase {
+            Phase::Running { .. } | Phase::Draining { .. } => Some(now + self.policy.grace),
+            // The shutdown as a whole keeps the bound it was given.
+            Phase::Stopping { deadline, .. } => Some(deadline),
+            _ => None,
+        };
+        if !others_left {
+            // A child that simply finished is a normal run: nothing to say at info.
+            if drain.is_some() {
+                out.push(info(format!("{shown}; exiting with {code}")));
+            }
+            self.phase = Phase::Exited { code };
+            return;
+        }
+        let signals = drain.map_or(0, |d| d.signals);
+        match kill_at {
+            Some(at) => {
+                let sig = self.stop_signal(drain.map(|d| d.trigger));
+                out.push(info(format!(
+                    "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
+                    show::duration(at.saturating_duration_since(now))
+                )));
+                out.push(Action::Signal { sig, to: Target::Descendants });
+                self.phase = Phase::Reaping { status, since: now, kill_at: Some(at), signals };
+            }
+            None => {
+                out.push(info(format!("{shown}; other processes remain")));
+                self.kill_descendants(status, now, signals, out);
+            }
+        }
+    }
+
+    /// Processes other than the main child were reaped: once none is left after the child,
+    /// lastcall exits.
+    pub(super) fn on_others_reaped(&mut self, others_left: bool, out: &mut Vec<Action>) {
+        let Phase::Reaping { status, kill_at, .. } = self.phase else {
+            return;
+        };
+        if !others_left {
+            let code = status.exit_code(&self.policy.success_exit);
+            out.push(info(format!("all remaining processes reaped; exiting with {code}")));
+            self.phase = Phase::Exited { code };
+        } else if kill_at.is_none() {
+            // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
+            out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
+        }
+    }
+
+    pub(super) fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
+        match self.phase {
+            Phase::Draining { pid, drain, until, .. } if now >= until => {
+                self.stop(pid, drain, now, out)
+            }
+            Phase::Draining { pid, drain, until, count_at: Some(at) } if now >= at => {
+                out.push(Action::CountConnections);
+                // The count comes back as an input; no second request meanwhile.
+                self.phase = Phase::Draining { pid, drain, until, count_at: None };
+            }
+            Phase::Stopping { pid, deadline, drain, .. } if now >= deadline => {
+                out.push(info(format!(
+                    "grace period of {} is over",
+                    show::duration(self.policy.grace)
+                )));
+                self.kill(pid, drain, now, out)
+            }
+            Phase::Reaping { status, since, kill_at: Some(at), signals } if now >= at => {
+                self.kill_descendants(status, since, signals, out)
+            }
+            _ => {}
+        }
+    }
+
+    /// The app's connections, counted during an idle-aware drain: none left (and
+    /// `--drain-min` over) ends the preStop phase early.
+    pub(super) fn on_connections(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
+        let Phase::Draining { pid, drain, until, .. } = self.phase else {
+            return;
+        };
+        if self.last.connections != Some(n) {
+            out.push(info(format!("{n} connection(s) to the app still open")));
+            self.last.connections = Some(n);
+        }
+        let earliest = drain.started + self.policy.drain_min;
+        if n == 0 && now >= earliest {
+            out.push(info(format!(
+                "the app is idle after {} of drain (--drain-min {})",
+                show::duration(now.saturating_duration_since(drain.started)),
+                show::duration(self.policy.drain_min)
+            )));
+            self.stop(pid, drain, now, out);
+            return;
+        }
+        let next = now + COUNT_EVERY;
+        let count_at = if n == 0 { next.min(earliest) } else { next };
+        self.phase = Phase::Draining { pid, drain, until, count_at: Some(count_at) };
+    }
+}
+
+/// A step of the shutdown worth telling the operator.
+fn info(line: String) -> Action {
+    Action::Log(Level::Info, line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::*;
+    use super::super::{Input, Policy};
+    use super::*;
+
+    const SIGINT: Sig = Sig(libc::SIGINT);
+    const SIGHUP: Sig = Sig(libc::SIGHUP);
+    const SIGUSR2: Sig = Sig(libc::SIGUSR2);
+
+    fn policy(prestop: Prestop) -> Policy {
+        Policy { prestop, ..Policy::for_tests() }
+    }
+
+    #[test]
+    fn full_drain_timeline() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        assert!(r.m.is_ready() && r.m.is_live());
+        assert_eq!(r.m.deadline(), None, "idle: no wake-ups");
+
+        assert_eq!(r.at(secs(10)).step(Input::Signal(SIGTERM)), vec![]);
+        assert!(!r.m.is_ready() && r.m.is_live());
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(15)));
+
+        // A tick before the deadline changes nothing.
+        assert_eq!(r.at(secs(14)).step(Input::Tick), vec![]);
+        assert_eq!(r.at(secs(15)).step(Input::Tick), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(35)));
+
+        assert_eq!(r.at(secs(34)).step(Input::Tick), vec![]);
+        assert_eq!(r.at(secs(35)).step(Input::Tick), signal(SIGKILL, Target::Group(PID)));
+        assert_eq!(r.m.deadline(), None);
+        assert!(r.m.is_live());
+
+        let end = r.at(secs(36)).child_exits(ChildStatus::Signaled(SIGKILL));
+        assert_eq!(end, vec![]);
+        assert_eq!(r.m.exit_code(), Some(137));
+        assert!(!r.m.is_live());
+        let last = r.m.last_shutdown();
+        assert_eq!((last.drain, last.grace), (Some(secs(5)), Some(secs(21))));
+    }
+
+    #[test]
+    fn zero_delay_stops_at_once_with_the_trigger_signal() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGINT, Target::Child(PID)));
+        let mut r = Run::new(Policy { stop_signal: Some(SIGUSR2), ..policy(Prestop::Auto) });
+        assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGUSR2, Target::Child(PID)));
+    }
+
+    #[test]
+    fn second_signal_skips_the_delay_third_kills() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(30))));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
+        assert_eq!(r.at(secs(1)).step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(21)), "grace counts from the stop signal");
+        assert_eq!(r.at(secs(2)).step(Input::Signal(SIGINT)), signal(SIGKILL, Target::Group(PID)));
+        assert!(matches!(r.m.phase(), Phase::Killing { .. }));
+    }
+
+    #[test]
+    fn second_signal_during_grace_is_forwarded() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGINT, Target::Child(PID)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGKILL, Target::Group(PID)));
+    }
+
+    /// The preStop delay `auto` picks; `None` when it stops at once.
+    fn auto_delay(in_kubernetes: bool, probed: bool) -> Option<Duration> {
+        let mut r = Run::new(Policy { in_kubernetes, ..policy(Prestop::Auto) });
+        if probed {
+            r.step(Input::Probed);
+        }
+        r.step(Input::Signal(SIGTERM));
+        match r.m.phase() {
+            Phase::Draining { until, .. } => Some(until - r.t0),
+            Phase::Stopping { .. } => None,
+            other => panic!("unexpected phase {other:?}"),
+        }
+    }
+
+    #[test]
+    fn auto_prestop_delay() {
+        assert_eq!(auto_delay(false, false), None, "plain: no delay");
+        assert_eq!(auto_delay(true, false), Some(AUTO_PRESTOP), "Kubernetes");
+        assert_eq!(auto_delay(false, true), Some(AUTO_PRESTOP), "/readyz probed");
+        assert_eq!(auto_delay(true, true), Some(AUTO_PRESTOP));
+    }
+
+    #[test]
+    fn child_exit_ends_every_phase_promptly() {
+        let exited = ChildStatus::Exited(3);
+        for (name, prepare) in [
+            ("running", vec![]),
+            ("draining", vec![Input::Signal(SIGTERM)]),
+            ("stopping", vec![Input::Signal(SIGTERM), Input::Signal(SIGTERM)]),
+            (
+                "killing",
+                vec![Input::Signal(SIGTERM), Input::Signal(SIGTERM), Input::Signal(SIGTERM)],
+            ),
+        ] {
+            let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+            for input in prepare {
+                r.step(input);
+            }
+            assert_eq!(r.child_exits(exited), vec![], "{name}");
+            assert_eq!(r.m.phase(), Phase::Exited { code: 3 }, "{name}");
+            assert_eq!(r.m.exit_code(), Some(3), "{name}");
+        }
+    }
+
+    #[test]
+    fn success_exit_maps_the_code() {
+        let mut r = Run::new(Policy { success_exit: vec![143], ..policy(Prestop::Auto) });
+        r.child_exits(ChildStatus::Signaled(SIGTERM));
+        assert_eq!(r.m.exit_code(), Some(0));
+    }
+
+    fn reaped(others_left: bool) -> Input {
+        Input::Reaped {
+            exits: vec![(Pid::from_raw(99), ChildStatus::Exited(0))],
+            children_left: others_left,
+        }
+    }
+
+    fn main_exit(status: ChildStatus) -> Input {
+        Input::Reaped { exits: vec![(PID, status)], children_left: true }
+    }
+
+    #[test]
+    fn leftover_descendants_are_stopped_then_killed_then_reaped() {
+        let mut r = Run::new(policy(Prestop::Auto));
+        let out = r.at(secs(1)).step(main_exit(ChildStatus::Exited(0)));
+        assert_eq!(out, signal(SIGTERM, Target::Descendants));
+        assert!(!r.m.is_live() && !r.m.is_ready());
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(21)));
+        // Some leave, some stay: keep waiting.
+        assert_eq!(r.step(reaped(true)), vec![]);
+        assert_eq!(r.at(secs(21)).step(Input::Tick), signal(SIGKILL, Target::Descendants));
+        // A killed process's own orphans arrive later: they get SIGKILL too.
+        assert_eq!(r.step(reaped(true)), signal(SIGKILL, Target::Descendants));
+        assert_eq!(r.step(reaped(false)), vec![]);
+        assert_eq!(r.m.exit_code(), Some(0));
+    }
+
+    #[test]
+    fn a_pass_that_reaped_only_check_commands_ends_the_wait() {
+        let mut r = Run::new(policy(Prestop::Auto));
+        r.step(main_exit(ChildStatus::Exited(0)));
+        let only_checks = Input::Reaped { exits: vec![], children_left: false };
+        assert_eq!(r.step(only_checks), vec![]);
+        assert_eq!(r.m.exit_code(), Some(0));
+    }
+
+    #[test]
+    fn leftovers_keep_the_shutdown_deadline() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        r.step(Input::Signal(SIGTERM));
+        let out = r.at(secs(15)).step(main_exit(ChildStatus::Signaled(SIGTERM)));
+        assert_eq!(out, signal(SIGTERM, Target::Descendants));
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(20)), "not a fresh grace period");
+        assert_eq!(r.at(secs(20)).step(Input::Tick), signal(SIGKILL, Target::Descendants));
+        r.step(reaped(false));
+        assert_eq!(r.m.exit_code(), Some(143));
+    }
+
+    #[test]
+    fn leftovers_after_sigkill_are_killed_at_once() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        for _ in 0..3 {
+            r.step(Input::Signal(SIGTERM));
+        }
+        let out = r.step(main_exit(ChildStatus::Signaled(SIGKILL)));
+        assert_eq!(out, signal(SIGKILL, Target::Descendants));
+        assert_eq!(r.m.deadline(), None);
+    }
+
+    #[test]
+    fn a_third_signal_while_leftovers_are_stopped_kills_them() {
+        let mut r = Run::new(policy(Prestop::Auto));
+        r.step(main_exit(ChildStatus::Exited(0)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGKILL, Target::Descendants));
+        // The drain's own signals count: the child was stopped by the first of three.
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        r.step(Input::Signal(SIGTERM));
+        r.step(main_exit(ChildStatus::Signaled(SIGTERM)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
+        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGKILL, Target::Descendants));
+    }
+
+    #[test]
+    fn no_forwarding_of_hup_after_sigkill_to_the_group() {
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        for _ in 0..3 {
+            r.step(Input::Signal(SIGTERM));
+        }
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![], "killing: nothing more to do");
+        assert_eq!(r.step(Input::Signal(SIGHUP)), signal(SIGHUP, Target::Child(PID)));
+    }
+
+    fn idle_policy() -> Policy {
+        Policy { drain_idle: true, drain_min: secs(1), ..policy(Prestop::Fixed(secs(30))) }
+    }
+
+    #[test]
+    fn drain_until_idle_waits_for_connections_to_close() {
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        assert_eq!(r.m.deadline(), Some(r.t0), "counts at once");
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(30)), "no new count until this one is in");
+        assert_eq!(r.step(Input::Connections(3)), vec![]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
+        r.at(secs(2));
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.step(Input::Connections(1)), vec![]);
+        r.at(secs(5));
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.step(Input::Connections(0)), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(r.m.last_shutdown().drain, Some(secs(5)));
+        assert_eq!(r.m.last_shutdown().connections, Some(0));
+    }
+
+    #[test]
+    fn drain_until_idle_honours_the_minimum_and_the_upper_bound() {
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        r.step(Input::Tick);
+        // Idle at once: the stop signal still waits for --drain-min.
+        assert_eq!(r.step(Input::Connections(0)), vec![]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
+        r.at(secs(1));
+        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
+        assert_eq!(r.step(Input::Connections(0)), signal(SIGTERM, Target::Child(PID)));
+
+        // Never idle: the preStop delay is the upper bound.
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        r.step(Input::Tick);
+        r.step(Input::Connections(5));
+        assert_eq!(r.at(secs(30)).step(Input::Tick), signal(SIGTERM, Target::Child(PID)));
+    }
+
+    #[test]
+    fn connection_counts_are_logged_as_they_change() {
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        r.step(Input::Tick);
+        let said = r.logs(Input::Connections(2), Level::Info);
+        assert_eq!(said, ["2 connection(s) to the app still open"]);
+        assert!(r.logs(Input::Connections(2), Level::Info).is_empty(), "no change, no line");
+    }
+
+    #[test]
+    fn shutdown_is_logged_with_timings() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        assert_eq!(
+            r.logs(Input::Signal(SIGTERM), Level::Info),
+            [
+                "received SIGTERM: draining, /readyz answers 503; preStop delay 5.0s (--prestop-delay)"
+            ]
+        );
+        assert_eq!(
+            r.at(secs(5)).logs(Input::Tick, Level::Info),
+            ["sending SIGTERM to child 42 after 5.0s of drain; SIGKILL in 20.0s"]
+        );
+        let exits = vec![(PID, ChildStatus::Exited(0))];
+        assert_eq!(
+            r.at(secs(7)).logs(Input::Reaped { exits, children_left: false }, Level::Info),
+            [
+                "child exited with status 0 2.0s after the stop signal (7.0s of drain); exiting with 0"
+            ]
+        );
+        // A normal run says nothing at info.
+        let mut quiet = Run::new(policy(Prestop::Auto));
+        let exits = vec![(PID, ChildStatus::Exited(0))];
+        assert!(quiet.logs(Input::Reaped { exits, children_left: false }, Level::Info).is_empty());
+    }
+}
