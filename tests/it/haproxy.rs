@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::{Running, TestDir, required, unix_nanos, wait_until};
+use crate::support::{Running, TestDir, python3, required, unix_nanos, wait_until};
 
 /// The app: `/` answers at once, `/work?ms=N` after N ms, `/health` is its own readiness.
 /// HTTP/1.0, so every connection carries one request: no idle keep-alive connection keeps
@@ -441,18 +441,6 @@ fn get(port: u16, path: &str) -> String {
         })
     };
     attempt().unwrap_or_else(|e| format!("error: {e}"))
-}
-
-/// The Python interpreter itself, not a launcher script in front of it (pyenv's shims do
-/// not exec python, so a SIGTERM to them would not reach the app).
-fn python3() -> Option<String> {
-    let out = Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
-    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
-    (out.status.success() && !path.is_empty()).then_some(path)
 }
 
 /// `N` different free ports below Linux's ephemeral range (32768 and up), so that no

@@ -5,11 +5,11 @@
 
 mod cli;
 mod drain;
+mod drain_idle;
 mod endpoint;
 mod exit;
 mod haproxy;
 mod hostile;
-mod idle;
 mod packaging;
 mod race;
 mod readiness;
@@ -20,3 +20,4 @@ mod support;
 mod systemd;
 mod transparency;
 mod tty;
+mod wakeups;

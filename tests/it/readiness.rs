@@ -1,69 +1,15 @@
-//! Readiness gating and drain until idle: `/readyz` answers 503 until the `--ready-*` checks
-//! pass and follows them after that; a hung `--ready-exec` command is killed and reaped; only
-//! processes under lastcall are heard on its notify socket; and with `--drain-idle-port` the
-//! stop signal comes once the app's connections are gone, not at the end of the preStop delay.
-//!
-//! The apps are small `python3` programs ([`PY_PRELUDE`] and one body each), separate
-//! processes like a real app. They report through marker files in `$DIR`, as the `sh`
-//! children of the other modules do.
+//! Readiness gating: `/readyz` answers 503 until the `--ready-*` checks pass and follows them
+//! after that; a hung `--ready-exec` command is killed and reaped; only processes under
+//! lastcall are heard on its notify socket. The apps are in `support::apps`.
 
 use std::collections::HashMap;
 use std::fs;
-use std::net::TcpStream;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{
-    Cmd, Running, TestDir, descendants, free_port, http, required, spawn_listening, unix_nanos,
-};
-
-/// What every python app starts with:
-/// - `mark(NAME, TEXT)` creates `$DIR/NAME` atomically;
-/// - `wait_for(NAME)` waits (bounded) until the test creates `$DIR/NAME`;
-/// - `listen(PORT)` listens on 127.0.0.1:PORT; `hold(SOCKET)` accepts connections and keeps
-///   them open, counting them in `$DIR/accepted`, for about a minute at most;
-/// - SIGTERM is recorded in `$DIR/term` with the time it came (Unix nanoseconds), then the
-///   app dies of it.
-const PY_PRELUDE: &str = r#"
-import os, signal, socket, sys, time
-D = os.environ["DIR"]
-PORT = int(sys.argv[1]) if len(sys.argv) > 1 else 0
-def mark(name, text=""):
-    tmp = os.path.join(D, name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, os.path.join(D, name))
-def wait_for(name):
-    for _ in range(1500):
-        if os.path.exists(os.path.join(D, name)):
-            return
-        time.sleep(0.02)
-    sys.exit("gave up waiting for " + name)
-def on_term(*_):
-    mark("term", str(time.time_ns()))
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    os.kill(os.getpid(), signal.SIGTERM)
-signal.signal(signal.SIGTERM, on_term)
-def listen(port):
-    s = socket.socket()
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("127.0.0.1", port))
-    s.listen(128)
-    return s
-def hold(s):
-    s.settimeout(0.2)
-    held = []
-    end = time.time() + 60
-    while time.time() < end:
-        try:
-            c, _ = s.accept()
-        except socket.timeout:
-            continue
-        held.append(c)
-        mark("accepted", str(len(held)))
-"#;
+use crate::support::apps::{PY_PRELUDE, lastcall_with_app, metrics, readyz, verbose, wait_readyz};
+use crate::support::{TestDir, descendants, free_port, has_python, spawn_listening};
 
 /// Listens on PORT about a second after it starts (`binding` is marked just before).
 const LATE_LISTENER: &str = r#"
@@ -71,13 +17,6 @@ mark("started")
 time.sleep(1)
 mark("binding")
 hold(listen(PORT))
-"#;
-
-/// Listens on PORT at once and holds every connection.
-const HOLDER: &str = r#"
-s = listen(PORT)
-mark("listening")
-hold(s)
 "#;
 
 /// Serves GET /health on PORT: 200; 500 while `$DIR/sick` exists; no answer at all while
@@ -143,61 +82,9 @@ mark("said_stopping")
 time.sleep(60)
 "#;
 
-/// Whether python3 is here to play the app; see [`required`].
-fn have_python() -> bool {
-    let found = Command::new("python3")
-        .args(["-c", "pass"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    required("python3", found)
-}
-
-/// lastcall on 127.0.0.1:`port` with `options`, supervising the python app `body` (given
-/// `app_port` as its argument).
-fn lastcall_with_app(dir: &TestDir, port: u16, options: &[&str], body: &str, app_port: u16) -> Cmd {
-    dir.lastcall().args(["--listen", &format!("127.0.0.1:{port}")]).args(options).args([
-        "--",
-        "python3",
-        "-c",
-        &format!("{PY_PRELUDE}{body}"),
-        &app_port.to_string(),
-    ])
-}
-
-fn readyz(port: u16) -> u16 {
-    http(port, "GET", "/readyz").status
-}
-
-/// `/readyz?verbose`'s body.
-fn verbose(port: u16) -> String {
-    http(port, "GET", "/readyz?verbose").body
-}
-
-fn metrics(port: u16) -> String {
-    http(port, "GET", "/metrics").body
-}
-
-/// Waits until `/readyz` answers `status`.
-fn wait_readyz(lastcall: &mut Running, port: u16, status: u16) {
-    lastcall.wait_until(&format!("/readyz answers {status}"), || readyz(port) == status);
-}
-
-/// The Unix-nanosecond time the app wrote to `$DIR/term` when it got SIGTERM.
-fn term_at(dir: &TestDir) -> u128 {
-    dir.read("term").trim().parse().expect("a timestamp in $DIR/term")
-}
-
-/// How many times `needle` occurs in lastcall's stderr so far.
-fn stderr_count(dir: &TestDir, needle: &str) -> usize {
-    dir.read("stderr").matches(needle).count()
-}
-
 #[test]
 fn a_tcp_check_gates_readyz_until_the_port_opens() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_tcp");
@@ -252,7 +139,7 @@ fn a_tcp_check_gates_readyz_until_the_port_opens() {
 
 #[test]
 fn an_http_check_turns_unready_and_ready_again() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_http");
@@ -293,7 +180,7 @@ fn an_http_check_turns_unready_and_ready_again() {
 
 #[test]
 fn an_http_check_that_gets_no_answer_turns_unready() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_http_hang");
@@ -389,7 +276,7 @@ impl Drop for Seen {
 
 #[test]
 fn a_hung_exec_check_is_killed_and_reaped() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_exec_hung");
@@ -482,7 +369,7 @@ fn a_hung_exec_check_is_killed_and_reaped() {
 
 #[test]
 fn the_child_exiting_during_an_exec_check_ends_lastcall() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_exec_child_exits");
@@ -511,7 +398,7 @@ fn the_child_exiting_during_an_exec_check_ends_lastcall() {
 
 #[test]
 fn notify_ready_and_stopping_from_the_child_only() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_notify");
@@ -560,147 +447,6 @@ fn notify_ready_and_stopping_from_the_child_only() {
     lastcall.wait().assert_code(128 + libc::SIGTERM);
 }
 
-#[test]
-fn drain_waits_for_an_open_connection_to_close() {
-    if !have_python() {
-        return;
-    }
-    let dir = TestDir::new("drain_idle_open");
-    let app = free_port();
-    let (mut lastcall, port) = spawn_listening(
-        |port| {
-            let options = [
-                "--prestop-delay",
-                "20s",
-                "--drain-idle-port",
-                &app.to_string(),
-                "--drain-min",
-                "200ms",
-            ];
-            lastcall_with_app(&dir, port, &options, HOLDER, app)
-        },
-        || dir.exists("listening"),
-    );
-    let client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
-    lastcall.wait_until("the app accepted the connection", || dir.read("accepted") == "1");
-
-    let sent = Instant::now();
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait_stderr("lastcall: 1 connection(s) to the app still open");
-    let counted = metrics(port);
-    assert!(
-        counted.contains("lastcall_app_connections 1\n"),
-        "expected lastcall_app_connections 1 in:\n{counted}"
-    );
-    // Well past --drain-min: only the open connection holds the stop signal back.
-    while sent.elapsed() < Duration::from_millis(1200) {
-        assert!(!dir.exists("term"), "the stop signal came while a connection was open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(readyz(port), 503, "/readyz during the drain");
-
-    let closed = unix_nanos();
-    drop(client);
-    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
-    let after_close = Duration::from_nanos(term_at(&dir).saturating_sub(closed) as u64);
-    let out = lastcall.wait();
-    out.assert_code(128 + libc::SIGTERM)
-        .check(term_at(&dir) >= closed, "the stop signal came before the connection closed")
-        .check(
-            after_close < Duration::from_secs(5),
-            format!("the stop signal came {after_close:?} after the connection closed"),
-        )
-        .check(sent.elapsed() < Duration::from_secs(15), "the drain took most of its 20s")
-        .assert_stderr_has("lastcall: the app is idle after ");
-}
-
-/// Sends SIGTERM to a lastcall draining with `--drain-idle-port` (`--drain-min 1s`, a 30s
-/// delay) whose app has no connection: the stop signal comes after --drain-min.
-fn assert_stop_after_drain_min(dir: &TestDir, mut lastcall: Running, port: u16) {
-    let sent = unix_nanos();
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait_stderr("lastcall: 0 connection(s) to the app still open");
-    if !dir.exists("term") {
-        let counted = metrics(port);
-        assert!(
-            counted.contains("lastcall_app_connections 0\n"),
-            "expected lastcall_app_connections 0 in:\n{counted}"
-        );
-    }
-    let out = lastcall.wait();
-    out.check(dir.exists("term"), "the app got no stop signal");
-    let waited = Duration::from_nanos(term_at(dir).saturating_sub(sent) as u64);
-    out.assert_code(128 + libc::SIGTERM)
-        .check(
-            waited >= Duration::from_secs(1),
-            format!("the stop signal came {waited:?} after SIGTERM, before --drain-min 1s"),
-        )
-        .check(
-            waited < Duration::from_secs(10),
-            format!("the stop signal came {waited:?} after SIGTERM (delay 30s)"),
-        )
-        .assert_stderr_has("lastcall: the app is idle after ")
-        .assert_stderr_has("(--drain-min 1.0s)");
-}
-
-#[test]
-fn drain_with_no_connection_stops_after_drain_min() {
-    if !have_python() {
-        return;
-    }
-    let dir = TestDir::new("drain_idle_none");
-    let app = free_port();
-    let (lastcall, port) = spawn_listening(
-        |port| {
-            let options = [
-                "--prestop-delay",
-                "30s",
-                "--drain-idle-port",
-                &app.to_string(),
-                "--drain-min",
-                "1s",
-            ];
-            lastcall_with_app(&dir, port, &options, HOLDER, app)
-        },
-        || dir.exists("listening"),
-    );
-    assert_stop_after_drain_min(&dir, lastcall, port);
-}
-
-#[test]
-fn lastcalls_own_check_connections_do_not_count() {
-    if !have_python() {
-        return;
-    }
-    let dir = TestDir::new("drain_idle_checks");
-    let app = free_port();
-    let (mut lastcall, port) = spawn_listening(
-        |port| {
-            let options = [
-                "--ready-tcp",
-                &format!("127.0.0.1:{app}"),
-                "--ready-interval",
-                "100ms",
-                "--prestop-delay",
-                "30s",
-                "--drain-idle-port",
-                &app.to_string(),
-                "--drain-min",
-                "1s",
-            ];
-            lastcall_with_app(&dir, port, &options, HOLDER, app)
-        },
-        || dir.exists("listening"),
-    );
-    wait_readyz(&mut lastcall, port, 200);
-    // Several checks have connected: the app holds its side of each.
-    lastcall.wait_until("the app accepted three check connections", || {
-        dir.read("accepted").parse::<u32>().is_ok_and(|n| n >= 3)
-    });
-    assert_eq!(stderr_count(&dir, "the app is ready ("), 1);
-    assert_stop_after_drain_min(&dir, lastcall, port);
-}
-
 /// Says READY=1 through a short-lived helper process once `$DIR/go` exists, as a shell app's
 /// `systemd-notify --ready` would, and notes when the helper has exited and been reaped.
 const NOTIFIES_THROUGH_A_HELPER: &str = r#"
@@ -716,7 +462,7 @@ time.sleep(60)
 
 #[test]
 fn ready_from_a_helper_that_is_gone_when_lastcall_reads_it() {
-    if !have_python() {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("ready_notify_gone");

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{Running, TestDir, free_port, http, required, wait_until};
+use crate::support::{Running, TestDir, free_port, has_python, http, wait_until};
 
 /// A socket-activated HTTP server: serves fd 3, answers with its pid, says READY=1 when it
 /// can (after a start-up pause, as a real app would take), and on SIGTERM stops accepting
@@ -45,11 +45,6 @@ while not stopping:
     c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     c.close()
 "#;
-
-fn has_python() -> bool {
-    let ok = std::process::Command::new("python3").arg("--version").output();
-    required("python3", ok.is_ok_and(|o| o.status.success()))
-}
 
 /// Requests over new connections, one after the other, until told to stop.
 struct Client {

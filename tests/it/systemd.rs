@@ -6,7 +6,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::{Duration, Instant};
 
-use crate::support::{Running, TestDir, required, wait_until};
+use crate::support::{Running, TestDir, has_python, wait_until};
 
 /// systemd's side of the notify protocol: every datagram lastcall sends, as text.
 struct FakeSystemd {
@@ -173,8 +173,7 @@ fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
 /// sees its own pid in LISTEN_PID.
 #[test]
 fn socket_activation_passes_the_fds_and_the_childs_pid() {
-    let python = std::process::Command::new("python3").arg("--version").output();
-    if !required("python3", python.is_ok_and(|o| o.status.success())) {
+    if !has_python() {
         return;
     }
     let dir = TestDir::new("socket-activation");

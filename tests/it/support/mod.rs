@@ -5,6 +5,8 @@
 //! Children are `sh` scripts. [`PROLOGUE`] gives them small helpers to report what they saw
 //! through marker files in `$DIR`, the test's temp dir.
 
+pub mod apps;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::fs;
@@ -613,4 +615,22 @@ pub fn can_unshare() -> bool {
         .status()
         .is_ok_and(|s| s.success());
     required("root and unshare (util-linux)", root && unshare)
+}
+
+/// Whether python3 is here to play the app; see [`required`].
+pub fn has_python() -> bool {
+    required("python3", python3().is_some())
+}
+
+/// The Python interpreter itself, not a launcher script in front of it (pyenv's shims do
+/// not exec python, so a SIGTERM to them would not reach the app).
+pub fn python3() -> Option<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
+    (out.status.success() && !path.is_empty()).then_some(path)
 }
