@@ -1,12 +1,15 @@
 //! Signal numbers, names, and the explicit lists of what lastcall does with each.
 //!
-//! Every signal falls in exactly one class (see [`class`]): handled (a drain trigger, SIGCHLD,
-//! or forwarded to the child), ignored by lastcall itself, or left alone. The child gets back
-//! the dispositions and mask that lastcall inherited: [`Inherited`] records them at start-up.
+//! Every signal falls in exactly one class (see [`class`]): taken (a drain trigger, SIGCHLD,
+//! or forwarded to the child), ignored by lastcall itself, or left alone. Taken signals are
+//! blocked before any other code of lastcall's runs and read from one signalfd
+//! ([`Signals`]). The child gets back the mask and dispositions that lastcall inherited:
+//! [`inherited`] says what they were.
 
 use std::fmt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// A signal number. Not `nix::sys::signal::Signal`, which cannot name real-time signals.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -152,208 +155,178 @@ impl FromStr for Sig {
     }
 }
 
+/// The signals lastcall takes itself, through [`Signals`]: every one it drains on, reaps
+/// on, or forwards. They are blocked from lastcall's first instruction on, so none is lost
+/// or acted on by default before the event loop reads it.
+fn taken(sig: Sig) -> bool {
+    matches!(class(sig), Class::Drain | Class::Child | Class::Forward)
+}
+
+fn taken_set() -> libc::sigset_t {
+    // SAFETY: plain libc calls on a local sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in all().filter(|s| taken(*s)) {
+            libc::sigaddset(&mut set, sig.0);
+        }
+        set
+    }
+}
+
+/// The signals whose disposition lastcall changes: TTIN and TTOU (ignored, so that lastcall
+/// never stops on terminal I/O) and PIPE (ignored by Rust's runtime). The child gets the
+/// inherited ones back; no other disposition is touched, as lastcall installs no handler.
+pub const CHANGED: [i32; 3] = [libc::SIGTTIN, libc::SIGTTOU, libc::SIGPIPE];
+
+/// The inherited mask and ignored signals, one bit per signal number (bit n-1 for n).
+static INHERITED_MASK: AtomicU64 = AtomicU64::new(0);
+static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
+static RECORDED: AtomicBool = AtomicBool::new(false);
+
+/// Records the mask and the [`CHANGED`] dispositions lastcall inherited, and blocks the
+/// signals it takes, in one `sigprocmask`. Runs once: from `.preinit_array` before any
+/// other code of lastcall's (or Rust's runtime, which would set SIGPIPE to ignored), and
+/// again, doing nothing, from [`Signals::open`].
+fn record_and_block() {
+    if RECORDED.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let set = taken_set();
+    // SAFETY: plain libc calls on local, initialised values; nothing here allocates.
+    unsafe {
+        let mut old: libc::sigset_t = std::mem::zeroed();
+        libc::sigprocmask(libc::SIG_BLOCK, &set, &mut old);
+        let mut mask = 0u64;
+        for sig in all() {
+            if libc::sigismember(&old, sig.0) == 1 {
+                mask |= bit(sig.0);
+            }
+        }
+        INHERITED_MASK.store(mask, Ordering::Relaxed);
+        let mut ignored = 0u64;
+        for sig in CHANGED {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut action) == 0
+                && action.sa_sigaction == libc::SIG_IGN
+            {
+                ignored |= bit(sig);
+            }
+        }
+        INHERITED_IGNORED.store(ignored, Ordering::Relaxed);
+    }
+}
+
+fn bit(signo: i32) -> u64 {
+    1u64.checked_shl((signo - 1) as u32).unwrap_or(0)
+}
+
+/// PID 1 drops a signal it has no handler for: as the first code of lastcall's, this blocks
+/// them so that the kernel queues them instead (a blocked signal is never ignored).
+#[cfg(not(test))]
+extern "C" fn take_early() {
+    record_and_block();
+}
+
+#[cfg(not(test))]
+#[used]
+#[unsafe(link_section = ".preinit_array")]
+static TAKE_EARLY: extern "C" fn() = take_early;
+
 /// The signal state lastcall was started with, to hand back to the child unchanged.
 pub struct Inherited {
     /// The signal mask at start-up.
     pub mask: libc::sigset_t,
-    /// Signals whose disposition was SIG_IGN at start-up.
-    pub ignored: libc::sigset_t,
+    /// Those of [`CHANGED`] that were ignored at start-up.
+    ignored: u64,
 }
 
 impl Inherited {
-    /// Reads the mask and dispositions, once; later calls change nothing. Must run before
-    /// lastcall installs any handler.
-    pub fn record() -> &'static Inherited {
-        INHERITED.get_or_init(Inherited::read)
+    pub fn was_ignored(&self, signo: i32) -> bool {
+        self.ignored & bit(signo) != 0
+    }
+}
+
+/// What lastcall inherited (an empty state if nothing was recorded).
+pub fn inherited() -> Inherited {
+    let bits = INHERITED_MASK.load(Ordering::Relaxed);
+    // SAFETY: plain libc calls on a local sigset_t.
+    let mask = unsafe {
+        let mut mask: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut mask);
+        for sig in all().filter(|s| bits & bit(s.0) != 0) {
+            libc::sigaddset(&mut mask, sig.0);
+        }
+        mask
+    };
+    Inherited { mask, ignored: INHERITED_IGNORED.load(Ordering::Relaxed) }
+}
+
+/// The one path by which signals reach lastcall: a signalfd over the signals it takes, read
+/// by the event loop. No handler runs; real-time signals come one by one as the kernel
+/// queued them; a synchronous fault of lastcall's own (SEGV, BUS, FPE, ILL) still kills it,
+/// as the kernel does not let a blocked fault be queued.
+pub struct Signals {
+    fd: OwnedFd,
+    own_pid: u32,
+}
+
+impl Signals {
+    pub fn open() -> std::io::Result<Signals> {
+        record_and_block();
+        let set = taken_set();
+        // SAFETY: plain libc calls; the new fd is owned below.
+        let fd = unsafe {
+            for sig in [libc::SIGTTIN, libc::SIGTTOU] {
+                libc::signal(sig, libc::SIG_IGN);
+            }
+            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
+        };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just opened and is not owned elsewhere.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Signals { fd, own_pid: std::process::id() })
     }
 
-    fn read() -> Inherited {
-        // SAFETY: plain libc calls on local, initialised sigset_t values.
-        unsafe {
-            let mut mask: libc::sigset_t = std::mem::zeroed();
-            let mut ignored: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut mask);
-            libc::sigemptyset(&mut ignored);
-            libc::sigprocmask(libc::SIG_SETMASK, std::ptr::null(), &mut mask);
-            for sig in all() {
-                let mut old: libc::sigaction = std::mem::zeroed();
-                let was_ignored = if sig.0 == libc::SIGPIPE {
-                    // Rust's runtime sets SIGPIPE to SIG_IGN before main; what we inherited
-                    // was read earlier, before it ran.
-                    SIGPIPE_IGNORED_AT_EXEC.load(std::sync::atomic::Ordering::Relaxed)
-                } else {
-                    libc::sigaction(sig.0, std::ptr::null(), &mut old) == 0
-                        && old.sa_sigaction == libc::SIG_IGN
-                };
-                if was_ignored {
-                    libc::sigaddset(&mut ignored, sig.0);
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    /// Appends the signals waiting, in the kernel's order (standard ones first, lowest
+    /// number first; real-time ones one by one), until none is left or `limit` were taken.
+    /// True when some may be left.
+    pub fn read(&mut self, limit: usize, into: &mut Vec<Sig>) -> bool {
+        const SIZE: usize = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: signalfd_siginfo is plain data; all zeroes is a valid value.
+        let mut buf: [libc::signalfd_siginfo; 32] = unsafe { std::mem::zeroed() };
+        let mut taken = 0;
+        while taken < limit {
+            // SAFETY: reads at most the buffer's size into it.
+            let n = unsafe {
+                libc::read(self.fd(), buf.as_mut_ptr().cast(), std::mem::size_of_val(&buf))
+            };
+            if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            if n <= 0 {
+                return false;
+            }
+            for info in &buf[..n as usize / SIZE] {
+                taken += 1;
+                // Writing its log to a closed pipe raises SIGPIPE in lastcall itself, sent
+                // by its own pid: that one is not the child's.
+                let own = info.ssi_code == libc::SI_USER && info.ssi_pid == self.own_pid;
+                if info.ssi_signo == libc::SIGPIPE as u32 && own {
+                    continue;
                 }
-            }
-            Inherited { mask, ignored }
-        }
-    }
-
-    pub fn was_ignored(&self, sig: Sig) -> bool {
-        // SAFETY: reads an initialised sigset_t.
-        unsafe { libc::sigismember(&self.ignored, sig.0) == 1 }
-    }
-}
-
-static INHERITED: std::sync::OnceLock<Inherited> = std::sync::OnceLock::new();
-
-/// What [`Inherited::record`] read (an empty state if it was never called).
-pub fn inherited() -> &'static Inherited {
-    INHERITED.get_or_init(|| {
-        // SAFETY: zeroed sigset_t values are empty sets on Linux.
-        unsafe { std::mem::zeroed() }
-    })
-}
-
-/// Unblocks the signals lastcall must receive, whatever mask it inherited, and ignores the
-/// [`Class::Ignore`] ones. The child gets the inherited state back in `spawn`.
-pub fn prepare_own_mask() {
-    // SAFETY: plain libc calls on local, initialised values.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in all().filter(|s| class(*s) != Class::Default) {
-            libc::sigaddset(&mut set, sig.0);
-        }
-        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-        for sig in all().filter(|s| class(*s) == Class::Ignore) {
-            libc::signal(sig.0, libc::SIG_IGN);
-        }
-    }
-}
-
-/// The signals lastcall acts on itself, handled through signal-hook: SIGTERM, SIGINT, SIGCHLD.
-pub fn handled() -> Vec<i32> {
-    all().filter(|s| matches!(class(*s), Class::Drain | Class::Child)).map(|s| s.0).collect()
-}
-
-/// The signals lastcall only passes on go through [`RawSignals`] instead: a handler of a few
-/// lines, where signal-hook would copy its whole table for every signal it registers
-/// (registering the 60 of them was most of start-up's work).
-fn raw(sig: Sig) -> bool {
-    class(sig) == Class::Forward
-}
-
-/// Signals that could be lastcall's own fault: a handler that returns from a real fault runs
-/// the faulting instruction again, forever. Sent by another process (`kill -SEGV`), they are
-/// forwarded like any other; a real fault of lastcall's own still kills it.
-pub const FAULTS: [i32; 3] = [libc::SIGSEGV, libc::SIGFPE, libc::SIGILL];
-
-/// Where the raw handler writes the number of a signal to forward; -1 before set-up.
-static RAW_PIPE: AtomicI32 = AtomicI32::new(-1);
-/// lastcall's pid, for the handler to tell signals it raised itself.
-static OWN_PID: AtomicI32 = AtomicI32::new(0);
-
-/// One byte a delivery: real-time signals, which queue, are forwarded as often as they came.
-extern "C" fn on_raw_signal(signo: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // SAFETY: with SA_SIGINFO the kernel passes a valid siginfo_t. The rest are
-    // async-signal-safe calls; errno is saved because the interrupted code may read it.
-    unsafe {
-        // A signal lastcall caused itself is not the child's: writing its log to a closed
-        // pipe raises SIGPIPE with lastcall's own pid as the sender.
-        if (*info).si_code == libc::SI_USER && (*info).si_pid() == OWN_PID.load(Ordering::Relaxed) {
-            return;
-        }
-        // SI_USER, SI_QUEUE, SI_TKILL and the like are all <= 0: sent by a process. Only
-        // SIGSEGV, SIGFPE and SIGILL can be lastcall's own fault.
-        if (*info).si_code <= 0 || !FAULTS.contains(&signo) {
-            let saved = *libc::__errno_location();
-            let byte = signo as u8;
-            libc::write(RAW_PIPE.load(Ordering::Relaxed), (&raw const byte).cast(), 1);
-            *libc::__errno_location() = saved;
-        } else {
-            // lastcall itself faulted: with the default action back, the instruction faults
-            // again and lastcall dies of it, as it would have without this handler.
-            libc::signal(signo, libc::SIG_DFL);
-        }
-    }
-}
-
-/// The read end of the raw handler's pipe, for the event loop.
-pub struct RawSignals {
-    read: mio::net::UnixStream,
-    _write: mio::net::UnixStream,
-}
-
-impl RawSignals {
-    /// Installs the handler for every signal lastcall forwards.
-    pub fn install() -> std::io::Result<RawSignals> {
-        let (read, write) = mio::net::UnixStream::pair()?;
-        RAW_PIPE.store(std::os::fd::AsRawFd::as_raw_fd(&write), Ordering::Relaxed);
-        OWN_PID.store(std::process::id() as i32, Ordering::Relaxed);
-        for signo in all().filter(|s| raw(*s)).map(|s| s.0) {
-            // SAFETY: installs a handler that only makes async-signal-safe calls.
-            unsafe {
-                let mut action: libc::sigaction = std::mem::zeroed();
-                action.sa_sigaction = on_raw_signal as *const () as usize;
-                action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-                libc::sigemptyset(&mut action.sa_mask);
-                if libc::sigaction(signo, &action, std::ptr::null_mut()) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                into.push(Sig(info.ssi_signo as i32));
             }
         }
-        Ok(RawSignals { read, _write: write })
-    }
-
-    pub fn source(&mut self) -> &mut mio::net::UnixStream {
-        &mut self.read
-    }
-
-    /// The signals received since the last call, in order.
-    pub fn pending(&mut self) -> Vec<Sig> {
-        let mut got = Vec::new();
-        let mut buf = [0u8; 64];
-        loop {
-            match std::io::Read::read(&mut self.read, &mut buf) {
-                Ok(0) => return got,
-                Ok(n) => got.extend(buf[..n].iter().map(|&b| Sig(i32::from(b)))),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return got,
-            }
-        }
+        true
     }
 }
-
-/// Blocks every signal when dropped. Dropped before the signal plumbing on every way out:
-/// signal-hook's unregistering, interrupted by a signal on the same (only) thread, can spin
-/// forever inside the handler.
-pub struct BlockOnDrop;
-
-impl Drop for BlockOnDrop {
-    fn drop(&mut self) {
-        // SAFETY: plain libc calls on a local, initialised sigset_t.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::sigprocmask(libc::SIG_BLOCK, &all, std::ptr::null_mut());
-        }
-    }
-}
-
-static SIGPIPE_IGNORED_AT_EXEC: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-/// Runs from `.init_array`, before Rust's runtime sets SIGPIPE to SIG_IGN, so that the child
-/// can be given the SIGPIPE disposition lastcall really inherited.
-extern "C" fn record_sigpipe() {
-    // SAFETY: sigaction with a null new action only reads.
-    unsafe {
-        let mut old: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut old) == 0 {
-            SIGPIPE_IGNORED_AT_EXEC
-                .store(old.sa_sigaction == libc::SIG_IGN, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-#[used]
-#[unsafe(link_section = ".init_array")]
-static RECORD_SIGPIPE: extern "C" fn() = record_sigpipe;
 
 #[cfg(test)]
 mod tests {
@@ -405,8 +378,8 @@ mod tests {
         assert_eq!(class(Sig(rtmin())), Class::Forward);
         assert_eq!(class(SIGKILL), Class::Default);
         assert_eq!(class(Sig(libc::SIGSEGV)), Class::Forward);
-        assert!(!handled().contains(&libc::SIGSEGV), "signal-hook refuses it");
-        assert_eq!(handled(), [libc::SIGINT, libc::SIGTERM, libc::SIGCHLD]);
+        assert!(taken(Sig(libc::SIGSEGV)) && taken(Sig(rtmax())) && taken(SIGCHLD));
+        assert!(!taken(SIGKILL) && !taken(Sig(libc::SIGTTIN)) && !taken(Sig(libc::SIGSTOP)));
         assert_eq!(class(Sig(libc::SIGTTOU)), Class::Ignore);
     }
 }

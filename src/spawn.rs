@@ -15,7 +15,7 @@ use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::unistd::{ForkResult, Pid};
 
-use crate::signals::{self, Class, Inherited};
+use crate::signals::{self, Inherited};
 
 /// Why the child could not be started.
 #[derive(Debug)]
@@ -95,11 +95,11 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
     // child could no longer tell.
     let foreground = !options.quiet && had_foreground();
     let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
-    // No handler of lastcall's may run in the child: it would write to the parent's
-    // signal pipe. Blocked here, the child starts blocked and unblocks at exec.
-    let saved = block_all();
+    // What the child hands back, prepared here: the child only makes system calls.
+    let inherited = signals::inherited();
     // SAFETY: lastcall is single-threaded, and the child only runs `child_main`, which makes
-    // system calls and never returns.
+    // system calls and never returns. The signals lastcall takes are blocked (no handler
+    // exists), so none is acted on in the child before it restores the inherited mask.
     let fork = unsafe { nix::unistd::fork() };
     match fork {
         Ok(ForkResult::Child) => {
@@ -111,11 +111,11 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
                 foreground,
                 pass_fds: &options.pass_fds,
                 err_fd: err_write.as_raw_fd(),
+                inherited: &inherited,
             };
             child_main(child)
         }
         Ok(ForkResult::Parent { child }) => {
-            restore_mask(&saved);
             drop(err_write);
             // Also done here so the group exists before anyone signals it; the child's own
             // call makes the order irrelevant. EACCES once the child has exec'd is fine.
@@ -127,10 +127,7 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
                 }
             }
         }
-        Err(errno) => {
-            restore_mask(&saved);
-            Err(SpawnError::Os { what: "fork", errno })
-        }
+        Err(errno) => Err(SpawnError::Os { what: "fork", errno }),
     }
 }
 
@@ -170,17 +167,6 @@ fn read_exec_error(read_end: OwnedFd) -> Option<Errno> {
     (got == buf.len()).then(|| Errno::from_raw(i32::from_ne_bytes(buf)))
 }
 
-fn block_all() -> libc::sigset_t {
-    // SAFETY: plain libc calls on local, initialised sigset_t values.
-    unsafe {
-        let mut all: libc::sigset_t = std::mem::zeroed();
-        let mut saved: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut saved);
-        saved
-    }
-}
-
 fn restore_mask(mask: &libc::sigset_t) {
     // SAFETY: `mask` is an initialised sigset_t.
     unsafe {
@@ -199,6 +185,7 @@ struct Child<'a> {
     foreground: bool,
     pass_fds: &'a [RawFd],
     err_fd: RawFd,
+    inherited: &'a Inherited,
 }
 
 /// Everything the child does before `exec`. Never returns.
@@ -211,8 +198,8 @@ fn child_main(child: Child) -> ! {
         quiet_stdio(fd);
     }
     pass_fds(child.pass_fds);
-    restore_dispositions(signals::inherited());
-    restore_mask(&signals::inherited().mask);
+    restore_dispositions(child.inherited);
+    restore_mask(&child.inherited.mask);
     if let Some((slot, len)) = child.own_pid {
         // SAFETY: the buffer was allocated before the fork with this length, and nothing
         // else refers to it in the child.
@@ -292,19 +279,21 @@ fn own_process_group() {
 }
 
 /// Makes the child's group the terminal's foreground, so that it reads the terminal and gets
-/// Ctrl-C itself. SIGTTOU is blocked here, so this works from what was a background group.
+/// Ctrl-C itself. SIGTTOU is still ignored here, so this works from what was a background
+/// group.
 /// Failure (ENOTTY, ENXIO on some platforms) leaves the child without the terminal, as tini does.
 fn take_terminal() {
     // SAFETY: plain libc calls.
     unsafe { libc::tcsetpgrp(0, libc::getpid()) };
 }
 
-/// Hands back the dispositions lastcall changed: ignored stays ignored, anything else goes
-/// back to default. Signals lastcall left alone were inherited across fork as they were.
+/// Hands back the dispositions lastcall changed (it installs no handler, and leaves every
+/// other disposition as it inherited it): ignored stays ignored, the rest goes back to
+/// default.
 fn restore_dispositions(inherited: &Inherited) {
-    for sig in signals::all().filter(|s| signals::class(*s) != Class::Default) {
+    for sig in signals::CHANGED {
         let disposition = if inherited.was_ignored(sig) { libc::SIG_IGN } else { libc::SIG_DFL };
         // SAFETY: plain libc call with a valid signal number.
-        unsafe { libc::signal(sig.0, disposition) };
+        unsafe { libc::signal(sig, disposition) };
     }
 }

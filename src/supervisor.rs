@@ -22,9 +22,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 use nix::errno::Errno;
-use signal_hook_mio::v1_0::Signals;
 
 use crate::checks::{self, Checker, MAX_CHECKS};
 use crate::cli::Config;
@@ -34,14 +34,16 @@ use crate::machine::{Action, Input, Machine, Sender, Target};
 use crate::metrics::View;
 use crate::notify::{self, Said};
 use crate::reaper;
-use crate::signals::{self, BlockOnDrop, Inherited, RawSignals, SIGCHLD, Sig};
+use crate::signals::{self, SIGCHLD, Sig, Signals};
 use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
 
 const SIGNALS: Token = Token(0);
-const RAW_SIGNALS: Token = Token(1);
 const LISTENER: Token = Token(2);
 const CHILD_NOTIFY: Token = Token(3);
+/// The most signals taken in one turn: a flood of them must not starve the rest of the loop
+/// (the kernel keeps the others queued; the next turn comes at once).
+const SIGNALS_PER_TURN: usize = 1024;
 const FIRST_CHECK: usize = 16;
 const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
 
@@ -98,14 +100,10 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     let started = Instant::now();
     // Bound before the child starts; failing to is fatal, like the endpoint's address.
     let sockets = sockets::bind_all(&config.sockets).map_err(Fatal::Sockets)?;
-    let (mut signals, mut raw, quiet) = take_signals()?;
+    let signals = Signals::open().map_err(setup("taking signals"))?;
     let poll = Poll::new().map_err(setup("creating the event loop"))?;
-    let registry = poll.registry();
-    registry
-        .register(&mut signals, SIGNALS, Interest::READABLE)
-        .map_err(setup("watching signals"))?;
-    registry
-        .register(raw.source(), RAW_SIGNALS, Interest::READABLE)
+    poll.registry()
+        .register(&mut SourceFd(&signals.fd()), SIGNALS, Interest::READABLE)
         .map_err(setup("watching signals"))?;
     let endpoint = listen(&config, poll.registry())?;
     let child_notify = private_notify(config.policy.notify, poll.registry())?;
@@ -126,12 +124,11 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         started,
     );
     let mut supervisor = Supervisor {
-        _quiet: quiet,
         machine: Machine::new(config.policy, pid, started),
         poll,
         events: Events::with_capacity(256),
         signals,
-        raw,
+        more: Woke::default(),
         endpoint,
         checker,
         child_notify,
@@ -140,16 +137,6 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         spawner,
     };
     supervisor.supervise().map_err(setup("waiting for events"))
-}
-
-/// Records the signal state lastcall inherited (the child gets exactly that back), then
-/// takes the signals it handles. The [`BlockOnDrop`] guard is dropped before the plumbing.
-fn take_signals() -> Result<(Signals, RawSignals, BlockOnDrop), Fatal> {
-    Inherited::record();
-    signals::prepare_own_mask();
-    let signals = Signals::new(signals::handled()).map_err(setup("installing signal handlers"))?;
-    let raw = RawSignals::install().map_err(setup("installing signal handlers"))?;
-    Ok((signals, raw, BlockOnDrop))
 }
 
 fn listen(config: &Config, registry: &Registry) -> Result<Option<Endpoint>, Fatal> {
@@ -257,7 +244,6 @@ impl Spawner {
 #[derive(Default)]
 struct Woke {
     signals: bool,
-    raw_signals: bool,
     /// A reaping pass is due without a SIGCHLD: the first turn's, for a child that exited
     /// before the loop began.
     reap: bool,
@@ -269,13 +255,12 @@ struct Woke {
 }
 
 struct Supervisor {
-    /// First, so that it drops first: see [`BlockOnDrop`].
-    _quiet: BlockOnDrop,
     machine: Machine,
     poll: Poll,
     events: Events,
     signals: Signals,
-    raw: RawSignals,
+    /// Work a turn left for the next one (it stopped at its bound): that turn comes at once.
+    more: Woke,
     endpoint: Option<Endpoint>,
     checker: Checker,
     child_notify: Option<notify::Private>,
@@ -311,16 +296,21 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
-        let timeout = deadline.map(|d| {
-            let left = d.saturating_duration_since(Instant::now());
-            // epoll_wait may sleep past its timeout by 0.1% (the kernel's slack for it, up to
-            // 100 ms), and mio rounds up to whole milliseconds: ask for that much less. The
-            // turn that wakes early finds nothing due and waits out the rest, short enough to
-            // be on time.
-            let slack = left / 1000 + Duration::from_millis(1);
-            if left > slack * 2 { left - slack } else { left }
-        });
-        let mut woke = Woke::default();
+        let carried = self.more.signals || self.more.notify;
+        let timeout = if carried {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|d| {
+                let left = d.saturating_duration_since(Instant::now());
+                // epoll_wait may sleep past its timeout by 0.1% (the kernel's slack for it, up to
+                // 100 ms), and mio rounds up to whole milliseconds: ask for that much less. The
+                // turn that wakes early finds nothing due and waits out the rest, short enough to
+                // be on time.
+                let slack = left / 1000 + Duration::from_millis(1);
+                if left > slack * 2 { left - slack } else { left }
+            })
+        };
+        let mut woke = std::mem::take(&mut self.more);
         match self.poll.poll(&mut self.events, timeout) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(woke),
             other => other?,
@@ -329,7 +319,6 @@ impl Supervisor {
         for event in self.events.iter() {
             match event.token() {
                 SIGNALS => woke.signals = true,
-                RAW_SIGNALS => woke.raw_signals = true,
                 LISTENER => woke.listener = true,
                 CHILD_NOTIFY => woke.notify = true,
                 token if self.checker.owns(token) => woke.checks.push(token),
@@ -347,10 +336,7 @@ impl Supervisor {
     fn turn(&mut self, woke: &Woke) {
         let mut received: Vec<Sig> = Vec::new();
         if woke.signals {
-            received.extend(self.signals.pending().map(Sig));
-        }
-        if woke.raw_signals {
-            received.extend(self.raw.pending());
+            self.more.signals = self.signals.read(SIGNALS_PER_TURN, &mut received);
         }
         if woke.reap {
             self.reap();

@@ -1,7 +1,12 @@
 //! Signal forwarding: every signal lastcall does not handle itself reaches the child as it
 //! arrives, in every phase, and with `--group` the child's whole process group.
 
-use crate::support::{TestDir, send};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    LASTCALL, TIMEOUT, TestDir, can_unshare, has_python, metric, send, spawn_listening,
+};
 
 /// The signals to forward, with the name the child records for each.
 fn forwarded() -> Vec<(String, i32)> {
@@ -192,4 +197,126 @@ fn lastcalls_own_sigpipe_is_not_forwarded() {
     assert!(dir.got_has("TERM"), "the child got the stop signal: {:?}", dir.got());
     assert!(!dir.got_has("PIPE"), "lastcall's own SIGPIPE reached the child: {:?}", dir.got());
     finished.assert_code(0);
+}
+
+/// Counts every real-time signal it is sent, one by one (`sigwaitinfo` dequeues each queued
+/// instance; a handler would see repeats merged). On SIGTERM it drains what is queued and
+/// writes `RTMIN+1 RTMIN+2` counts to `$DIR/counts`.
+const RT_COUNTER: &str = r#"
+import os, signal
+D = os.environ["DIR"]
+one, two = signal.SIGRTMIN + 1, signal.SIGRTMIN + 2
+wanted = {one, two, signal.SIGTERM}
+signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+open(os.path.join(D, "ready"), "w").close()
+counts = {one: 0, two: 0}
+while True:
+    info = signal.sigtimedwait(wanted, 60)
+    if info is None or info.si_signo == signal.SIGTERM:
+        break
+    counts[info.si_signo] += 1
+while True:
+    info = signal.sigtimedwait({one, two}, 0)
+    if info is None:
+        break
+    counts[info.si_signo] += 1
+with open(os.path.join(D, "counts"), "w") as f:
+    f.write("%d %d" % (counts[one], counts[two]))
+"#;
+
+/// Real-time signals queue: every one sent is forwarded, and one of another kind sent right
+/// after a burst is not lost behind it.
+#[test]
+fn a_burst_of_real_time_signals_is_forwarded_one_for_one() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("rt_burst");
+    let (mut lastcall, port) = spawn_listening(
+        |port| {
+            dir.lastcall()
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--prestop-delay", "0s"])
+                .args(["--", "python3", "-c", RT_COUNTER])
+        },
+        || dir.exists("ready"),
+    );
+    let (one, two) = (libc::SIGRTMIN() + 1, libc::SIGRTMIN() + 2);
+    let mut sent = 0u64;
+    for _ in 0..10_000 {
+        // SAFETY: plain libc call. EAGAIN (the kernel's queue is full) is the sender's to
+        // see: only signals the kernel took count.
+        if unsafe { libc::kill(lastcall.pid(), one) } == 0 {
+            sent += 1;
+        }
+    }
+    send(lastcall.pid(), two);
+    let series = |n: i32| format!("lastcall_signals_forwarded_total{{signal=\"SIGRTMIN+{n}\"}}");
+    lastcall.wait_until("lastcall forwarded the burst and the one after it", || {
+        metric(port, &series(1)) == Some(sent as f64) && metric(port, &series(2)) == Some(1.0)
+    });
+    lastcall.signal(libc::SIGTERM);
+    let out = lastcall.wait();
+    out.assert_code(0);
+    let counts = dir.read("counts");
+    out.check(
+        counts == format!("{sent} 1"),
+        format!("sent {sent} and 1; the child counted {counts}"),
+    );
+}
+
+/// The pids of the children of `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+}
+
+/// Whether process `pid` runs the program at `path`.
+fn runs(pid: i32, path: &str) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == Path::new(path))
+}
+
+/// Whether `sig` is blocked in `pid`'s signal mask, from /proc/PID/status.
+fn blocks(pid: i32, sig: i32) -> bool {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mask = status.lines().find_map(|l| l.strip_prefix("SigBlk:")).unwrap_or("0");
+    u64::from_str_radix(mask.trim(), 16).is_ok_and(|m| m & (1 << (sig - 1)) != 0)
+}
+
+/// As PID 1, a SIGTERM that arrives as soon as any code of lastcall's own has run is taken,
+/// even before its event loop exists: as PID 1 with no handler yet, the kernel would drop
+/// it. 20 runs, the signal sent the moment lastcall's mask shows it has begun.
+#[test]
+fn as_pid_1_an_early_sigterm_is_never_lost() {
+    if !can_unshare() {
+        return;
+    }
+    let dir = TestDir::new("early_term");
+    for run in 0..20 {
+        let mut unshare = dir
+            .command("unshare")
+            .args(["--pid", "--fork", "--mount-proc", "--", LASTCALL, "--listen", "off"])
+            .args(["--prestop-delay", "0s", "--", "sleep", "100"])
+            .spawn();
+        let start = Instant::now();
+        let mut lastcall = None;
+        while start.elapsed() < TIMEOUT {
+            // unshare blocks TERM itself between its fork and exec: only once the process
+            // runs lastcall does a blocked TERM mean lastcall's own code has begun.
+            lastcall = children_of(unshare.pid())
+                .first()
+                .copied()
+                .filter(|&p| runs(p, LASTCALL) && blocks(p, libc::SIGTERM));
+            if lastcall.is_some() || unshare.try_wait().is_some() {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let Some(pid) = lastcall else {
+            panic!("run {run}: lastcall never blocked SIGTERM before it ran its loop");
+        };
+        send(pid, libc::SIGTERM);
+        let out = unshare.wait_for(Duration::from_secs(5));
+        out.assert_code(128 + libc::SIGTERM);
+    }
 }

@@ -177,6 +177,13 @@ impl Cmd {
         self
     }
 
+    /// An environment variable whose value need not be UTF-8.
+    pub fn env_os(mut self, key: &str, value: &std::ffi::OsStr) -> Cmd {
+        self.cmd.env(key, value);
+        self.shown.insert(0, format!("{key}={value:?}"));
+        self
+    }
+
     /// Replaces the standard streams (the terminal tests); the output files stay empty.
     pub fn stdio(mut self, stdin: Stdio, stdout: Stdio, stderr: Stdio) -> Cmd {
         self.cmd.stdin(stdin).stdout(stdout).stderr(stderr);
@@ -633,4 +640,45 @@ pub fn python3() -> Option<String> {
         .ok()?;
     let path = String::from_utf8(out.stdout).ok()?.trim().to_string();
     (out.status.success() && !path.is_empty()).then_some(path)
+}
+
+/// CPU time (user + system) a process has used so far, from /proc/PID/stat.
+pub fn cpu_time(pid: i32) -> Duration {
+    let fields = stat_fields(pid).unwrap_or_default();
+    // utime and stime are fields 14 and 15 of the stat line: 11 and 12 after the name.
+    let ticks: u64 =
+        [11, 12].iter().filter_map(|&i| fields.get(i).and_then(|t| t.parse::<u64>().ok())).sum();
+    // SAFETY: plain libc call.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / per_second)
+}
+
+/// A line of /proc/PID/status in kB (`VmHWM`, `VmRSS`, ...); 0 when it cannot be read.
+pub fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The value of one sample of lastcall's `/metrics` (the exact series), if there.
+pub fn metric(port: u16, series: &str) -> Option<f64> {
+    let body = http(port, "GET", "/metrics").body;
+    body.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// The status of `GET path` on a fresh connection, as a kubelet probes: `None` if there is
+/// no complete answer within `within`.
+pub fn probe(port: u16, path: &str, within: Duration) -> Option<u16> {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = TcpStream::connect_timeout(&addr, within).ok()?;
+    stream.set_read_timeout(Some(within)).ok()?;
+    stream.set_write_timeout(Some(within)).ok()?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    text.split(' ').nth(1)?.parse().ok()
 }
