@@ -211,7 +211,10 @@ impl Checker {
             return None;
         }
         let probes = self.slots.iter().filter_map(|s| s.deadline);
-        probes.chain(self.next_round).min()
+        // While a check is in flight the next round cannot start, even if it is due: its
+        // time (in the past, when a check outlives --ready-interval) would spin the loop.
+        let idle = self.slots.iter().all(|s| s.probe.is_none());
+        probes.chain(self.next_round.filter(|_| idle)).min()
     }
 
     /// Stops checking (the drain began, or the child is gone): in-flight commands get
