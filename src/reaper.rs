@@ -58,8 +58,19 @@ pub fn signal_descendants(sig: Sig) {
         let _ = signals::send(-1, sig);
         return;
     }
-    for pid in descendants(Pid::this()) {
-        let _ = signals::send(pid.as_raw(), sig);
+    // A process may start another while the tree is read: read it again until a pass finds
+    // nobody new (bounded; what is left is found when the next one is reaped).
+    let mut sent: HashSet<Pid> = HashSet::new();
+    for _ in 0..4 {
+        let fresh: Vec<Pid> =
+            descendants(Pid::this()).into_iter().filter(|p| !sent.contains(p)).collect();
+        if fresh.is_empty() {
+            return;
+        }
+        for pid in fresh {
+            let _ = signals::send(pid.as_raw(), sig);
+            sent.insert(pid);
+        }
     }
 }
 

@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
-use nix::errno::Errno;
 
 use crate::checks::{self, Checker, MAX_CHECKS};
 use crate::cli::Config;
@@ -463,11 +462,14 @@ fn checks_input(report: checks::Report) -> Input {
 fn deliver(sig: Sig, to: Target) {
     let result = match to {
         Target::Child(pid) => signals::send(pid.as_raw(), sig),
-        // The child may have left its group (setsid, setpgid): then it alone gets the signal.
-        Target::Group(pid) => match signals::send(-pid.as_raw(), sig) {
-            Err(Errno::ESRCH) => signals::send(pid.as_raw(), sig),
-            other => other,
-        },
+        Target::Group(pid) => {
+            let group = signals::send(-pid.as_raw(), sig);
+            // The child may have left its group (setsid, setpgid): it gets the signal too.
+            match nix::unistd::getpgid(Some(pid)) {
+                Ok(pgid) if pgid == pid => group,
+                _ => signals::send(pid.as_raw(), sig),
+            }
+        }
         Target::Descendants => {
             reaper::signal_descendants(sig);
             Ok(())

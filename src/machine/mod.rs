@@ -107,7 +107,8 @@ pub enum Target {
     Child(Pid),
     /// The child's process group, whose id is the child's pid.
     Group(Pid),
-    /// Every process still under lastcall after the child is gone.
+    /// Every process under lastcall (as PID 1, every process of its PID namespace), the
+    /// child's whole tree and orphans included, whatever their process group.
     Descendants,
 }
 

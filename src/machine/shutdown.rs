@@ -204,12 +204,15 @@ impl Machine {
         self.phase = Phase::Stopping { pid, since: now, deadline: now + self.policy.grace, drain };
     }
 
+    /// SIGKILL to the child's process group and to every other process under lastcall: a
+    /// child that left its group (setsid, setpgid) dies all the same.
     fn kill(&mut self, pid: Pid, drain: Drain, now: Instant, out: &mut Vec<Action>) {
         out.push(info(format!(
-            "sending SIGKILL to process group {pid} after {} of drain",
+            "sending SIGKILL to process group {pid} and every process under lastcall after {} \
+             of drain",
             show::duration(now.saturating_duration_since(drain.started))
         )));
-        out.push(Action::Signal { sig: SIGKILL, to: Target::Group(pid) });
+        out.extend(kill_all(pid));
         self.phase = Phase::Killing { pid, since: now, drain };
     }
 
@@ -354,6 +357,14 @@ impl Machine {
     }
 }
 
+/// SIGKILL to the group of child `pid`, then to every process under lastcall.
+fn kill_all(pid: Pid) -> [Action; 2] {
+    [
+        Action::Signal { sig: SIGKILL, to: Target::Group(pid) },
+        Action::Signal { sig: SIGKILL, to: Target::Descendants },
+    ]
+}
+
 /// A step of the shutdown worth telling the operator.
 fn info(line: String) -> Action {
     Action::Log(Level::Info, line)
@@ -389,7 +400,7 @@ mod tests {
         assert_eq!(r.m.deadline(), Some(r.t0 + secs(35)));
 
         assert_eq!(r.at(secs(34)).step(Input::Tick), vec![]);
-        assert_eq!(r.at(secs(35)).step(Input::Tick), signal(SIGKILL, Target::Group(PID)));
+        assert_eq!(r.at(secs(35)).step(Input::Tick), kill_all(PID));
         assert_eq!(r.m.deadline(), None);
         assert!(r.m.is_live());
 
@@ -415,7 +426,7 @@ mod tests {
         assert_eq!(r.step(Input::Signal(SIGTERM)), vec![]);
         assert_eq!(r.at(secs(1)).step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(PID)));
         assert_eq!(r.m.deadline(), Some(r.t0 + secs(21)), "grace counts from the stop signal");
-        assert_eq!(r.at(secs(2)).step(Input::Signal(SIGINT)), signal(SIGKILL, Target::Group(PID)));
+        assert_eq!(r.at(secs(2)).step(Input::Signal(SIGINT)), kill_all(PID));
         assert!(matches!(r.m.phase(), Phase::Killing { .. }));
     }
 
@@ -424,7 +435,7 @@ mod tests {
         let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
         assert_eq!(r.step(Input::Signal(SIGINT)), signal(SIGINT, Target::Child(PID)));
         assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGTERM, Target::Child(PID)));
-        assert_eq!(r.step(Input::Signal(SIGTERM)), signal(SIGKILL, Target::Group(PID)));
+        assert_eq!(r.step(Input::Signal(SIGTERM)), kill_all(PID));
     }
 
     /// The preStop delay `auto` picks; `None` when it stops at once.

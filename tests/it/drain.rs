@@ -258,3 +258,48 @@ fn auto_prestop_delay_depends_on_probes_and_kubernetes() {
     lastcall.signal(libc::SIGTERM);
     lastcall.wait().assert_code(128 + libc::SIGTERM);
 }
+
+/// Ignores SIGTERM and leaves its own process group for one a helper made, while another
+/// helper stays in the first group: signalling the first group reaches neither the child
+/// nor the second helper.
+const ESCAPES_ITS_GROUP: &str = r#"
+import os, signal, time
+D = os.environ["DIR"]
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+if os.fork() == 0:
+    time.sleep(60)
+    os._exit(0)
+r, w = os.pipe()
+helper = os.fork()
+if helper == 0:
+    os.setpgid(0, 0)
+    os.write(w, b"x")
+    time.sleep(60)
+    os._exit(0)
+os.read(r, 1)
+os.setpgid(0, helper)
+open(os.path.join(D, "escaped"), "w").close()
+time.sleep(60)
+"#;
+
+/// At the end of the grace period every process under lastcall dies, whatever its group.
+#[test]
+fn a_child_that_left_its_process_group_is_still_killed() {
+    if !crate::support::has_python() {
+        return;
+    }
+    let dir = TestDir::new("escape");
+    let mut lastcall = dir
+        .lastcall()
+        .args(["--listen", "off", "--prestop-delay", "0s", "--grace-period", "1s"])
+        .args(["--", "python3", "-c", ESCAPES_ITS_GROUP])
+        .spawn();
+    lastcall.wait_until("the child left its group", || dir.exists("escaped"));
+    let sent = Instant::now();
+    lastcall.signal(libc::SIGTERM);
+    let out = lastcall.wait();
+    out.assert_code(128 + libc::SIGKILL).check(
+        sent.elapsed() < Duration::from_secs(5),
+        "lastcall must end everything soon after the 1s grace period",
+    );
+}
