@@ -16,7 +16,7 @@ use log::LevelFilter;
 use crate::checks::{Check, MAX_CHECKS};
 use crate::http::Limits;
 use crate::machine::{Policy, Prestop};
-use crate::signals::Sig;
+use crate::signals::{Class, Sig};
 use crate::sockets::{MAX_SOCKETS, Spec};
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
@@ -54,7 +54,8 @@ pub struct Args {
 
     /// The signal that asks the child to stop [default: the one that started the drain:
     /// TERM for docker stop and Kubernetes, INT for Ctrl-C]
-    #[arg(long, env = "LASTCALL_STOP_SIGNAL", value_name = "SIG", value_parser = parse_signal)]
+    #[arg(long, env = "LASTCALL_STOP_SIGNAL", value_name = "SIG",
+          value_parser = parse_stop_signal)]
     pub stop_signal: Option<Sig>,
 
     /// Send forwarded and stop signals to the child's whole process group
@@ -141,8 +142,8 @@ pub struct Args {
 
     /// With --socket: on this signal, start a new child on the same sockets, wait until it is
     /// ready, then drain the old one [default: HUP]
-    #[arg(long, env = "LASTCALL_RELOAD_SIGNAL", value_name = "SIG", value_parser = parse_signal,
-          help_heading = "Reload")]
+    #[arg(long, env = "LASTCALL_RELOAD_SIGNAL", value_name = "SIG",
+          value_parser = parse_reload_signal, help_heading = "Reload")]
     pub reload_signal: Option<Sig>,
 
     /// error, warn, info, debug or trace
@@ -198,7 +199,33 @@ pub fn parse() -> Result<Config, Early> {
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
             Err(Early::Print(e))
         }
+        Err(e) if e.kind() == ErrorKind::InvalidUtf8 => Err(Early::Usage(not_utf8())),
         Err(e) => Err(Early::Usage(one_line(&e))),
+    }
+}
+
+/// clap says only that some argument is not UTF-8: name the variable or the argument.
+fn not_utf8() -> String {
+    let variable = std::env::vars_os().find(|(key, value)| {
+        key.to_str().is_some_and(|k| k.starts_with("LASTCALL_")) && value.to_str().is_none()
+    });
+    if let Some((key, value)) = variable {
+        let (key, value) = (key.to_string_lossy(), value.to_string_lossy());
+        return format!("{key}: the value '{value}' is not valid UTF-8");
+    }
+    let args: Vec<OsString> = std::env::args_os().collect();
+    // Only options before `--` or the command need to be text; the command's may be anything.
+    let at = args.iter().skip(1).position(|a| a.to_str().is_none()).map(|i| i + 1);
+    match at {
+        Some(i) => {
+            let option = args[i - 1].to_str().filter(|a| a.starts_with("--") && i > 1);
+            let value = args[i].to_string_lossy();
+            match option {
+                Some(option) => format!("{option}: the value '{value}' is not valid UTF-8"),
+                None => format!("the argument '{value}' is not valid UTF-8"),
+            }
+        }
+        None => "an argument is not valid UTF-8".to_string(),
     }
 }
 
@@ -309,8 +336,30 @@ pub fn parse_prestop(text: &str) -> Result<Prestop, String> {
     parse_duration(text).map(Prestop::Fixed).map_err(|e| format!("{e}, or auto"))
 }
 
-pub fn parse_signal(text: &str) -> Result<Sig, String> {
-    text.parse()
+/// `--stop-signal`: any signal that can end a process; not one that stops, continues or is
+/// ignored by default.
+pub fn parse_stop_signal(text: &str) -> Result<Sig, String> {
+    let sig: Sig = text.parse()?;
+    let stops = [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
+    if stops.contains(&sig.0) {
+        return Err(format!("{sig} pauses a process, it does not stop it (try TERM, INT or QUIT)"));
+    }
+    if [libc::SIGCHLD, libc::SIGCONT].contains(&sig.0) {
+        return Err(format!("{sig} does not ask a process to stop (try TERM, INT or QUIT)"));
+    }
+    Ok(sig)
+}
+
+/// `--reload-signal`: a signal lastcall would otherwise forward; not one it acts on itself
+/// (TERM and INT drain, CHLD reaps), cannot catch, ignores, or that means a crash.
+pub fn parse_reload_signal(text: &str) -> Result<Sig, String> {
+    let sig: Sig = text.parse()?;
+    let crash = [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP];
+    match crate::signals::class(sig) {
+        Class::Forward if !crash.contains(&sig.0) => Ok(sig),
+        Class::Drain => Err(format!("{sig} starts the drain; it cannot also reload (try HUP)")),
+        _ => Err(format!("{sig} cannot be the reload signal (try HUP or USR2)")),
+    }
 }
 
 pub fn parse_timeout(text: &str) -> Result<Duration, String> {
@@ -392,6 +441,26 @@ mod tests {
         assert!(parse_exit_code("-1").is_err());
         assert_eq!(parse_level("DEBUG"), Ok(LevelFilter::Debug));
         assert!(parse_level("loud").is_err());
+    }
+
+    #[test]
+    fn signals_that_cannot_do_the_job() {
+        for bad in ["STOP", "TSTP", "TTIN", "TTOU", "CHLD", "CONT", "RTMIN++1"] {
+            assert!(parse_stop_signal(bad).is_err(), "--stop-signal {bad}");
+        }
+        for good in ["TERM", "INT", "QUIT", "KILL", "USR1", "WINCH", "RTMIN+3"] {
+            assert!(parse_stop_signal(good).is_ok(), "--stop-signal {good}");
+        }
+        for bad in ["TERM", "INT", "KILL", "STOP", "CHLD", "TTIN", "TTOU", "SEGV", "BUS"] {
+            assert!(parse_reload_signal(bad).is_err(), "--reload-signal {bad}");
+        }
+        for good in ["HUP", "USR1", "USR2", "WINCH", "RTMIN+1"] {
+            assert!(parse_reload_signal(good).is_ok(), "--reload-signal {good}");
+        }
+        assert_eq!(
+            parse_reload_signal("TERM").unwrap_err(),
+            "SIGTERM starts the drain; it cannot also reload (try HUP)"
+        );
     }
 
     fn usage(argv: &[&str]) -> String {

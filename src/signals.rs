@@ -127,7 +127,8 @@ impl FromStr for Sig {
     fn from_str(text: &str) -> Result<Sig, String> {
         let bad = || format!("'{text}' is not a signal name or number (try TERM, SIGINT or 15)");
         let trimmed = text.trim();
-        if let Ok(n) = trimmed.parse::<i32>() {
+        if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+            let n = trimmed.parse::<i32>().unwrap_or(0);
             return if all().any(|s| s.0 == n) { Ok(Sig(n)) } else { Err(bad()) };
         }
         let upper = trimmed.to_ascii_uppercase();
@@ -136,10 +137,15 @@ impl FromStr for Sig {
             return Ok(Sig(n));
         }
         let rt = |base: i32, rest: &str| -> Option<i32> {
+            // Digits only: i32's parser would take `RTMIN++1` as `RTMIN+1`.
+            let offset = |digits: &str| -> Option<i32> {
+                let all_digits = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+                all_digits.then(|| digits.parse().ok()).flatten()
+            };
             let n = match rest.as_bytes().first() {
                 None => base,
-                Some(b'+') => base + rest[1..].parse::<i32>().ok()?,
-                Some(b'-') => base - rest[1..].parse::<i32>().ok()?,
+                Some(b'+') => base + offset(&rest[1..])?,
+                Some(b'-') => base - offset(&rest[1..])?,
                 Some(_) => return None,
             };
             (rtmin()..=rtmax()).contains(&n).then_some(n)
@@ -344,11 +350,16 @@ mod tests {
         check("term", Some(15));
         check("15", Some(15));
         check("9", Some(9));
+        check("+9", None);
         check("hup", Some(1));
         check("RTMIN", Some(rtmin()));
         check("SIGRTMIN+2", Some(rtmin() + 2));
         check("rtmax-1", Some(rtmax() - 1));
         check("RTMAX+1", None);
+        check("RTMIN++1", None);
+        check("RTMIN+-1", None);
+        check("RTMIN+ 1", None);
+        check("RTMIN+", None);
         check("0", None);
         check("65", None);
         check("32", None);

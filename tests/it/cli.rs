@@ -46,6 +46,32 @@ fn bad_option_values_are_usage_errors() {
         (&["--success-exit", "300"], &["--success-exit", "300"]),
         (&["--log-level", "loud"], &["--log-level", "loud"]),
         (&["--bogus"], &["--bogus"]),
+        // Signals that cannot do the job: TERM would reload instead of draining, STOP stops.
+        (
+            &["--socket", "tcp://127.0.0.1:0", "--reload-signal", "TERM"],
+            &["--reload-signal", "TERM"],
+        ),
+        (&["--socket", "tcp://127.0.0.1:0", "--reload-signal", "INT"], &["--reload-signal", "INT"]),
+        (
+            &["--socket", "tcp://127.0.0.1:0", "--reload-signal", "KILL"],
+            &["--reload-signal", "KILL"],
+        ),
+        (
+            &["--socket", "tcp://127.0.0.1:0", "--reload-signal", "STOP"],
+            &["--reload-signal", "STOP"],
+        ),
+        (
+            &["--socket", "tcp://127.0.0.1:0", "--reload-signal", "CHLD"],
+            &["--reload-signal", "CHLD"],
+        ),
+        (
+            &["--socket", "tcp://127.0.0.1:0", "--reload-signal", "TTIN"],
+            &["--reload-signal", "TTIN"],
+        ),
+        (&["--stop-signal", "STOP"], &["--stop-signal", "STOP"]),
+        (&["--stop-signal", "CHLD"], &["--stop-signal", "CHLD"]),
+        (&["--stop-signal", "RTMIN++1"], &["--stop-signal", "RTMIN++1"]),
+        (&["--stop-signal", "RTMIN+-1"], &["--stop-signal", "RTMIN+-1"]),
     ];
     for (args, names) in cases {
         check_usage_error(args, &[], names);
@@ -103,4 +129,21 @@ fn help_and_version_exit_zero() {
     let version = dir.lastcall().arg("--version").run();
     version.assert_code(0);
     version.check(version.stdout.starts_with("lastcall "), "--version prints `lastcall VERSION`");
+}
+
+/// A variable whose value is not UTF-8 is named in the one line.
+#[test]
+fn a_non_utf8_variable_is_named() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = TestDir::new("non_utf8_env");
+    let out = dir
+        .lastcall()
+        .env_os("LASTCALL_GRACE_PERIOD", std::ffi::OsStr::from_bytes(b"5\xffs"))
+        .args(["--listen", "off"])
+        .sh("mark ran")
+        .run();
+    out.assert_code(2);
+    let line = out.one_stderr_line();
+    out.check(line.contains("LASTCALL_GRACE_PERIOD"), "expected the line to name the variable")
+        .check(!dir.exists("ran"), "the child must not have been started");
 }
