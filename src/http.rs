@@ -68,6 +68,8 @@ const MAX_HEADERS: usize = 64;
 const LINGER: Duration = Duration::from_secs(2);
 /// The most input discarded per lingering connection.
 const LINGER_BYTES: usize = 256 * 1024;
+/// Out of file descriptors with no room to make, how soon accepting is tried again.
+const RETRY_ACCEPT: Duration = Duration::from_millis(100);
 
 /// The limits set by options.
 #[derive(Clone, Copy, Debug)]
@@ -357,6 +359,9 @@ pub struct Endpoint {
     free: Vec<usize>,
     /// Held so that, out of file descriptors, lastcall can still accept and close.
     spare_fd: Option<File>,
+    /// Accepting stopped with connections possibly waiting (no fd to take them with): the
+    /// next expiry pass, at most [`RETRY_ACCEPT`] away, tries again.
+    retry_accept: bool,
     /// No connection's deadline is earlier than this (it may be stale-early, never late).
     next_expiry: Option<Instant>,
     shared: Shared,
@@ -386,6 +391,7 @@ impl Endpoint {
             conns: Vec::new(),
             free: Vec::new(),
             spare_fd: File::open("/dev/null").ok(),
+            retry_accept: false,
             next_expiry: None,
             shared: Shared {
                 limits,
@@ -409,8 +415,21 @@ impl Endpoint {
         self.next_expiry
     }
 
+    /// When accepting should be tried again without a new event, if it should.
+    fn retry_deadline(&self, now: Instant) -> Option<Instant> {
+        self.retry_accept.then(|| now + RETRY_ACCEPT)
+    }
+
     /// Accepts until the backlog is empty.
     pub fn accept(&mut self, registry: &Registry, now: Instant) {
+        self.retry_accept = false;
+        self.accept_all(registry, now);
+        if let Some(at) = self.retry_deadline(now) {
+            self.note_deadline(at);
+        }
+    }
+
+    fn accept_all(&mut self, registry: &Registry, now: Instant) {
         loop {
             let mut stream = match self.listener.accept() {
                 Ok((stream, _)) => stream,
@@ -418,16 +437,11 @@ impl Endpoint {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                    // Out of fds: free the spare one to accept and close, so the backlog
-                    // drains (the listener is edge-triggered and would not wake us again).
-                    self.spare_fd = None;
-                    if let Ok((stream, _)) = self.listener.accept() {
-                        drop(stream);
-                        self.shared.counters.rejected += 1;
-                    }
-                    self.spare_fd = File::open("/dev/null").ok();
+                    // Out of fds, accept fails whether or not a connection waits. The spare
+                    // fd makes room to accept one and close it, so that the backlog drains
+                    // (the listener is edge-triggered and would not wake us again for it).
                     log::debug!("accept: {e}");
-                    if self.spare_fd.is_none() {
+                    if !self.reject_one() {
                         return;
                     }
                     continue;
@@ -468,6 +482,32 @@ impl Endpoint {
         }
     }
 
+    /// Out of file descriptors: accepts one waiting connection into the spare fd's room and
+    /// closes it. False when there is nothing more to do now: the backlog is empty, or no
+    /// room could be made (then accepting is tried again after [`RETRY_ACCEPT`]).
+    fn reject_one(&mut self) -> bool {
+        let Some(spare) = self.spare_fd.take() else {
+            self.retry_accept = true;
+            return false;
+        };
+        drop(spare);
+        let accepted = self.listener.accept();
+        self.spare_fd = File::open("/dev/null").ok();
+        match accepted {
+            Ok((stream, _)) => {
+                drop(stream);
+                self.shared.counters.rejected += 1;
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                log::debug!("accept: {e}");
+                self.retry_accept = true;
+                false
+            }
+        }
+    }
+
     /// Handles readiness on a connection's token: reads, answers from `snap`, writes.
     /// `read_closed`: the event said the peer closed its side.
     pub fn on_event(
@@ -495,12 +535,16 @@ impl Endpoint {
         std::mem::take(&mut self.shared.happened)
     }
 
-    /// Closes the connections whose deadline has passed.
+    /// Closes the connections whose deadline has passed; tries accepting again if that
+    /// stopped for want of a file descriptor.
     pub fn expire(&mut self, registry: &Registry, now: Instant) {
         if self.next_expiry.is_none_or(|t| t > now) {
             return;
         }
         self.next_expiry = None;
+        if self.retry_accept {
+            self.accept(registry, now);
+        }
         for slot in 0..self.conns.len() {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
