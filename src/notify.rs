@@ -3,23 +3,28 @@
 //! - [`Private`]: `--ready-notify`. lastcall's own datagram socket, handed to the child as
 //!   NOTIFY_SOCKET, where the child (or its descendants) says `READY=1` / `STOPPING=1`.
 //!   It is an abstract socket (no file, so it works on a read-only root), and every message's
-//!   sender is checked through SCM_CREDENTIALS: only processes under lastcall are heard.
+//!   sender is checked through SCM_CREDENTIALS when it is read: only processes under
+//!   lastcall then are heard. At most a bounded number of messages is read per turn.
 //! - [`Systemd`]: lastcall as a `Type=notify` service, telling systemd (the NOTIFY_SOCKET
 //!   lastcall was started with) that it is ready, stopping, what its status is, and that it is
 //!   alive (the watchdog). The child never sees that socket.
 
+use std::collections::HashMap;
 use std::io::{self, IoSliceMut};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
-use nix::sys::socket::{ControlMessageOwned, MsgFlags, UnixAddr, recvmsg, setsockopt, sockopt};
+use nix::sys::socket::{
+    ControlMessageOwned, MsgFlags, UnixAddr, UnixCredentials, recvmsg, setsockopt, sockopt,
+};
+use nix::unistd::Pid;
 
 use crate::reaper;
 
 /// What a child's notify message said that matters to readiness.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Said {
     Ready,
     Stopping,
@@ -44,6 +49,15 @@ pub struct Private {
     pub env_value: String,
 }
 
+/// A readiness word heard from a process under lastcall.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Heard {
+    /// The datagram's last readiness word: its words all speak of the same moment.
+    pub said: Said,
+    /// The child of lastcall's that the sender is, or is under.
+    pub under: Pid,
+}
+
 impl Private {
     pub fn bind() -> io::Result<Private> {
         let nanos = std::time::SystemTime::now()
@@ -61,63 +75,74 @@ impl Private {
         &mut self.socket
     }
 
-    /// Every message waiting, from processes under lastcall, with its sender; others are
-    /// dropped.
-    pub fn receive(&mut self) -> Vec<(Said, Sender)> {
-        let mut said = Vec::new();
+    /// Reads at most `limit` datagrams and returns the readiness words of those whose
+    /// sender is, when the datagram is read, a process under lastcall; the rest are
+    /// dropped. True as well when more may be waiting.
+    ///
+    /// A sender must still exist to be proven: its pid is looked up (once per turn) in
+    /// lastcall's process tree. One in another PID namespace (a sidecar sharing the pod's
+    /// network, and so the abstract socket) has pid 0 here; one that has exited cannot be
+    /// traced. `systemd-notify --ready` stays until its message is read: it names its
+    /// parent (the app) when it may, and waits for its `BARRIER=1` to be answered, which
+    /// happens once the messages before it have been read.
+    pub fn receive(&mut self, limit: usize) -> (Vec<Heard>, bool) {
+        let mut heard = Vec::new();
+        let mut traced: HashMap<i32, Option<Pid>> = HashMap::new();
         let mut buf = [0u8; 4096];
-        loop {
-            let mut cmsg = nix::cmsg_space!(nix::sys::socket::UnixCredentials);
+        for _ in 0..limit {
+            let mut cmsg = nix::cmsg_space!(UnixCredentials, [RawFd; MAX_FDS]);
             let mut iov = [IoSliceMut::new(&mut buf)];
-            let (len, sender) = match recvmsg::<UnixAddr>(
+            let (len, pid) = match recvmsg::<UnixAddr>(
                 self.socket.as_raw_fd(),
                 &mut iov,
                 Some(&mut cmsg),
-                MsgFlags::MSG_DONTWAIT,
+                MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC,
             ) {
                 Ok(msg) => {
-                    let sender = msg.cmsgs().ok().and_then(|mut c| {
-                        c.find_map(|m| match m {
-                            ControlMessageOwned::ScmCredentials(creds) => {
-                                Some((creds.pid(), creds.uid()))
-                            }
-                            _ => None,
-                        })
-                    });
-                    (msg.bytes, sender)
+                    let mut pid = None;
+                    for c in msg.cmsgs().into_iter().flatten() {
+                        match c {
+                            ControlMessageOwned::ScmCredentials(creds) => pid = Some(creds.pid()),
+                            // BARRIER=1 and the like: closing the fd is the answer.
+                            ControlMessageOwned::ScmRights(fds) => close_all(&fds),
+                            _ => {}
+                        }
+                    }
+                    (msg.bytes, pid)
                 }
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return said,
+                Err(_) => return (heard, false),
             };
-            let from = match sender {
-                Some((pid, _)) if reaper::is_descendant(pid) => Some(Sender::Pid(pid)),
-                // A short-lived sender (`systemd-notify --ready` in a shell app) may be gone
-                // by now, and its ancestry with it; one running as lastcall's own user is
-                // taken at its word.
-                Some((pid, uid)) if !reaper::exists(pid) && uid == own_euid() => Some(Sender::Gone),
+            let Some(said) = parse(&buf[..len]).pop() else {
+                continue;
+            };
+            let under = match pid {
+                Some(pid) if pid > 0 => {
+                    *traced.entry(pid).or_insert_with(|| reaper::child_above(pid))
+                }
                 _ => None,
             };
-            match from {
-                Some(from) => said.extend(parse(&buf[..len]).into_iter().map(|s| (s, from))),
-                None => log::debug!("notify message from a process not under lastcall dropped"),
+            match under {
+                Some(under) => heard.push(Heard { said, under }),
+                None => log::debug!(
+                    "notify message from pid {} dropped: not a process under lastcall (another \
+                     PID namespace, or gone before it was read)",
+                    pid.unwrap_or(0)
+                ),
             }
         }
+        (heard, true)
     }
 }
 
-/// lastcall's effective user id.
-fn own_euid() -> u32 {
-    // SAFETY: geteuid cannot fail and has no preconditions.
-    unsafe { libc::geteuid() }
-}
+/// The most file descriptors taken with one notify message; more are closed by the kernel.
+const MAX_FDS: usize = 8;
 
-/// Who sent a notify message.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sender {
-    /// A process under lastcall.
-    Pid(i32),
-    /// A process that has exited since, running as lastcall's user.
-    Gone,
+fn close_all(fds: &[RawFd]) {
+    for &fd in fds {
+        // SAFETY: the kernel just gave us this fd; nothing else owns it.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
 }
 
 /// lastcall's own messages to systemd, when started with NOTIFY_SOCKET (`Type=notify`).

@@ -102,27 +102,6 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
     found
 }
 
-/// Whether `pid` is lastcall's descendant (as PID 1 or a subreaper, every process under it).
-pub fn is_descendant(pid: i32) -> bool {
-    pid != Pid::this().as_raw() && descends_from(pid, Pid::this())
-}
-
-/// Whether `pid` is `root` or under it.
-pub fn descends_from(pid: i32, root: Pid) -> bool {
-    let mut at = pid;
-    // Bounded: a chain of parents is finite, but /proc can change under us.
-    for _ in 0..4096 {
-        if at == root.as_raw() {
-            return true;
-        }
-        match parent_of(at) {
-            Some(parent) if parent > 0 && parent != at => at = parent,
-            _ => return false,
-        }
-    }
-    false
-}
-
 /// The child of lastcall's that `pid` is, or is under; `None` when `pid` is not under
 /// lastcall (or is lastcall itself).
 pub fn child_above(pid: i32) -> Option<Pid> {
@@ -137,11 +116,6 @@ pub fn child_above(pid: i32) -> Option<Pid> {
         }
     }
     None
-}
-
-/// Whether a process (or zombie) with this pid exists.
-pub fn exists(pid: i32) -> bool {
-    parent_of(pid).is_some()
 }
 
 /// The parent pid from /proc/PID/stat. The command name (field 2) may hold spaces and

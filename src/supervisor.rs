@@ -29,7 +29,7 @@ use crate::checks::{self, Checker, MAX_CHECKS};
 use crate::cli::Config;
 use crate::http::{Endpoint, Happened, Snapshot};
 use crate::idle;
-use crate::machine::{Action, Input, Machine, Sender, Target};
+use crate::machine::{Action, Input, Machine, Target};
 use crate::metrics::View;
 use crate::notify::{self, Said};
 use crate::reaper;
@@ -43,6 +43,8 @@ const CHILD_NOTIFY: Token = Token(3);
 /// The most signals taken in one turn: a flood of them must not starve the rest of the loop
 /// (the kernel keeps the others queued; the next turn comes at once).
 const SIGNALS_PER_TURN: usize = 1024;
+/// The most notify datagrams read in one turn: a flood costs bounded time and memory.
+const NOTIFY_PER_TURN: usize = 64;
 const FIRST_CHECK: usize = 16;
 const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
 
@@ -381,18 +383,17 @@ impl Supervisor {
         }
     }
 
-    /// The child's notify messages, each with the child of lastcall's it came from.
+    /// The child's notify messages, each with the child of lastcall's it came from; at most
+    /// [`NOTIFY_PER_TURN`] a turn.
     fn hear_the_child(&mut self) {
-        let messages = self.child_notify.as_mut().map(notify::Private::receive);
-        for (said, sender) in messages.unwrap_or_default() {
-            let from = match sender {
-                notify::Sender::Pid(pid) => match reaper::child_above(pid) {
-                    Some(child) => Sender::Under(child),
-                    None => continue,
-                },
-                notify::Sender::Gone => Sender::Gone,
-            };
-            self.feed(Input::Notify { ready: said == Said::Ready, from });
+        let Some(private) = self.child_notify.as_mut() else {
+            return;
+        };
+        let (heard, more) = private.receive(NOTIFY_PER_TURN);
+        self.more.notify = more;
+        for message in heard {
+            let ready = message.said == Said::Ready;
+            self.feed(Input::Notify { ready, from: message.under });
         }
     }
 

@@ -123,7 +123,7 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use super::super::{Input, Phase, Policy, Sender};
+    use super::super::{Input, Phase, Policy};
     use super::*;
     use crate::signals::SIGTERM;
 
@@ -199,7 +199,7 @@ mod tests {
     fn notify_gates_alongside_the_checks() {
         let policy = Policy { notify: true, ..checked() };
         let mut r = Run::new(policy);
-        let from = Sender::Under(PID);
+        let from = PID;
         r.step(checks(true, ""));
         assert!(!r.m.is_ready(), "the checks pass, the child has not spoken");
         assert_eq!(r.m.notified(), Some(false));
@@ -228,10 +228,10 @@ mod tests {
     fn notify_from_elsewhere_is_not_the_apps_word() {
         let policy = Policy { notify: true, ..Policy::for_tests() };
         let mut r = Run::new(policy);
-        let stranger = Sender::Under(nix::unistd::Pid::from_raw(1234));
+        let stranger = nix::unistd::Pid::from_raw(1234);
         r.step(Input::Notify { ready: true, from: stranger });
         assert!(!r.m.is_ready(), "a process under another of lastcall's children");
-        r.step(Input::Notify { ready: true, from: Sender::Gone });
-        assert!(r.m.is_ready(), "a sender gone by now, running as lastcall's user");
+        r.step(Input::Notify { ready: true, from: PID });
+        assert!(r.m.is_ready());
     }
 }

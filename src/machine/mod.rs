@@ -84,21 +84,13 @@ pub enum Input {
     Probed,
     /// What the `--ready-*` checks say now: whether all pass, and the first failure.
     Checks { pass: bool, failing: Option<String> },
-    /// A notify message (`--ready-notify`) from a process under lastcall.
-    Notify { ready: bool, from: Sender },
+    /// A notify message (`--ready-notify`): `READY=1` (true) or `STOPPING=1`, from a process
+    /// under lastcall's child `from` (or that child itself).
+    Notify { ready: bool, from: Pid },
     /// The app's established connections on the `--drain-idle-port` ports, as counted.
     Connections(usize),
     /// Time passed; a deadline may be due.
     Tick,
-}
-
-/// Who sent a notify message, as far as lastcall can tell.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Sender {
-    /// A process under lastcall's child `Pid` (or that child itself).
-    Under(Pid),
-    /// A process that has exited since, running as lastcall's user.
-    Gone,
 }
 
 /// Whom a signal goes to.
@@ -299,26 +291,19 @@ impl Machine {
     }
 
     /// A reload's new child speaks for itself; an old one being stopped (STOPPING=1) does not
-    /// speak for the app any more. A sender that is gone is taken for the new child during a
-    /// reload, as the old one was ready already.
-    fn on_notify(&mut self, ready: bool, from: Sender, now: Instant, out: &mut Vec<Action>) {
-        let new = self.reload.starting();
-        let main = self.child();
-        let speaks_for = |child: Option<Pid>| match from {
-            Sender::Under(top) => child == Some(top),
-            Sender::Gone => child.is_some(),
-        };
-        if speaks_for(new) {
+    /// speak for the app any more.
+    fn on_notify(&mut self, ready: bool, from: Pid, now: Instant, out: &mut Vec<Action>) {
+        if self.reload.starting() == Some(from) {
             if ready {
                 self.promote(now, out);
             }
-        } else if speaks_for(main) {
+        } else if self.child() == Some(from) {
             self.gate.on_notify(ready, now, out);
             self.settle(now, out);
         } else {
             out.push(Action::Log(
                 Level::Debug,
-                format!("notify message from {from:?} speaks for no child of ours; dropped"),
+                format!("notify message from under process {from}, not the app's; dropped"),
             ));
         }
     }
@@ -406,7 +391,7 @@ impl fmt::Display for Input {
             Input::Checks { pass, failing } => {
                 write!(f, "checks pass: {pass}; failing: {}", failing.as_deref().unwrap_or("-"))
             }
-            Input::Notify { ready, from } => write!(f, "notify ready={ready} from {from:?}"),
+            Input::Notify { ready, from } => write!(f, "notify ready={ready} from under {from}"),
             Input::Connections(n) => write!(f, "{n} connection(s) to the app"),
             Input::Tick => write!(f, "tick"),
         }
