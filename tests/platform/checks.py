@@ -675,7 +675,8 @@ class Containers:
             raise Fail(f"the app never said started; exit {code}; output {output[-200:]!r}")
         if code != 130:
             raise Fail(f"exit {code} after Ctrl-C (want 130); output {output[-200:]!r}")
-        return f"Ctrl-C on the terminal: podman run -it exited 130 {time.monotonic() - sent:.2f}s later"
+        took = time.monotonic() - sent
+        return f"Ctrl-C on the terminal: podman run -it exited 130 {took:.2f}s later"
 
     def cleanup(self):
         self.p.cleanup()
