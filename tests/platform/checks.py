@@ -364,6 +364,14 @@ def parse_stamp(stamp):
     return t
 
 
+def answer(sample):
+    """A (seconds, status) sample of /readyz, for a person."""
+    if sample is None:
+        return "none"
+    t, status = sample
+    return f"{status if status else 'no answer'} at {t:.2f}s"
+
+
 def first(lines, needle):
     return next((t for t, text in lines if needle in text), None)
 
@@ -568,7 +576,7 @@ class Containers:
         before = http_get("127.0.0.1", self.port, "/readyz")[0]
         if before != 200:
             # Go on all the same: what happens to the app is measured either way.
-            problems.append(f"/readyz answered {before} before the stop (want 200)")
+            problems.append(f"/readyz answered {before or 'nothing'} before the stop (want 200)")
         samples = []
         t0 = time.time()
         stopper = self.p.popen("stop", "--time", "30", self.serve, stdout=subprocess.PIPE,
@@ -591,19 +599,21 @@ class Containers:
         term_at = term - t0
         first_off = after[0] if after else None
         if first_off is None or first_off[1] != 503 or first_off[0] > 1.0:
-            problems.append(f"first answer other than 200: {first_off} (want 503 within 1s)")
+            problems.append(f"first answer other than 200: {answer(first_off)} (want 503 within "
+                            f"1s)")
         during = [s for t, s in after if t < term_at - 0.2]
         if any(s != 503 for s in during) or not during or max(
                 t for t, s in after if t < term_at - 0.2) < term_at - 1.0:
-            problems.append(f"/readyz before the app's SIGTERM: {sorted(set(during), key=str)} "
-                            f"(want 503 throughout)")
+            shown = ", ".join(str(s or "no answer") for s in sorted(set(during), key=str))
+            problems.append(f"/readyz before the app's SIGTERM: {shown or 'not probed'} (want "
+                            f"503 throughout)")
         if not 4.8 <= term_at <= 6.5:
             problems.append(f"the app's SIGTERM came {term_at:.2f}s after the stop (want the 5s "
                             "preStop delay)")
         if code != "42":
             problems.append(f"exit code {code} (want the app's 42)")
-        summary = (f"first non-200 {first_off}; app's SIGTERM {term_at:.2f}s after podman stop; "
-                   f"exit code {code}; podman stop took {took:.2f}s")
+        summary = (f"first non-200: {answer(first_off)}; app's SIGTERM {term_at:.2f}s after "
+                   f"podman stop; exit code {code}; podman stop took {took:.2f}s")
         if problems:
             raise Fail("; ".join(problems) + f" [{summary}]")
         return (f"/readyz 503 {first_off[0]:.2f}s after podman stop and through the preStop "
