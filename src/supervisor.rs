@@ -182,7 +182,8 @@ fn claim_orphans(subreaper: bool) {
 }
 
 /// The child's environment: lastcall's own, with NOTIFY_SOCKET pointing at the private socket
-/// (`--ready-notify`) or removed when it is lastcall's to use; the socket-activation variables
+/// (`--ready-notify`) or removed when it is lastcall's to use (WATCHDOG_USEC and WATCHDOG_PID
+/// with it: the watchdog is lastcall's then); the socket-activation variables
 /// for `--socket`, or LISTEN_PID rewritten to the child's pid when systemd's fds were meant for
 /// lastcall.
 fn child_options(
@@ -201,7 +202,10 @@ fn child_options(
         .filter(|(key, _)| {
             let listen = key == "LISTEN_PID"
                 || (own_sockets && (key == "LISTEN_FDS" || key == "LISTEN_FDNAMES"));
-            !(key == "NOTIFY_SOCKET" && drop_notify)
+            // systemd's notify socket and watchdog are lastcall's when it uses them.
+            let notify = key == "NOTIFY_SOCKET" || key == "WATCHDOG_USEC" || key == "WATCHDOG_PID";
+            !(notify && lastcall_notifies)
+                && !(key == "NOTIFY_SOCKET" && drop_notify)
                 && !(listen && (own_sockets || inherited_activation))
         })
         .map(|(key, value)| {

@@ -129,9 +129,13 @@ fn watchdog_pings_at_half_the_interval_while_the_child_lives() {
         // 400 ms: a ping every 200 ms.
         .env("WATCHDOG_USEC", "400000")
         .args(["--listen", "off", "--prestop-delay", "0s"])
-        .sh("idle")
+        .sh(r#"env > "$DIR/env"; idle"#)
         .spawn();
     systemd.wait_for(&mut lastcall, "WATCHDOG=1");
+    // The watchdog is lastcall's: the child sees none of its variables.
+    lastcall.wait_until("the child wrote its environment", || dir.read("env").contains("DIR="));
+    let env = dir.read("env");
+    assert!(!env.contains("WATCHDOG_"), "the child saw the watchdog's variables:\n{env}");
     let start = Instant::now();
     let before = systemd.count("WATCHDOG=1");
     while start.elapsed() < Duration::from_millis(2000) {
