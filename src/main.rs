@@ -4,6 +4,7 @@
 
 mod checks;
 mod cli;
+mod diag;
 mod http;
 mod idle;
 mod machine;
