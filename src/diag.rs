@@ -2,7 +2,7 @@
 //!
 //! The idle-aware drain needs more than a count of connections: each of the app's connected
 //! TCP sockets with its queues and its `struct tcp_info` (byte counters, time since data last
-//! moved), so that the drain can tell a request in flight from an idle keep-alive
+//! moved), so that [`crate::activity`] can tell a request in flight from an idle keep-alive
 //! connection; and, for `--drain-idle-port auto`, the ports the app listens on. Both come
 //! from one `SOCK_DIAG_BY_FAMILY` dump per address family on a `NETLINK_SOCK_DIAG` socket, as
 //! `ss` does, with the ports matched in the kernel by inet_diag bytecode so that thousands of
@@ -810,7 +810,9 @@ pub(crate) mod tests {
 
     proptest::proptest! {
         #[test]
-        fn any_bytes_parse_without_panicking(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+        fn any_bytes_parse_without_panicking(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)
+        ) {
             let _ = parse_all(&bytes);
             // Also behind a valid header, where the socket parser sees them.
             let _ = parse_all(&nlmsg(SOCK_DIAG_BY_FAMILY, 1, &bytes));

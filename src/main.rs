@@ -2,6 +2,7 @@
 //!
 //! `main` is the only place that prints a fatal error and picks the exit code.
 
+mod activity;
 mod checks;
 mod cli;
 mod diag;
