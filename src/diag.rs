@@ -983,4 +983,156 @@ pub(crate) mod tests {
         // A process that is gone has no ports.
         assert_eq!(listening_ports(&[i32::MAX], &HashSet::new()).unwrap(), []);
     }
+
+    // --- How long one count takes in a busy namespace ---
+
+    const HOLD: &str = "LASTCALL_DIAG_HOLD";
+
+    /// Raises this process's soft RLIMIT_NOFILE to `want`, and the hard one if it must (which
+    /// needs CAP_SYS_RESOURCE).
+    fn raise_nofile(want: u64) {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes one rlimit, into a struct this function owns.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
+        let raised = libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max.max(want) };
+        // SAFETY: setrlimit only reads the struct.
+        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
+        assert_eq!(rc, 0, "RLIMIT_NOFILE {want} over a hard limit of {}", limit.rlim_max);
+    }
+
+    /// Not a test: `diag_speed` runs it in a child process, with `LASTCALL_DIAG_HOLD=N`, to
+    /// hold N loopback connections (2N sockets) until its stdin closes.
+    #[test]
+    #[ignore]
+    fn connection_holder() {
+        let Some(n) = std::env::var(HOLD).ok().and_then(|n| n.parse::<usize>().ok()) else {
+            return;
+        };
+        raise_nofile(2 * n as u64 + 64);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut held = Vec::with_capacity(2 * n);
+        // Reset on close, so that no TIME_WAIT sockets are left to skew the next run.
+        let reset = libc::linger { l_onoff: 1, l_linger: 0 };
+        for _ in 0..n {
+            let client = TcpStream::connect(addr).unwrap();
+            setsockopt(&client, sockopt::Linger, &reset).unwrap();
+            held.push(client);
+            held.push(listener.accept().unwrap().0);
+        }
+        println!("holding {} sockets on port {}", held.len(), addr.port());
+        let _ = std::io::stdin().read(&mut [0]);
+    }
+
+    /// The median, fastest and slowest of `runs` calls of `f`, in microseconds.
+    fn time(runs: usize, f: &mut dyn FnMut()) -> (u128, u128, u128) {
+        let mut took: Vec<u128> = (0..runs)
+            .map(|_| {
+                let start = std::time::Instant::now();
+                f();
+                start.elapsed().as_micros()
+            })
+            .collect();
+        took.sort_unstable();
+        (took[runs / 2], took[0], took[runs - 1])
+    }
+
+    /// `cargo test --release diag_speed -- --ignored --nocapture`: one count of the app's
+    /// connections with 20,000 other TCP sockets in the namespace, sock_diag against /proc.
+    #[test]
+    #[ignore]
+    fn diag_speed() {
+        // In two other processes, 10,000 sockets each: this one's /proc/self/fd stays small,
+        // as lastcall's is, and each stays under a hard RLIMIT_NOFILE of 20,000.
+        const CONNECTIONS: usize = 10_000;
+        const HOLDERS: usize = 2;
+        const RUNS: usize = 51;
+        // Ends a holder however this test ends.
+        struct Reap(std::process::Child);
+        impl Drop for Reap {
+            fn drop(&mut self) {
+                drop(self.0.stdin.take());
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let mut holders = vec![];
+        for _ in 0..HOLDERS {
+            let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["--exact", "diag::tests::connection_holder", "--ignored", "--nocapture"])
+                .env(HOLD, (CONNECTIONS / HOLDERS).to_string())
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            let mut lines = std::io::BufReader::new(holder.stdout.take().unwrap());
+            let holder = Reap(holder);
+            let mut line = String::new();
+            while !line.starts_with("holding") {
+                line.clear();
+                let n = std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
+                assert!(n > 0, "a holder ended early");
+            }
+            println!("helper {}: {}", holder.0.id(), line.trim());
+            holders.push(holder);
+        }
+
+        // The app: a listener and 10 clients, plus lastcall's own readiness check.
+        let app = pair("127.0.0.1");
+        let port = app.port();
+        let clients: Vec<(TcpStream, TcpStream)> = (0..9)
+            .map(|_| {
+                let c = TcpStream::connect(app.listener.local_addr().unwrap()).unwrap();
+                (c, app.listener.accept().unwrap().0)
+            })
+            .collect();
+        let rows = ["/proc/net/tcp", "/proc/net/tcp6"]
+            .map(|p| std::fs::read_to_string(p).unwrap().lines().count() - 1);
+        println!("TCP sockets in the namespace: {} IPv4 + {} IPv6", rows[0], rows[1]);
+
+        let filtered = || dump(CONNECTED, Ports::Local(&[port]), true).unwrap();
+        assert_eq!(filtered().len(), 1 + clients.len());
+        // With app.client as lastcall's readiness check, the others are the app's.
+        let check: HashSet<u64> = [inode_of(app.client.as_raw_fd()).unwrap()].into();
+        assert_eq!(app_connections(&[port], &check).unwrap().len(), clients.len());
+        // As lastcall counts; this process holds both ends, so all are its own, here as in
+        // idle::count: the work is the same.
+        let app_count = || app_connections(&[port], &own_socket_inodes()).unwrap();
+        assert_eq!(app_count().len(), 0);
+        let unfiltered = || dump(CONNECTED, Ports::All, true).unwrap();
+        assert!(unfiltered().len() >= 2 * CONNECTIONS);
+        let listeners = || listening_ports(&[std::process::id() as i32], &HashSet::new()).unwrap();
+        assert!(listeners().contains(&port));
+        let proc_count = || crate::idle::count(&[port]);
+        assert_eq!(proc_count(), 0);
+        let proc_read =
+            || ["/proc/net/tcp", "/proc/net/tcp6"].map(|p| std::fs::read_to_string(p).unwrap());
+
+        println!("{RUNS} runs each, microseconds: median (fastest..slowest)");
+        use std::hint::black_box;
+        let cases: [(&str, &mut dyn FnMut()); 6] = [
+            ("sock_diag, port filter in the kernel, tcp_info", &mut || {
+                black_box(filtered());
+            }),
+            ("sock_diag, app_connections + own_socket_inodes", &mut || {
+                black_box(app_count());
+            }),
+            ("sock_diag, no filter (20,000+ sockets)", &mut || {
+                black_box(unfiltered());
+            }),
+            ("sock_diag, listening_ports of this process", &mut || {
+                black_box(listeners());
+            }),
+            ("/proc/net/tcp + tcp6, idle::count", &mut || {
+                black_box(proc_count());
+            }),
+            ("/proc/net/tcp + tcp6, reading only", &mut || {
+                black_box(proc_read());
+            }),
+        ];
+        for (name, f) in cases {
+            let (median, min, max) = time(RUNS, f);
+            println!("{name:<50} {median:>7} ({min}..{max})");
+        }
+    }
 }
