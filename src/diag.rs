@@ -984,6 +984,63 @@ pub(crate) mod tests {
         assert_eq!(listening_ports(&[i32::MAX], &HashSet::new()).unwrap(), []);
     }
 
+    // --- Where the kernel refuses ---
+
+    const SECCOMP: &str = "LASTCALL_DIAG_SECCOMP";
+
+    /// Makes `socket(AF_NETLINK, ...)` fail with EPERM in this thread from now on, as a
+    /// container runtime's seccomp profile may.
+    fn forbid_netlink_sockets() {
+        let op =
+            |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt, jf, k };
+        // The low half of seccomp_data.args[0], the socket's family.
+        let family_at = if cfg!(target_endian = "little") { 16 } else { 20 };
+        let mut filter = [
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, 0), // the syscall's number
+            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 3, libc::SYS_socket as u32),
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, family_at),
+            op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 0, 1, libc::AF_NETLINK as u32),
+            op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+            op(libc::BPF_RET | libc::BPF_K, 0, 0, libc::SECCOMP_RET_ALLOW),
+        ];
+        let program = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_mut_ptr() };
+        // SAFETY: prctl with integer arguments; no_new_privs lets a process without
+        // CAP_SYS_ADMIN install a filter.
+        assert_eq!(unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }, 0);
+        // SAFETY: `program` points to `filter`, both alive for the call; the kernel copies
+        // the program.
+        let rc = unsafe {
+            libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &program as *const _)
+        };
+        assert_eq!(rc, 0, "seccomp: {}", io::Error::last_os_error());
+    }
+
+    /// Not a test: `a_seccomp_refusal_is_unavailable` runs it in a child process, with
+    /// `LASTCALL_DIAG_SECCOMP` set, to dump under a seccomp filter.
+    #[test]
+    #[ignore]
+    fn dump_under_seccomp() {
+        if std::env::var_os(SECCOMP).is_none() {
+            return;
+        }
+        forbid_netlink_sockets();
+        match dump(CONNECTED, Ports::All, true) {
+            Err(Error::Unavailable(e)) => println!("unavailable: {e}"),
+            other => println!("not unavailable: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_seccomp_refusal_is_unavailable() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "diag::tests::dump_under_seccomp", "--ignored", "--nocapture"])
+            .env(SECCOMP, "1")
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("unavailable: Operation not permitted"), "{stdout}");
+    }
+
     // --- How long one count takes in a busy namespace ---
 
     const HOLD: &str = "LASTCALL_DIAG_HOLD";
