@@ -939,6 +939,18 @@ pub(crate) mod tests {
         let samples = dump(CONNECTED, Ports::Local(&ports), false).unwrap();
         assert!(samples.iter().any(|s| s.local.port() == a.port()));
         assert!(samples.iter().all(|s| ports.contains(&s.local.port())));
+        // The largest filter sent, local or remote: the kernel takes it.
+        let most = &ports[ports.len() - MAX_FILTERED_PORTS..];
+        assert!(most.contains(&a.port()));
+        let samples = dump(CONNECTED, Ports::LocalOrRemote(most), false).unwrap();
+        let ends =
+            samples.iter().filter(|s| s.local.port() == a.port() || s.remote.port() == a.port());
+        assert_eq!(ends.count(), 2, "both ends: {samples:?}");
+        assert!(
+            samples
+                .iter()
+                .all(|s| most.contains(&s.local.port()) || most.contains(&s.remote.port()))
+        );
     }
 
     #[test]
