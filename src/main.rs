@@ -2,8 +2,10 @@
 //!
 //! `main` is the only place that prints a fatal error and picks the exit code.
 
+mod activity;
 mod checks;
 mod cli;
+mod diag;
 mod http;
 mod idle;
 mod machine;
