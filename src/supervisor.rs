@@ -223,6 +223,7 @@ fn child_options(
         own_pid_var: (inherited_activation || own_sockets).then_some("LISTEN_PID"),
         quiet: false,
         pass_fds: sockets.iter().map(Bound::fd).collect(),
+        user: None,
     }
 }
 

@@ -430,6 +430,107 @@ named1000:x:5000:
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// A requirement a test cannot do without: skipped with a message on a developer's
+    /// machine, a failure in CI (`CI` set), as the integration tests do it.
+    fn required(what: &str, met: bool) -> bool {
+        use std::io::Write;
+        if met {
+            return true;
+        }
+        assert!(std::env::var_os("CI").is_none(), "CI is set, and this test needs {what}");
+        // Straight to stderr: libtest hides what a passing test prints.
+        let _ = writeln!(std::io::stderr(), "skipped: this test needs {what}");
+        false
+    }
+
+    /// Runs `script` through `spawn` as `user` and returns what it wrote to `$OUT`.
+    fn run_as(user: Credentials, script: &str) -> Result<String, crate::spawn::SpawnError> {
+        use std::os::unix::fs::PermissionsExt;
+        static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lastcall-drop-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // The child writes here after dropping root.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = dir.join("out");
+        let mut env: Vec<OsString> = vec![user.home_env(), "PATH=/usr/bin:/bin".into()];
+        env.push(format!("OUT={}", out.display()).into());
+        let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), script.into()];
+        let options = crate::spawn::Options {
+            env: Some(env),
+            quiet: true,
+            user: Some(user),
+            ..crate::spawn::Options::default()
+        };
+        let result = crate::spawn::spawn(&argv, &options).map(|pid| {
+            // Only this child: other tests' children are theirs to wait for.
+            let status = nix::sys::wait::waitpid(pid, None).unwrap();
+            assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
+            std::fs::read_to_string(&out).unwrap()
+        });
+        std::fs::remove_dir_all(&dir).unwrap();
+        // A child that failed before exec stays a zombie until the test binary exits: reaping
+        // any child here could take another test's.
+        result
+    }
+
+    #[test]
+    fn the_child_runs_as_the_user_with_its_groups_and_home() {
+        // SAFETY: plain libc call.
+        if !required("root", unsafe { libc::geteuid() } == 0) {
+            return;
+        }
+        let user = Credentials {
+            uid: 65534,
+            gid: 65533,
+            groups: vec![65533, 4242, 4343],
+            home: Some("/nonexistent/home".into()),
+            name: "nobody".into(),
+        };
+        let out = run_as(user, r#"{ id -u; id -g; id -G; echo "$HOME"; } > "$OUT""#).unwrap();
+        assert_eq!(out, "65534\n65533\n65533 4242 4343\n/nonexistent/home\n");
+        // No group of lastcall's (root's) is left over.
+        let user = Credentials { uid: 1, gid: 1, groups: vec![1], home: None, name: "x".into() };
+        let out = run_as(user, r#"{ id -G; echo "$HOME"; } > "$OUT""#).unwrap();
+        assert_eq!(out, "1\n/\n");
+    }
+
+    #[test]
+    fn a_failed_switch_names_the_user_and_the_call() {
+        use crate::spawn::SpawnError;
+        // SAFETY: plain libc call.
+        if !required("root", unsafe { libc::geteuid() } == 0) {
+            return;
+        }
+        // Even root cannot take (uid_t)-1, nor more than NGROUPS_MAX (65536) groups.
+        let valid = Credentials { uid: 1, gid: 1, groups: vec![1], home: None, name: "app".into() };
+        let cases = [
+            (Credentials { groups: vec![1; 65537], ..valid.clone() }, "setgroups"),
+            (Credentials { gid: u32::MAX, ..valid.clone() }, "setgid"),
+            (Credentials { uid: u32::MAX, ..valid.clone() }, "setuid"),
+        ];
+        for (user, call) in cases {
+            let err = run_as(user, "exit 3").unwrap_err();
+            assert!(
+                matches!(&err, SpawnError::User { call: c, .. } if *c == call),
+                "{call}: {err:?}"
+            );
+            assert_eq!(
+                err.to_string(),
+                format!("cannot switch to user 'app': {call}: Invalid argument")
+            );
+            assert_eq!(err.exit_code(), 126);
+        }
+        // An exec failure still reads as one.
+        let err = crate::spawn::spawn(
+            &["/nonexistent/program".into()],
+            &crate::spawn::Options { user: Some(valid), quiet: true, ..Default::default() },
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "cannot run '/nonexistent/program': No such file or directory");
+        assert_eq!(err.exit_code(), 127);
+    }
+
     #[test]
     fn only_root_can_switch() {
         assert!(check_can_switch(0).is_ok());
