@@ -17,6 +17,7 @@ mod sockets;
 mod spawn;
 mod status;
 mod supervisor;
+mod termination;
 mod users;
 
 use std::io::{LineWriter, Write};
