@@ -11,6 +11,7 @@ mod machine;
 mod manpage;
 mod metrics;
 mod notify;
+mod oom;
 mod reaper;
 mod signals;
 mod sockets;
