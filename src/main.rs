@@ -6,6 +6,7 @@ mod checks;
 mod cli;
 mod http;
 mod idle;
+mod logger;
 mod machine;
 #[cfg(test)]
 mod manpage;
@@ -21,7 +22,7 @@ mod supervisor;
 mod termination;
 mod users;
 
-use std::io::{LineWriter, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -126,20 +127,8 @@ fn one_line(e: &clap::Error) -> String {
     first.strip_prefix("error: ").unwrap_or(first).to_string()
 }
 
-/// Written where simplelog would put the time.
-const PREFIX: &[simplelog::FormatItem<'static>] =
-    &[simplelog::FormatItem::StringLiteral("lastcall:")];
-
 /// Log lines go to stderr as `lastcall: message`, one write per line so they do not
 /// interleave with the child's output mid-line.
 fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_custom(PREFIX)
-        .set_time_level(log::LevelFilter::Error)
-        .set_max_level(log::LevelFilter::Debug)
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        .set_location_level(log::LevelFilter::Off)
-        .build();
-    let _ = simplelog::WriteLogger::init(level, config, LineWriter::new(std::io::stderr()));
+    logger::init(logger::Format::Text, level);
 }
