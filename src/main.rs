@@ -8,11 +8,13 @@ mod cli;
 mod diag;
 mod http;
 mod idle;
+mod logger;
 mod machine;
 #[cfg(test)]
 mod manpage;
 mod metrics;
 mod notify;
+mod oom;
 mod reaper;
 mod show;
 mod signals;
@@ -20,8 +22,10 @@ mod sockets;
 mod spawn;
 mod status;
 mod supervisor;
+mod termination;
+mod users;
 
-use std::io::{LineWriter, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use cli::Early;
@@ -50,20 +54,8 @@ fn fail(code: u8, message: &str) -> ExitCode {
     ExitCode::from(code)
 }
 
-/// Written where simplelog would put the time.
-const PREFIX: &[simplelog::FormatItem<'static>] =
-    &[simplelog::FormatItem::StringLiteral("lastcall:")];
-
 /// Log lines go to stderr as `lastcall: message`, one write per line so they do not
 /// interleave with the child's output mid-line.
 fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .set_time_format_custom(PREFIX)
-        .set_time_level(log::LevelFilter::Error)
-        .set_max_level(log::LevelFilter::Debug)
-        .set_thread_level(log::LevelFilter::Off)
-        .set_target_level(log::LevelFilter::Off)
-        .set_location_level(log::LevelFilter::Off)
-        .build();
-    let _ = simplelog::WriteLogger::init(level, config, LineWriter::new(std::io::stderr()));
+    logger::init(logger::Format::Text, level);
 }

@@ -5,6 +5,8 @@
 //! what it would see without lastcall. Each of those steps is a small function below; none of
 //! them allocates. An `exec` failure travels back to the parent over a CLOEXEC pipe, so the
 //! parent can tell "not found" (127) from "not executable" (126) from a program that ran.
+//! With `--user`, the child drops root last, just before `exec`; a failure there travels back
+//! the same way.
 
 use std::ffi::{CString, OsString};
 use std::io::Read;
@@ -16,18 +18,21 @@ use nix::fcntl::OFlag;
 use nix::unistd::{ForkResult, Pid};
 
 use crate::signals::{self, Inherited};
+use crate::users::Credentials;
 
 /// Why the child could not be started.
 #[derive(Debug)]
 pub enum SpawnError {
     /// `exec` failed in the child: the program is missing or cannot be run.
     Exec { program: String, errno: Errno },
+    /// Switching to `--user` failed in the child (`call` is the system call that failed).
+    User { user: String, call: &'static str, errno: Errno },
     /// lastcall itself failed (no pipe, no fork).
     Os { what: &'static str, errno: Errno },
 }
 
 /// The shell's codes for a program that could not be run: 127 for "not found", 126 for
-/// "found but cannot run".
+/// "found but cannot run" (and for a `--user` that could not be switched to).
 pub fn exec_failure_code(errno: Errno) -> u8 {
     match errno {
         Errno::ENOENT | Errno::ENOTDIR => 127,
@@ -40,6 +45,9 @@ impl std::fmt::Display for SpawnError {
         match self {
             SpawnError::Exec { program, errno } => {
                 write!(f, "cannot run '{program}': {}", errno.desc())
+            }
+            SpawnError::User { user, call, errno } => {
+                write!(f, "cannot switch to user '{user}': {call}: {}", errno.desc())
             }
             SpawnError::Os { what, errno } => write!(f, "{what} failed: {}", errno.desc()),
         }
@@ -57,7 +65,14 @@ pub struct Options {
     pub quiet: bool,
     /// Descriptors the child gets as 3, 4, ... in this order (socket activation).
     pub pass_fds: Vec<RawFd>,
+    /// Who the child runs as (`--user`); lastcall's own user if none.
+    pub user: Option<Credentials>,
 }
+
+/// What failed in the child, sent after the errno as an index: the `exec`, or a call of the
+/// switch to `--user`.
+const CALLS: [&str; 4] = ["exec", "setgroups", "setgid", "setuid"];
+const FAILED_EXEC: i32 = 0;
 
 /// Starts `argv` as the supervised child and returns its pid once it has exec'd.
 pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
@@ -110,6 +125,7 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
                 null: null.as_ref().map(AsRawFd::as_raw_fd),
                 foreground,
                 pass_fds: &options.pass_fds,
+                user: options.user.as_ref(),
                 err_fd: err_write.as_raw_fd(),
                 inherited: &inherited,
             };
@@ -120,11 +136,16 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
             // Also done here so the group exists before anyone signals it; the child's own
             // call makes the order irrelevant. EACCES once the child has exec'd is fine.
             let _ = nix::unistd::setpgid(child, child);
-            match read_exec_error(err_read) {
+            match read_child_error(err_read) {
                 None => Ok(child),
-                Some(errno) => {
+                Some((errno, FAILED_EXEC)) => {
                     Err(SpawnError::Exec { program: argv[0].to_string_lossy().into_owned(), errno })
                 }
+                Some((errno, call)) => Err(SpawnError::User {
+                    user: options.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
+                    call: CALLS.get(call as usize).copied().unwrap_or("set*id"),
+                    errno,
+                }),
             }
         }
         Err(errno) => Err(SpawnError::Os { what: "fork", errno }),
@@ -151,10 +172,11 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
-/// EOF means `exec` succeeded (the CLOEXEC write end closed); four bytes are its errno.
-fn read_exec_error(read_end: OwnedFd) -> Option<Errno> {
+/// EOF means `exec` succeeded (the CLOEXEC write end closed); eight bytes are an errno and
+/// what failed.
+fn read_child_error(read_end: OwnedFd) -> Option<(Errno, i32)> {
     let mut file = std::fs::File::from(read_end);
-    let mut buf = [0u8; 4];
+    let mut buf = [0u8; 8];
     let mut got = 0;
     while got < buf.len() {
         match file.read(&mut buf[got..]) {
@@ -164,7 +186,8 @@ fn read_exec_error(read_end: OwnedFd) -> Option<Errno> {
             Err(_) => break,
         }
     }
-    (got == buf.len()).then(|| Errno::from_raw(i32::from_ne_bytes(buf)))
+    let word = |i: usize| i32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
+    (got == buf.len()).then(|| (Errno::from_raw(word(0)), word(4)))
 }
 
 fn restore_mask(mask: &libc::sigset_t) {
@@ -184,6 +207,7 @@ struct Child<'a> {
     /// lastcall's group had the terminal's foreground: the child takes it.
     foreground: bool,
     pass_fds: &'a [RawFd],
+    user: Option<&'a Credentials>,
     err_fd: RawFd,
     inherited: &'a Inherited,
 }
@@ -205,6 +229,11 @@ fn child_main(child: Child) -> ! {
         // else refers to it in the child.
         set_own_pid(unsafe { std::slice::from_raw_parts_mut(slot, len) });
     }
+    if let Some(user) = child.user
+        && let Err(call) = switch_user(user)
+    {
+        fail(child.err_fd, call, 126);
+    }
     // SAFETY: `argv` and `env` are null-terminated arrays of pointers to NUL-terminated
     // strings that outlive this call.
     unsafe {
@@ -213,14 +242,41 @@ fn child_main(child: Child) -> ! {
             None => libc::execvp(child.argv[0], child.argv.as_ptr()),
         }
     };
+    let code = i32::from(exec_failure_code(Errno::last()));
+    fail(child.err_fd, FAILED_EXEC, code)
+}
+
+/// Sends errno and what failed to the parent, and leaves.
+fn fail(err_fd: RawFd, what: i32, code: i32) -> ! {
     let errno = Errno::last_raw();
-    let code = i32::from(exec_failure_code(Errno::from_raw(errno)));
-    // SAFETY: writing four bytes from a local to an fd we own, then leaving without running
-    // any of the parent's atexit handlers or destructors.
+    let mut message = [0u8; 8];
+    message[..4].copy_from_slice(&errno.to_ne_bytes());
+    message[4..].copy_from_slice(&what.to_ne_bytes());
+    // SAFETY: writing eight bytes from a local to an fd we own (one write: a pipe takes it
+    // whole), then leaving without running any of the parent's atexit handlers or destructors.
     unsafe {
-        libc::write(child.err_fd, errno.to_ne_bytes().as_ptr().cast(), 4);
+        libc::write(err_fd, message.as_ptr().cast(), message.len());
         libc::_exit(code)
     }
+}
+
+/// Drops root for `--user`: groups first, then the gid, then the uid, since each step needs
+/// the privilege the next one gives up. Returns which call failed (its index in [`CALLS`]),
+/// with errno still set.
+fn switch_user(user: &Credentials) -> Result<(), i32> {
+    // SAFETY: plain libc calls; `groups` was built before the fork and is only read here.
+    unsafe {
+        if libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0 {
+            return Err(1);
+        }
+        if libc::setgid(user.gid) != 0 {
+            return Err(2);
+        }
+        if libc::setuid(user.uid) != 0 {
+            return Err(3);
+        }
+    }
+    Ok(())
 }
 
 /// Writes the pid in decimal after `NAME=`, NUL-terminated, without allocating.

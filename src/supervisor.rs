@@ -70,6 +70,7 @@ impl Fatal {
     pub fn exit_code(&self) -> u8 {
         match self {
             Fatal::Spawn(SpawnError::Exec { errno, .. }) => spawn::exec_failure_code(*errno),
+            Fatal::Spawn(SpawnError::User { .. }) => 126,
             Fatal::Spawn(SpawnError::Os { .. })
             | Fatal::Bind { .. }
             | Fatal::Sockets(_)
@@ -203,10 +204,10 @@ fn child_options(
             let listen = key == "LISTEN_PID"
                 || (own_sockets && (key == "LISTEN_FDS" || key == "LISTEN_FDNAMES"));
             // systemd's notify socket and watchdog are lastcall's when it uses them.
-            let notify = key == "NOTIFY_SOCKET" || key == "WATCHDOG_USEC" || key == "WATCHDOG_PID";
-            !(notify && lastcall_notifies)
-                && !(key == "NOTIFY_SOCKET" && drop_notify)
-                && !(listen && (own_sockets || inherited_activation))
+            let watchdog = key == "WATCHDOG_USEC" || key == "WATCHDOG_PID";
+            let lastcalls =
+                (watchdog && lastcall_notifies) || (key == "NOTIFY_SOCKET" && drop_notify);
+            !lastcalls && !(listen && (own_sockets || inherited_activation))
         })
         .map(|(key, value)| {
             let mut pair = key;
@@ -228,6 +229,7 @@ fn child_options(
         own_pid_var: (inherited_activation || own_sockets).then_some("LISTEN_PID"),
         quiet: false,
         pass_fds: sockets.iter().map(Bound::fd).collect(),
+        user: None,
     }
 }
 
