@@ -73,7 +73,8 @@ pub struct Args {
           default_value_t = false, num_args = 0, default_missing_value = "true")]
     pub no_subreaper: bool,
 
-    /// Connections to the endpoint beyond this are accepted and closed at once
+    /// At most this many connections to the endpoint; a new one beyond it makes room by closing
+    /// the one idle longest (then the oldest partial request)
     #[arg(long, env = "LASTCALL_MAX_CONNECTIONS", help_heading = "Endpoint", value_name = "N",
           default_value = "512", value_parser = parse_max_connections)]
     pub max_connections: usize,

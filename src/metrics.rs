@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use crate::checks::{Checker, Outcome};
-use crate::http::{HttpCounters, Pages};
+use crate::http::{HttpCounters, Pages, Reason};
 use crate::machine::{Machine, Phase};
 use crate::show;
 
@@ -94,9 +94,23 @@ impl View<'_> {
             &mut out,
             "lastcall_http_connections_rejected_total",
             "counter",
-            "Connections closed at once because the maximum was open.",
+            "Connections closed at once: the maximum was open and none could make room.",
         );
         let _ = writeln!(out, "lastcall_http_connections_rejected_total {}", http.rejected);
+        family(
+            &mut out,
+            "lastcall_http_connections_evicted_total",
+            "counter",
+            "Connections closed to make room for a new one when the maximum was open, by reason.",
+        );
+        for reason in Reason::ALL {
+            let n = http.evicted[reason as usize];
+            let _ = writeln!(
+                out,
+                "lastcall_http_connections_evicted_total{{reason=\"{}\"}} {n}",
+                reason.label()
+            );
+        }
         family(
             &mut out,
             "lastcall_http_connections_dropped_total",

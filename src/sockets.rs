@@ -95,7 +95,7 @@ pub fn bind_all(specs: &[Spec]) -> Result<Vec<Bound>, String> {
         .iter()
         .map(|spec| {
             let fd = match &spec.addr {
-                Addr::Tcp(addr) => bind_tcp(*addr),
+                Addr::Tcp(addr) => bind_tcp(*addr, BACKLOG),
                 Addr::Unix(path) => bind_unix(path),
             }
             .map_err(|e| format!("cannot listen on {spec}: {e}"))?;
@@ -104,13 +104,14 @@ pub fn bind_all(specs: &[Spec]) -> Result<Vec<Bound>, String> {
         .collect()
 }
 
-fn bind_tcp(addr: SocketAddr) -> std::io::Result<OwnedFd> {
+/// A listening TCP socket on `addr` with a listen backlog of `backlog` (CLOEXEC, blocking).
+pub fn bind_tcp(addr: SocketAddr, backlog: i32) -> std::io::Result<OwnedFd> {
     let family = if addr.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
     let fd = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
     // As servers do: a restart may bind while old connections are in TIME_WAIT.
     setsockopt(&fd, sockopt::ReuseAddr, &true)?;
     bind(fd.as_raw_fd(), &SockaddrStorage::from(addr))?;
-    listen(&fd, Backlog::new(BACKLOG).unwrap_or(Backlog::MAXCONN))?;
+    listen(&fd, Backlog::new(backlog).unwrap_or(Backlog::MAXCONN))?;
     Ok(fd)
 }
 

@@ -12,6 +12,7 @@ use std::ffi::{CString, OsString};
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -212,9 +213,51 @@ struct Child<'a> {
     inherited: &'a Inherited,
 }
 
+/// The soft file-descriptor limit lastcall inherited, when it raised its own; `u64::MAX`
+/// when it did not.
+static INHERITED_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
+
+/// Raises lastcall's soft RLIMIT_NOFILE to the hard limit, as Go's runtime does, so that its
+/// connections are limited by `--max-connections` and not by a low default; every child gets
+/// the soft limit lastcall inherited back. Returns the limit lastcall now has.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: plain libc calls on a local rlimit.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur >= limit.rlim_max {
+            return limit.rlim_cur;
+        }
+        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            return limit.rlim_cur;
+        }
+        INHERITED_NOFILE.store(limit.rlim_cur, Ordering::Relaxed);
+        raised.rlim_cur
+    }
+}
+
+/// Gives the child the soft file-descriptor limit lastcall inherited.
+fn restore_fd_limit(soft: u64) {
+    if soft == u64::MAX {
+        return;
+    }
+    // SAFETY: plain libc calls on a local rlimit.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: Child) -> ! {
     own_process_group();
+    restore_fd_limit(INHERITED_NOFILE.load(Ordering::Relaxed));
     if child.foreground {
         take_terminal();
     }

@@ -100,6 +100,8 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
 /// Supervises `config.command` to the end; returns lastcall's exit code.
 pub fn run(mut config: Config) -> Result<u8, Fatal> {
     let started = Instant::now();
+    let fd_limit = spawn::raise_fd_limit();
+    warn_if_fds_are_short(&config, fd_limit);
     // Bound before the child starts; failing to is fatal, like the endpoint's address.
     let sockets = sockets::bind_all(&config.sockets).map_err(Fatal::Sockets)?;
     let signals = Signals::open().map_err(setup("taking signals"))?;
@@ -139,6 +141,24 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         spawner,
     };
     supervisor.supervise().map_err(setup("waiting for events"))
+}
+
+/// File descriptors lastcall needs besides its connections: stdio, the event loop, signals,
+/// the listener and its spare, the notify sockets, checks, `--socket`s, with room to spare.
+const FDS_BESIDES_CONNECTIONS: u64 = 64 + MAX_CHECKS as u64;
+
+/// `--max-connections` beyond what the file-descriptor limit allows is said at start: past
+/// the limit, new connections are turned away (or, out of descriptors, make room by eviction).
+fn warn_if_fds_are_short(config: &Config, limit: u64) {
+    let wanted = config.limits.max_connections as u64;
+    let room = limit.saturating_sub(FDS_BESIDES_CONNECTIONS + config.sockets.len() as u64);
+    if config.listen.is_some() && wanted > room {
+        log::warn!(
+            "--max-connections {wanted} is more than the file-descriptor limit allows ({limit}, \
+             room for about {room} connections); raise the hard limit (ulimit -Hn) or lower \
+             --max-connections"
+        );
+    }
 }
 
 fn listen(config: &Config, registry: &Registry) -> Result<Option<Endpoint>, Fatal> {
@@ -255,6 +275,8 @@ struct Woke {
     /// before the loop began.
     reap: bool,
     notify: bool,
+    /// Connections of the endpoint's with work left from their last turn.
+    endpoint: bool,
     listener: bool,
     checks: Vec<Token>,
     /// Connections' tokens, and whether the peer closed its side.
@@ -303,7 +325,7 @@ impl Supervisor {
         .into_iter()
         .flatten()
         .min();
-        let carried = self.more.signals || self.more.notify;
+        let carried = self.more.signals || self.more.notify || self.more.endpoint;
         let timeout = if carried {
             Some(Duration::ZERO)
         } else {
@@ -414,13 +436,19 @@ impl Supervisor {
         let view = View { machine: &self.machine, checker: &self.checker, now };
         let snapshot =
             Snapshot { ready: self.machine.is_ready(), live: self.machine.is_live(), pages: &view };
-        if woke.listener {
-            endpoint.accept(registry, now);
+        // Requests first: a connection with a complete request is answered before anything is
+        // evicted to make room for a new one.
+        if woke.endpoint {
+            happened.add(endpoint.resume(registry, &snapshot, now));
         }
         for &(token, read_closed) in &woke.connections {
             happened.add(endpoint.on_event(registry, token, read_closed, &snapshot, now));
         }
+        if woke.listener {
+            endpoint.accept(registry, now);
+        }
         endpoint.expire(registry, now);
+        self.more.endpoint = endpoint.has_more();
         happened
     }
 

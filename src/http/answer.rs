@@ -136,16 +136,20 @@ pub struct Processed {
 }
 
 /// Answers the complete requests at the start of `input` (pipelining), appending the answers
-/// to `out`, until `out` holds [`MAX_OUT`]. Never panics, whatever the bytes.
+/// to `out`, until `out` holds [`MAX_OUT`] or `limit` requests are answered. Never panics,
+/// whatever the bytes.
 pub fn process(
     input: &[u8],
     snap: &Snapshot,
     http: &mut HttpCounters,
     out: &mut Vec<u8>,
+    limit: usize,
 ) -> Processed {
     let mut done = Processed::default();
-    // Past MAX_OUT of answers waiting, the rest of the requests wait for the client to read.
-    while done.consumed < input.len() && !done.close && out.len() < MAX_OUT {
+    // Past MAX_OUT of answers waiting, the rest of the requests wait for the client to read;
+    // past `limit`, for the connection's next turn.
+    while done.consumed < input.len() && !done.close && out.len() < MAX_OUT && done.answered < limit
+    {
         let rest = &input[done.consumed..];
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
@@ -219,7 +223,8 @@ impl Pending {
         self.buf.len()
     }
 
-    /// Whether requests are waiting that were read but not answered (the output was full).
+    /// Whether requests are waiting that were read but not answered (the output was full, or
+    /// the connection used its turn).
     pub fn has_unanswered(&self) -> bool {
         self.stalled
     }
@@ -232,17 +237,18 @@ impl Pending {
         snap: &Snapshot,
         http: &mut HttpCounters,
         out: &mut Vec<u8>,
+        limit: usize,
     ) -> Processed {
         let done = if self.buf.is_empty() {
             // The common case, one whole request per read: nothing is copied.
-            let done = process(chunk, snap, http, out);
+            let done = process(chunk, snap, http, out, limit);
             if !done.close {
                 self.buf.extend_from_slice(&chunk[done.consumed..]);
             }
             done
         } else {
             self.buf.extend_from_slice(chunk);
-            let done = process(&self.buf, snap, http, out);
+            let done = process(&self.buf, snap, http, out, limit);
             if done.close {
                 self.buf.clear();
             } else {
@@ -254,7 +260,8 @@ impl Pending {
             // Give the memory back: an idle connection holds no buffer.
             self.buf = Vec::new();
         }
-        self.stalled = !done.close && !self.buf.is_empty() && out.len() >= MAX_OUT;
+        let held_back = out.len() >= MAX_OUT || done.answered >= limit;
+        self.stalled = !done.close && !self.buf.is_empty() && held_back;
         done
     }
 }
@@ -286,7 +293,7 @@ mod tests {
     fn run(input: &[u8], draining: bool) -> (String, Processed) {
         with_view(draining, |view| {
             let mut out = Vec::new();
-            let done = process(input, view, &mut HttpCounters::default(), &mut out);
+            let done = process(input, view, &mut HttpCounters::default(), &mut out, usize::MAX);
             (String::from_utf8(out).unwrap(), done)
         })
     }
@@ -356,6 +363,21 @@ mod tests {
         assert!(!done.close);
     }
 
+    #[test]
+    fn a_turn_answers_at_most_its_limit() {
+        let five = "GET /readyz HTTP/1.1\r\n\r\n".repeat(5);
+        with_view(false, |view| {
+            let (mut http, mut out, mut pending) =
+                (HttpCounters::default(), Vec::new(), Pending::default());
+            let done = pending.feed(five.as_bytes(), view, &mut http, &mut out, 2);
+            assert_eq!(done.answered, 2);
+            assert!(pending.has_unanswered(), "three requests wait for the next turn");
+            let done = pending.feed(&[], view, &mut http, &mut out, 8);
+            assert_eq!(done.answered, 3);
+            assert!(!pending.has_unanswered() && pending.len() == 0);
+        });
+    }
+
     /// Feeds `input` split at `cuts` through [`Pending`]; returns the output.
     fn feed_in_pieces(input: &[u8], cuts: &[usize]) -> (Vec<u8>, usize) {
         with_view(false, |view| feed_through(view, input, cuts))
@@ -375,7 +397,8 @@ mod tests {
             let mut at = start;
             while at < end {
                 let take = (end - at).min(MAX_HEAD - pending.len());
-                let done = pending.feed(&input[at..at + take], view, &mut http, &mut out);
+                let done =
+                    pending.feed(&input[at..at + take], view, &mut http, &mut out, usize::MAX);
                 max_pending = max_pending.max(pending.len());
                 at += take;
                 if done.close {

@@ -6,6 +6,7 @@
 //! most [`MAX_OUT`] bytes, every connection has a deadline, and the number of connections is
 //! capped. Every bad input ends in a status code or a closed connection, logged at debug.
 
+mod admission;
 mod answer;
 
 use std::fs::File;
@@ -16,8 +17,10 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
-pub use answer::Response;
+pub use admission::Reason;
+use admission::{Admission, Standing};
 use answer::Pending;
+pub use answer::Response;
 
 /// What the endpoint answers from, taken afresh for each turn of the loop: the endpoint
 /// knows nothing of the supervisor beyond this.
@@ -43,8 +46,11 @@ pub struct HttpCounters {
     /// `[route][status]`: routes are /readyz and /livez, statuses 200 and 503.
     pub probes: [[u64; 2]; 2],
     pub open: usize,
-    /// Connections closed at once because the maximum was open.
+    /// Connections closed at once: the maximum was open and none could make room (or no file
+    /// descriptor was left to take them with).
     pub rejected: u64,
+    /// Connections closed to make room for a new one, by [`Reason`].
+    pub evicted: [u64; 2],
     /// Connections dropped for a timeout, bad input, or not reading their answers.
     pub dropped: u64,
 }
@@ -73,11 +79,20 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 256 * 1024;
 /// Out of file descriptors with no room to make, how soon accepting is tried again.
 const RETRY_ACCEPT: Duration = Duration::from_millis(100);
+/// The most requests one connection has answered per turn of the loop; the rest wait for
+/// its next turn (at once), so that a pipelining client cannot hold the loop.
+const REQUESTS_PER_TURN: usize = 8;
+/// The send buffer asked for each connection (the kernel doubles it); the endpoint's answers
+/// are small.
+const SEND_BUFFER: usize = 32 * 1024;
+/// The listen backlog: deep enough that a burst of connects waits in it while lastcall has no
+/// CPU, rather than losing SYNs (the kernel caps it at net.core.somaxconn).
+pub const BACKLOG: i32 = 4096;
 
 /// The limits set by options.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Connections beyond this are accepted and closed at once, so the backlog never fills.
+    /// At most this many connections; a new one beyond it makes room (see [`admission`]).
     pub max_connections: usize,
     /// How long a request head may take to arrive (slowloris).
     pub request_timeout: Duration,
@@ -103,6 +118,27 @@ struct Conn {
     out: Vec<u8>,
     state: State,
     deadline: Instant,
+    /// What the connection could give up, for admission; `epoch` names this standing.
+    standing: Standing,
+    epoch: u64,
+    /// Requests answered so far: a change means the connection was active.
+    answered: u64,
+    /// It used its turn's budget with work left: it gets another turn at once.
+    more: bool,
+}
+
+impl Conn {
+    fn standing(&self) -> Standing {
+        let owes = !self.out.is_empty() || self.pending.has_unanswered();
+        match self.state {
+            State::Lingering { .. } => Standing::Idle,
+            _ if owes => Standing::Busy,
+            State::Idle => Standing::Idle,
+            State::Head if self.pending.len() == 0 => Standing::Idle,
+            State::Head => Standing::Partial,
+            State::Closing => Standing::Busy,
+        }
+    }
 }
 
 pub struct Endpoint {
@@ -117,6 +153,11 @@ pub struct Endpoint {
     retry_accept: bool,
     /// No connection's deadline is earlier than this (it may be stale-early, never late).
     next_expiry: Option<Instant>,
+    /// Who makes room when the maximum is open.
+    admission: Admission,
+    next_epoch: u64,
+    /// Connections with work left after their turn (see [`REQUESTS_PER_TURN`]).
+    again: Vec<usize>,
     shared: Shared,
 }
 
@@ -138,14 +179,19 @@ enum Outcome {
 impl Endpoint {
     /// Binds the listener; `first_token` and the tokens after it are the connections'.
     pub fn bind(addr: SocketAddr, limits: Limits, first_token: usize) -> io::Result<Endpoint> {
+        let listener = std::net::TcpListener::from(crate::sockets::bind_tcp(addr, BACKLOG)?);
+        listener.set_nonblocking(true)?;
         Ok(Endpoint {
-            listener: TcpListener::bind(addr)?,
+            listener: TcpListener::from_std(listener),
             first_token,
             conns: Vec::new(),
             free: Vec::new(),
             spare_fd: File::open("/dev/null").ok(),
             retry_accept: false,
             next_expiry: None,
+            admission: Admission::default(),
+            next_epoch: 0,
+            again: Vec::new(),
             shared: Shared {
                 limits,
                 scratch: Box::new([0; MAX_HEAD]),
@@ -194,25 +240,34 @@ impl Endpoint {
                     // fd makes room to accept one and close it, so that the backlog drains
                     // (the listener is edge-triggered and would not wake us again for it).
                     log::debug!("accept: {e}");
-                    if !self.reject_one() {
-                        return;
+                    if self.evict(registry, now) || self.reject_one() {
+                        continue;
                     }
-                    continue;
+                    return;
                 }
                 Err(e) => {
                     log::debug!("accept: {e}");
                     return;
                 }
             };
-            let counters = &mut self.shared.counters;
-            if counters.open >= self.shared.limits.max_connections {
-                counters.rejected += 1;
+            if self.shared.counters.open >= self.shared.limits.max_connections
+                && !self.evict(registry, now)
+            {
+                self.shared.counters.rejected += 1;
                 continue; // dropped: closed at once
             }
             let slot = self.free.pop().unwrap_or_else(|| {
                 self.conns.push(None);
                 self.conns.len() - 1
             });
+            // A small send buffer: a client that sends requests and never reads their answers
+            // is found out (and dropped) after some tens of answers, not after the megabytes
+            // an auto-tuned buffer would take, each rendered for nobody.
+            let _ = nix::sys::socket::setsockopt(
+                &stream,
+                nix::sys::socket::sockopt::SndBuf,
+                &SEND_BUFFER,
+            );
             let token = Token(self.first_token + slot);
             // Edge-triggered, registered once for both: no re-registration per request.
             if let Err(e) =
@@ -223,16 +278,78 @@ impl Endpoint {
                 continue;
             }
             let deadline = now + self.shared.limits.request_timeout;
+            self.next_epoch += 1;
             self.conns[slot] = Some(Conn {
                 stream,
                 pending: Pending::default(),
                 out: Vec::new(),
                 state: State::Head,
                 deadline,
+                standing: Standing::Idle,
+                epoch: self.next_epoch,
+                answered: 0,
+                more: false,
             });
+            self.admission.note(slot, self.next_epoch, Standing::Idle, now);
             self.shared.counters.open += 1;
             self.note_deadline(deadline);
         }
+    }
+
+    /// Closes the connection that can best give up its place (see [`admission`]); false
+    /// if none can.
+    fn evict(&mut self, registry: &Registry, now: Instant) -> bool {
+        let conns = &self.conns;
+        let current = |slot: usize, epoch: u64| {
+            conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.epoch == epoch)
+        };
+        let Some((slot, reason)) = self.admission.victim(now, current) else {
+            return false;
+        };
+        log::debug!("evicting a connection ({}) to make room", reason.label());
+        self.shared.counters.evicted[reason as usize] += 1;
+        self.close(registry, slot);
+        true
+    }
+
+    /// After a connection's turn: its new standing for admission, and whether it needs
+    /// another turn at once.
+    fn after_turn(&mut self, slot: usize, answered_before: u64, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let standing = conn.standing();
+        // An idle connection that just answered a request starts waiting again: to the back.
+        let active = conn.answered != answered_before;
+        if standing != conn.standing || (standing == Standing::Idle && active) {
+            self.next_epoch += 1;
+            conn.standing = standing;
+            conn.epoch = self.next_epoch;
+            self.admission.note(slot, conn.epoch, standing, now);
+        }
+        if std::mem::take(&mut conn.more) {
+            self.again.push(slot);
+        }
+        let conns = &self.conns;
+        self.admission.compact(self.shared.counters.open, |slot: usize, epoch: u64| {
+            conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.epoch == epoch)
+        });
+    }
+
+    /// Whether some connection has work left from its last turn.
+    pub fn has_more(&self) -> bool {
+        !self.again.is_empty()
+    }
+
+    /// Gives the connections with work left their next turn.
+    pub fn resume(&mut self, registry: &Registry, snap: &Snapshot, now: Instant) -> Happened {
+        let mut happened = Happened::default();
+        for slot in std::mem::take(&mut self.again) {
+            if self.conns.get(slot).is_some_and(Option::is_some) {
+                happened.add(self.drive_slot(registry, slot, false, snap, now));
+            }
+        }
+        happened
     }
 
     /// Out of file descriptors: accepts one waiting connection into the spare fd's room and
@@ -271,17 +388,29 @@ impl Endpoint {
         snap: &Snapshot,
         now: Instant,
     ) -> Happened {
-        let Some(slot) = token.0.checked_sub(self.first_token) else {
-            return Happened::default();
-        };
+        match token.0.checked_sub(self.first_token) {
+            Some(slot) => self.drive_slot(registry, slot, read_closed, snap, now),
+            None => Happened::default(),
+        }
+    }
+
+    fn drive_slot(
+        &mut self,
+        registry: &Registry,
+        slot: usize,
+        read_closed: bool,
+        snap: &Snapshot,
+        now: Instant,
+    ) -> Happened {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return Happened::default();
         };
-        let outcome = conn.drive(&mut self.shared, snap, now, read_closed);
-        match outcome {
+        let answered = conn.answered;
+        match conn.drive(&mut self.shared, snap, now, read_closed) {
             Outcome::Keep => {
                 let deadline = conn.deadline;
                 self.note_deadline(deadline);
+                self.after_turn(slot, answered, now);
             }
             Outcome::Close => self.close(registry, slot),
         }
@@ -354,6 +483,7 @@ impl Conn {
             return linger(conn, scratch, discarded);
         }
         let mut eof = false;
+        let mut budget = REQUESTS_PER_TURN;
         loop {
             if !flush(conn) {
                 return Outcome::Close;
@@ -365,6 +495,11 @@ impl Conn {
                 return Outcome::Close;
             }
             if eof || !matches!(conn.state, State::Head | State::Idle) {
+                break;
+            }
+            if budget == 0 {
+                // Its turn is over; what it sent meanwhile waits in the socket.
+                conn.more = true;
                 break;
             }
             // Requests read earlier but not answered yet (the output was full) go first.
@@ -388,7 +523,9 @@ impl Conn {
                     Err(_) => return Outcome::Close,
                 }
             };
-            let done = conn.pending.feed(&scratch[..chunk], snap, http, &mut conn.out);
+            let done = conn.pending.feed(&scratch[..chunk], snap, http, &mut conn.out, budget);
+            budget -= done.answered.min(budget);
+            conn.answered += done.answered as u64;
             happened.add(Happened { probed: done.probed });
             if done.close {
                 conn.state = State::Closing;

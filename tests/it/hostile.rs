@@ -502,42 +502,49 @@ fn a_pipelining_client_that_reads_its_answers_is_not_dropped() {
     up.assert_intact();
 }
 
+/// At `--max-connections`, a new connection makes room: the connection idle longest goes
+/// first, and one with a partial request only when none has been idle for a second (a
+/// connection that just came gets that long to send its request).
 #[test]
-fn connections_beyond_the_maximum_are_closed_at_once() {
+fn at_the_maximum_the_longest_idle_connection_makes_room() {
     let dir = TestDir::new("hostile_max_connections");
-    let mut up = start(&dir, &["--max-connections", "5"], SLEEPER);
-    // Five kept-alive connections, each proven accepted by an answer.
-    let mut kept: Vec<Client> = (0..5).map(|_| up.connect()).collect();
-    for client in &mut kept {
-        client.send(get("/readyz"));
-        assert_eq!(client.answer(false).status, 200);
+    let mut up = start(&dir, &["--max-connections", "3"], SLEEPER);
+    // Two connections with half a request each, then one kept alive after an answer: lastcall
+    // has read the halves by the time it answers (their data came first).
+    let mut partial: Vec<Client> = (0..2).map(|_| up.connect()).collect();
+    for client in &mut partial {
+        client.send("GET /readyz HTTP/1.1\r\n");
     }
-    // Fifteen more: the kernel completes each handshake, lastcall accepts and closes it.
-    let started = Instant::now();
-    for i in 0..15 {
-        let mut extra = up.connect();
-        let end = extra.expect_end(PROMPT);
-        assert_eq!(end, End::Eof, "extra connection {i}: closed without a word, not reset");
-    }
-    assert!(started.elapsed() < PROMPT, "closing 15 took {:?}", started.elapsed());
-    // The kept ones still work, and the count is exact.
-    kept[0].send(get("/metrics"));
-    let metrics = kept[0].answer(false);
-    assert_eq!(sample(&metrics.body, "lastcall_http_connections_rejected_total"), 15.0);
-    assert_eq!(sample(&metrics.body, "lastcall_http_connections"), 5.0);
-    for client in &mut kept[1..] {
-        client.send(get("/livez"));
-        assert_eq!(client.answer(false).status, 200);
-    }
-    // Once they go, there is room again (when lastcall has seen them go).
-    drop(kept);
-    wait_until("a new connection is served", || {
-        let mut client = up.connect();
-        client.send("GET /readyz HTTP/1.0\r\n\r\n");
-        let mut raw = Vec::new();
-        let _ = client.stream.read_to_end(&mut raw);
-        raw.starts_with(b"HTTP/1.1 200 ")
-    });
+    let mut kept = up.connect();
+    kept.send(get("/readyz"));
+    assert_eq!(kept.answer(false).status, 200);
+
+    // A newcomer a moment later: the oldest partial request makes room, not the connection
+    // that was answered a moment ago.
+    let mut first = up.connect();
+    first.send(get("/readyz"));
+    assert_eq!(first.answer(false).status, 200, "the new connection is served");
+    assert_eq!(partial[0].expect_end(PROMPT), End::Eof, "the oldest partial request made room");
+
+    // Once the idle ones have waited a second, the one idle longest goes first.
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut second = up.connect();
+    second.send(get("/readyz"));
+    assert_eq!(second.answer(false).status, 200);
+    assert_eq!(kept.expect_end(PROMPT), End::Eof, "the connection idle longest made room");
+
+    // The younger partial request was kept: it completes and is answered.
+    partial[1].send("Host: 127.0.0.1\r\n\r\n");
+    assert_eq!(partial[1].answer(false).status, 200, "a partial request was dropped");
+    first.send(get("/metrics"));
+    let metrics = first.answer(false);
+    let evicted = |reason: &str| {
+        let series = format!("lastcall_http_connections_evicted_total{{reason=\"{reason}\"}}");
+        sample(&metrics.body, &series)
+    };
+    assert_eq!((evicted("idle"), evicted("partial_request")), (1.0, 1.0), "{}", metrics.body);
+    assert_eq!(sample(&metrics.body, "lastcall_http_connections_rejected_total"), 0.0);
+    assert_eq!(sample(&metrics.body, "lastcall_http_connections"), 3.0);
     up.assert_intact();
 }
 
