@@ -124,6 +124,11 @@ pub enum Action {
     Log(Level, String),
 }
 
+/// A line for the operator at info: a step worth telling.
+fn info(line: String) -> Action {
+    Action::Log(Level::Info, line)
+}
+
 /// Index room for every signal number (1..=64 on Linux).
 const SIGNALS: usize = 65;
 

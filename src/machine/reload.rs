@@ -5,10 +5,9 @@
 
 use std::time::Instant;
 
-use log::Level;
 use nix::unistd::Pid;
 
-use super::{Action, Machine, Phase, Target};
+use super::{Action, Machine, Phase, Target, info};
 use crate::show;
 use crate::signals::{SIGKILL, Sig};
 use crate::status::ChildStatus;
@@ -186,12 +185,10 @@ impl Machine {
     }
 }
 
-fn info(line: String) -> Action {
-    Action::Log(Level::Info, line)
-}
-
 #[cfg(test)]
 mod tests {
+    use log::Level;
+
     use super::super::testing::*;
     use super::super::{Input, Policy, Prestop};
     use super::*;

@@ -10,10 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use log::Level;
 use nix::unistd::Pid;
 
-use super::{Action, Machine, Prestop, Target};
+use super::{Action, Machine, Prestop, Target, info};
 use crate::show;
 use crate::signals::{SIGKILL, SIGTERM, Sig};
 use crate::status::ChildStatus;
@@ -365,13 +364,10 @@ fn kill_all(pid: Pid) -> [Action; 2] {
     ]
 }
 
-/// A step of the shutdown worth telling the operator.
-fn info(line: String) -> Action {
-    Action::Log(Level::Info, line)
-}
-
 #[cfg(test)]
 mod tests {
+    use log::Level;
+
     use super::super::testing::*;
     use super::super::{Input, Policy};
     use super::*;
