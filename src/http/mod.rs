@@ -300,10 +300,7 @@ impl Endpoint {
     /// if none can.
     fn evict(&mut self, registry: &Registry, now: Instant) -> bool {
         let conns = &self.conns;
-        let current = |slot: usize, epoch: u64| {
-            conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.epoch == epoch)
-        };
-        let Some((slot, reason)) = self.admission.victim(now, current) else {
+        let Some((slot, reason)) = self.admission.victim(now, |s, e| stands(conns, s, e)) else {
             return false;
         };
         log::debug!("evicting a connection ({}) to make room", reason.label());
@@ -331,9 +328,7 @@ impl Endpoint {
             self.again.push(slot);
         }
         let conns = &self.conns;
-        self.admission.compact(self.shared.counters.open, |slot: usize, epoch: u64| {
-            conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.epoch == epoch)
-        });
+        self.admission.compact(self.shared.counters.open, |s, e| stands(conns, s, e));
     }
 
     /// Whether some connection has work left from its last turn.
@@ -461,6 +456,11 @@ impl Endpoint {
             self.shared.counters.open -= 1;
         }
     }
+}
+
+/// Whether the connection in `slot` still stands as admission noted it at `epoch`.
+fn stands(conns: &[Option<Conn>], slot: usize, epoch: u64) -> bool {
+    conns.get(slot).and_then(Option::as_ref).is_some_and(|c| c.epoch == epoch)
 }
 
 impl Conn {
