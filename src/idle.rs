@@ -48,27 +48,13 @@ fn count_in(tables: &[String], ports: &[u16], own_inodes: &HashSet<u64>) -> usiz
         .count()
 }
 
-/// The inodes of lastcall's own sockets, from /proc/self/fd.
-fn own_socket_inodes() -> HashSet<u64> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return HashSet::new();
-    };
-    dir.flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|target| {
-            let text = target.to_str()?;
-            text.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
-        })
-        .collect()
-}
-
 /// The app's established connections on `ports` now.
 pub fn count(ports: &[u16]) -> usize {
     let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .collect();
-    count_in(&tables, ports, &own_socket_inodes())
+    count_in(&tables, ports, &crate::diag::own_socket_inodes())
 }
 
 #[cfg(test)]
