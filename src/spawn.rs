@@ -214,8 +214,9 @@ struct Child<'a> {
 }
 
 /// The soft file-descriptor limit lastcall inherited, when it raised its own; `u64::MAX`
-/// when it did not.
+/// when it did not. The hard limit, which lastcall leaves as it is, beside it.
 static INHERITED_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
+static HARD_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
 
 /// Raises lastcall's soft RLIMIT_NOFILE to the hard limit, as Go's runtime does, so that its
 /// connections are limited by `--max-connections` and not by a low default; every child gets
@@ -235,29 +236,26 @@ pub fn raise_fd_limit() -> u64 {
             return limit.rlim_cur;
         }
         INHERITED_NOFILE.store(limit.rlim_cur, Ordering::Relaxed);
+        HARD_NOFILE.store(limit.rlim_max, Ordering::Relaxed);
         raised.rlim_cur
     }
 }
 
-/// Gives the child the soft file-descriptor limit lastcall inherited.
-fn restore_fd_limit(soft: u64) {
+/// Gives the child the soft file-descriptor limit lastcall inherited (one system call: the
+/// hard limit is known).
+fn restore_fd_limit(soft: u64, hard: u64) {
     if soft == u64::MAX {
         return;
     }
-    // SAFETY: plain libc calls on a local rlimit.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
-            limit.rlim_cur = soft;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
-    }
+    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+    // SAFETY: plain libc call on a local rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
 
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: Child) -> ! {
     own_process_group();
-    restore_fd_limit(INHERITED_NOFILE.load(Ordering::Relaxed));
+    restore_fd_limit(INHERITED_NOFILE.load(Ordering::Relaxed), HARD_NOFILE.load(Ordering::Relaxed));
     if child.foreground {
         take_terminal();
     }
