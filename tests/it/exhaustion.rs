@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use crate::support::{TestDir, cpu_time, probe, spawn_listening};
 
 /// Sets lastcall's file-descriptor limit, soft and hard, before it runs.
-fn with_fd_limit(cmd: crate::support::Cmd, limit: u64) -> crate::support::Cmd {
-    let rlimit = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+fn with_fd_limit(cmd: crate::support::Cmd, soft: u64, hard: u64) -> crate::support::Cmd {
+    let rlimit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
     // SAFETY: setrlimit is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
@@ -34,7 +34,7 @@ fn out_of_file_descriptors_the_loop_keeps_turning() {
                 .lastcall()
                 .args(["--listen", &format!("127.0.0.1:{port}"), "--prestop-delay", "0s"])
                 .sh("mark ready; await exit; exit 7");
-            with_fd_limit(cmd, 32)
+            with_fd_limit(cmd, 32, 32)
         },
         || dir.exists("ready"),
     );
@@ -127,20 +127,11 @@ fn a_burst_of_connects_on_busy_cpus_completes() {
 #[test]
 fn the_child_gets_the_file_descriptor_limit_lastcall_inherited() {
     let dir = TestDir::new("nofile");
-    let rlimit = libc::rlimit { rlim_cur: 1024, rlim_max: 4096 };
-    // SAFETY: setrlimit is async-signal-safe.
-    let cmd = unsafe {
-        dir.lastcall()
-            .args(["--listen", "off"])
-            .sh(r#"echo "$(ulimit -Sn) $(ulimit -Hn)" > "$DIR/limits"; mark ready; exec sleep 600"#)
-            .pre_exec(move || {
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
-                    Ok(())
-                } else {
-                    Err(std::io::Error::last_os_error())
-                }
-            })
-    };
+    let cmd = dir
+        .lastcall()
+        .args(["--listen", "off"])
+        .sh(r#"echo "$(ulimit -Sn) $(ulimit -Hn)" > "$DIR/limits"; mark ready; exec sleep 600"#);
+    let cmd = with_fd_limit(cmd, 1024, 4096);
     let mut lastcall = cmd.spawn();
     lastcall.wait_until("the child wrote its limits", || dir.exists("ready"));
     assert_eq!(dir.read("limits").trim(), "1024 4096", "the child's soft and hard limits");

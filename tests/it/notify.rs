@@ -79,10 +79,7 @@ fn ready_from_another_pid_namespace_is_dropped() {
     lastcall.wait_stderr("dropped");
     assert_eq!(readyz(port), 503, "READY=1 from another PID namespace was heard");
     // unshare passes no signal on: lastcall is its child.
-    let pid = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", lastcall.pid()))
-        .ok()
-        .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok())
-        .expect("lastcall under unshare");
+    let pid = *crate::support::children_of(lastcall.pid()).first().expect("lastcall under unshare");
     crate::support::send(pid, libc::SIGTERM);
     lastcall.wait().assert_code(128 + libc::SIGTERM);
 }

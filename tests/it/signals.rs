@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    LASTCALL, TIMEOUT, TestDir, can_unshare, has_python, metric, send, spawn_listening,
+    LASTCALL, TIMEOUT, TestDir, can_unshare, children_of, has_python, metric, send, spawn_listening,
 };
 
 /// The signals to forward, with the name the child records for each.
@@ -262,13 +262,6 @@ fn a_burst_of_real_time_signals_is_forwarded_one_for_one() {
         counts == format!("{sent} 1"),
         format!("sent {sent} and 1; the child counted {counts}"),
     );
-}
-
-/// The pids of the children of `pid`, from /proc.
-fn children_of(pid: i32) -> Vec<i32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
 }
 
 /// Whether process `pid` runs the program at `path`.
