@@ -23,7 +23,7 @@ _lastcall() {
 
     case "${cmd}" in
         lastcall)
-            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-min --socket --reload-signal --log-level --help --version"
+            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-quiet --drain-probes --drain-min --socket --reload-signal --log-level --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -86,6 +86,14 @@ _lastcall() {
                     return 0
                     ;;
                 --drain-idle-port)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-quiet)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --drain-probes)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -12,8 +12,10 @@ complete -c lastcall -l ready-exec -d 'Ready only when `sh -c CMD` exits 0 (repe
 complete -c lastcall -l ready-interval -d 'Time between two rounds of readiness checks' -r
 complete -c lastcall -l ready-timeout -d 'How long one readiness check may take before it counts as failed' -r
 complete -c lastcall -l startup-timeout -d 'After this, an app that never became ready is logged as such (it keeps running, unready)' -r
-complete -c lastcall -l drain-idle-port -d 'During the preStop delay, stop as soon as no connection to PORT is open (repeatable)' -r
-complete -c lastcall -l drain-min -d 'With --drain-idle-port, the shortest preStop phase' -r
+complete -c lastcall -l drain-idle-port -d 'The app\'s TCP ports that the drain watches: during the preStop delay, stop once no connection to them is busy (see --drain-quiet, --drain-probes). auto: the ports the child\'s processes and --socket listen on; off: wait the whole delay' -r
+complete -c lastcall -l drain-quiet -d 'The app counts as idle once no bytes moved on its connections for this long' -r
+complete -c lastcall -l drain-probes -d 'The 503 answers each client that was probing /readyz must have had before the drain ends early (HAProxy\'s `fall` and the kubelet\'s `failureThreshold` default to 3)' -r
+complete -c lastcall -l drain-min -d 'The shortest preStop phase of a drain that watches the app' -r
 complete -c lastcall -l socket -d 'Bind this socket and pass it to the child by socket activation (repeatable): [NAME=]tcp://HOST:PORT or [NAME=]unix:/path' -r
 complete -c lastcall -l reload-signal -d 'With --socket: on this signal, start a new child on the same sockets, wait until it is ready, then drain the old one [default: HUP]' -r
 complete -c lastcall -l log-level -d 'error, warn, info, debug or trace' -r

@@ -71,9 +71,6 @@
 //! by the app, finishing in FIN_WAIT, LAST_ACK or CLOSING) are left out: the kernel delivers
 //! their last bytes whether the app runs or not.
 
-// Unused by the binary until the drain is wired to it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -156,6 +153,7 @@ impl Track {
     }
 }
 
+#[derive(Debug)]
 pub struct Tracker {
     quiet: Duration,
     /// Reads so far.
@@ -190,11 +188,13 @@ impl Tracker {
     }
 
     /// A socket's state at the last read, by cookie; `None` if it was not in it.
+    #[cfg(test)]
     pub fn state(&self, cookie: u64) -> Option<State> {
         self.sockets.get(&cookie).map(|t| t.state)
     }
 
     /// Every socket of the last read, by cookie.
+    #[cfg(test)]
     pub fn states(&self) -> impl Iterator<Item = (u64, State)> + '_ {
         self.sockets.iter().map(|(cookie, t)| (*cookie, t.state))
     }

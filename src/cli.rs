@@ -125,12 +125,26 @@ pub struct Args {
           value_parser = parse_timeout, help_heading = "Readiness of the app")]
     pub startup_timeout: Duration,
 
-    /// During the preStop delay, stop as soon as no connection to PORT is open (repeatable)
-    #[arg(long, env = "LASTCALL_DRAIN_IDLE_PORT", value_name = "PORT", value_delimiter = ',',
-          value_parser = parse_port, help_heading = "Drain")]
-    pub drain_idle_port: Vec<u16>,
+    /// The app's TCP ports that the drain watches: during the preStop delay, stop once no
+    /// connection to them is busy (see --drain-quiet, --drain-probes). auto: the ports the
+    /// child's processes and --socket listen on; off: wait the whole delay
+    #[arg(long, env = "LASTCALL_DRAIN_IDLE_PORT", value_name = "auto|off|PORT",
+          value_delimiter = ',', default_value = "auto", value_parser = parse_drain_port,
+          help_heading = "Drain")]
+    pub drain_idle_port: Vec<DrainPort>,
 
-    /// With --drain-idle-port, the shortest preStop phase
+    /// The app counts as idle once no bytes moved on its connections for this long
+    #[arg(long, env = "LASTCALL_DRAIN_QUIET", value_name = "DUR", default_value = "1s",
+          value_parser = parse_duration, help_heading = "Drain")]
+    pub drain_quiet: Duration,
+
+    /// The 503 answers each client that was probing /readyz must have had before the drain
+    /// ends early (HAProxy's `fall` and the kubelet's `failureThreshold` default to 3)
+    #[arg(long, env = "LASTCALL_DRAIN_PROBES", value_name = "N", default_value = "3",
+          value_parser = clap::value_parser!(u32).range(0..=1000), help_heading = "Drain")]
+    pub drain_probes: u32,
+
+    /// The shortest preStop phase of a drain that watches the app
     #[arg(long, env = "LASTCALL_DRAIN_MIN", value_name = "DUR", default_value = "1s",
           value_parser = parse_duration, help_heading = "Drain")]
     pub drain_min: Duration,
@@ -178,7 +192,7 @@ pub struct Config {
     /// `--ready-timeout`: how long one check may take.
     pub check_timeout: Duration,
     /// `--drain-idle-port`.
-    pub drain_ports: Vec<u16>,
+    pub drain_ports: DrainPorts,
     /// `--socket`, bound by `run` before the child starts; at most [`MAX_SOCKETS`].
     pub sockets: Vec<Spec>,
     pub subreaper: bool,
@@ -264,6 +278,10 @@ impl Args {
             (sig, false) => Some(sig.unwrap_or(Sig(libc::SIGHUP))),
             (None, true) => None,
         };
+        let drain_ports = match drain_ports(&self.drain_idle_port) {
+            Some(ports) => ports,
+            None => return usage("--drain-idle-port takes auto, off, or ports, not a mix".into()),
+        };
         let policy = Policy {
             prestop: self.prestop_delay,
             grace: self.grace_period,
@@ -272,8 +290,10 @@ impl Args {
             success_exit: self.success_exit,
             in_kubernetes: std::env::var_os("KUBERNETES_SERVICE_HOST")
                 .is_some_and(|v| !v.is_empty()),
-            drain_idle: !self.drain_idle_port.is_empty(),
+            drain_idle: drain_ports != DrainPorts::Off,
             drain_min: self.drain_min,
+            drain_quiet: self.drain_quiet,
+            drain_probes: self.drain_probes,
             reload_signal,
             checks: !checks.is_empty(),
             notify: self.ready_notify,
@@ -297,7 +317,7 @@ impl Args {
             },
             checks,
             check_timeout: self.ready_timeout,
-            drain_ports: self.drain_idle_port,
+            drain_ports,
             sockets: self.socket,
             subreaper: !self.no_subreaper,
             log_level: self.log_level,
@@ -374,6 +394,49 @@ pub fn parse_max_connections(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
         Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
         _ => Err("expected a number of connections from 1 to 1000000".to_string()),
+    }
+}
+
+/// One value of `--drain-idle-port`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DrainPort {
+    Auto,
+    Off,
+    Port(u16),
+}
+
+/// What `--drain-idle-port` says as a whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainPorts {
+    Off,
+    /// The ports the app listens on when the drain starts.
+    Auto,
+    Ports(Vec<u16>),
+}
+
+pub fn parse_drain_port(text: &str) -> Result<DrainPort, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "auto" => Ok(DrainPort::Auto),
+        "off" => Ok(DrainPort::Off),
+        _ => parse_port(text)
+            .map(DrainPort::Port)
+            .map_err(|_| "expected auto, off, or a port from 1 to 65535".to_string()),
+    }
+}
+
+/// `None` for a mix of auto, off and ports.
+fn drain_ports(values: &[DrainPort]) -> Option<DrainPorts> {
+    match values {
+        [] | [DrainPort::Auto] => Some(DrainPorts::Auto),
+        [DrainPort::Off] => Some(DrainPorts::Off),
+        _ => values
+            .iter()
+            .map(|v| match v {
+                DrainPort::Port(p) => Some(*p),
+                _ => None,
+            })
+            .collect::<Option<Vec<u16>>>()
+            .map(DrainPorts::Ports),
     }
 }
 

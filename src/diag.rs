@@ -15,9 +15,6 @@
 //! is checked, so a shorter `tcp_info` from an older kernel leaves fields `None` instead of
 //! misreading them, and a malformed answer is an error instead of a panic.
 
-// Unused by the binary until the drain is wired to it.
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::collections::HashSet;
 use std::fmt;
 use std::io;
@@ -161,6 +158,7 @@ impl From<Errno> for Error {
 pub enum Ports<'a> {
     All,
     /// Those whose local port is one of these.
+    #[cfg_attr(not(test), allow(dead_code))] // the drain reads both ends
     Local(&'a [u16]),
     /// Those whose local or remote port is one of these.
     LocalOrRemote(&'a [u16]),
@@ -273,7 +271,7 @@ pub fn inode_of(fd: RawFd) -> Option<u64> {
 
 /// The socket inodes in a /proc/PID/fd directory; none if it cannot be read (the process is
 /// gone, or is not ours to look at).
-fn socket_inodes(dir: &str) -> HashSet<u64> {
+pub fn socket_inodes(dir: &str) -> HashSet<u64> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return HashSet::new();
     };

@@ -1,14 +1,27 @@
-//! Counting the app's open connections, for `--drain-idle-port`.
+//! The drain's view of the app: its ports, and its connections on them.
 //!
-//! Read from /proc/net/tcp and tcp6, which show lastcall's network namespace, the child's
-//! too. Only ESTABLISHED connections whose local port is one of the app's count: not
-//! listening sockets, not lastcall's own sockets (its endpoint, its readiness checks), and
-//! not the app's side of a connection that lastcall itself opened.
+//! Read through socket diagnostics ([`crate::diag`]): each connection with its `tcp_info`,
+//! for the machine to tell busy from idle. Where the kernel will not answer (seccomp, an
+//! LSM, an old kernel), from /proc/net/tcp and tcp6 instead, for good: they show lastcall's
+//! network namespace, the child's too, but only a connection's state, so every established
+//! connection counts as busy. Either way, only connections whose local port is one of the
+//! app's count: not lastcall's own sockets (its endpoint, its readiness checks), and not the
+//! app's side of a connection that lastcall itself opened.
 
 use std::collections::HashSet;
+use std::os::fd::RawFd;
+
+use nix::unistd::Pid;
+
+use crate::cli::DrainPorts;
+use crate::diag;
+use crate::machine::Reading;
+use crate::reaper;
 
 /// `st` of an established connection in /proc/net/tcp.
 const ESTABLISHED: &str = "01";
+/// `st` of a listening socket.
+const LISTEN: &str = "0A";
 
 /// One row of /proc/net/tcp{,6}: local and remote (address, port) as printed, and inode.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,13 +61,89 @@ fn count_in(tables: &[String], ports: &[u16], own_inodes: &HashSet<u64>) -> usiz
         .count()
 }
 
-/// The app's established connections on `ports` now.
-pub fn count(ports: &[u16]) -> usize {
-    let tables: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+/// The ports of the listening sockets among `inodes`, in the tables' text.
+fn listening_in(tables: &[String], inodes: &HashSet<u64>) -> Vec<u16> {
+    let mut ports: Vec<u16> = tables
+        .iter()
+        .flat_map(|t| t.lines().skip(1))
+        .filter_map(parse_row)
+        .filter(|r| r.state == LISTEN && inodes.contains(&r.inode))
+        .map(|r| r.local.1)
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+fn tables() -> Vec<String> {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
-        .collect();
-    count_in(&tables, ports, &crate::diag::own_socket_inodes())
+        .collect()
+}
+
+/// The drain's eyes on the app.
+pub struct Eyes {
+    ports: DrainPorts,
+    /// The inodes of the `--socket`s lastcall holds for the app: they are the app's.
+    held: HashSet<u64>,
+    /// Why socket diagnostics cannot be used, once they could not.
+    lost: Option<String>,
+}
+
+impl Eyes {
+    pub fn new(ports: DrainPorts, held: &[RawFd]) -> Eyes {
+        let held = held.iter().filter_map(|fd| diag::inode_of(*fd)).collect();
+        Eyes { ports, held, lost: None }
+    }
+
+    /// The app's ports: those given, or those on which lastcall's descendants and its
+    /// `--socket`s listen now (lastcall's own endpoint is not among them: the child cannot
+    /// hold it, as it is close-on-exec).
+    pub fn ports(&mut self) -> Vec<u16> {
+        match &self.ports {
+            DrainPorts::Ports(ports) => return ports.clone(),
+            DrainPorts::Off => return vec![],
+            DrainPorts::Auto => {}
+        }
+        let pids: Vec<i32> = reaper::descendants(Pid::this()).iter().map(|p| p.as_raw()).collect();
+        if self.lost.is_none() {
+            match diag::listening_ports(&pids, &self.held) {
+                Ok(ports) => return ports,
+                Err(diag::Error::Unavailable(e)) => self.lost = Some(unavailable(&e)),
+                Err(diag::Error::Failed(e)) => log::debug!("finding the app's ports: {e}"),
+            }
+        }
+        let mut inodes = self.held.clone();
+        for pid in pids {
+            inodes.extend(diag::socket_inodes(&format!("/proc/{pid}/fd")));
+        }
+        listening_in(&tables(), &inodes)
+    }
+
+    /// The app's connections on `ports` now.
+    pub fn read(&mut self, ports: &[u16]) -> Reading {
+        let own = diag::own_socket_inodes();
+        if self.lost.is_none() {
+            match diag::app_connections(ports, &own) {
+                Ok(samples) => return Reading::Sockets(samples),
+                Err(diag::Error::Unavailable(e)) => self.lost = Some(unavailable(&e)),
+                Err(diag::Error::Failed(e)) => return Reading::Failed(e.to_string()),
+            }
+        }
+        let lost = self.lost.clone().unwrap_or_default();
+        Reading::Count { n: count_in(&tables(), ports, &own), lost }
+    }
+}
+
+/// The app's established connections on `ports` now, from /proc.
+#[cfg(test)]
+pub fn count(ports: &[u16]) -> usize {
+    count_in(&tables(), ports, &diag::own_socket_inodes())
+}
+
+fn unavailable(e: &std::io::Error) -> String {
+    format!("socket diagnostics are unavailable ({e})")
 }
 
 #[cfg(test)]
@@ -88,6 +177,22 @@ mod tests {
         assert_eq!(count_in(&tables, &[8080], &own), 2);
         assert_eq!(count_in(&tables, &[8080], &HashSet::new()), 3);
         assert_eq!(count_in(&tables, &[8080, 9745], &own), 3);
+    }
+
+    #[test]
+    fn finds_the_listening_ports_of_the_apps_sockets() {
+        let table = [
+            HEADER.to_string(),
+            row("00000000:1F90", "00000000:0000", "0A", 1), // the app's listener, 8080
+            row("0100007F:2611", "00000000:0000", "0A", 2), // another's listener, 9745
+            row("0100007F:1F90", "0100007F:D431", "01", 3), // a connection to 8080
+            row("00000000:1F90", "00000000:0000", "0A", 4), // a second listener on 8080
+        ]
+        .join("\n");
+        let tables = [table];
+        assert_eq!(listening_in(&tables, &[1, 3, 4].into()), vec![8080]);
+        assert_eq!(listening_in(&tables, &[1, 2].into()), vec![8080, 9745]);
+        assert_eq!(listening_in(&tables, &HashSet::new()), Vec::<u16>::new());
     }
 
     #[test]

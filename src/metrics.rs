@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::checks::{Checker, Outcome};
 use crate::http::{HttpCounters, Pages, Reason};
-use crate::machine::{Machine, Phase};
+use crate::machine::{DrainEnd, Machine, Phase};
 use crate::show;
 
 /// Everything `/metrics` and `?verbose` show, borrowed for one turn of the loop.
@@ -133,14 +133,29 @@ impl View<'_> {
             }
         }
         let last = self.machine.last_shutdown();
-        if let Some(n) = last.connections {
+        if let Some(seen) = last.seen {
             family(
                 &mut out,
                 "lastcall_app_connections",
                 "gauge",
-                "The app's established connections at the last count of the drain.",
+                "The app's connections at the last read of the drain, busy or idle.",
             );
-            let _ = writeln!(out, "lastcall_app_connections {n}");
+            let (busy, idle) = seen.busy_idle();
+            let _ = writeln!(out, "lastcall_app_connections{{state=\"busy\"}} {busy}");
+            let _ = writeln!(out, "lastcall_app_connections{{state=\"idle\"}} {idle}");
+        }
+        if let Some(ended) = last.ended {
+            family(
+                &mut out,
+                "lastcall_last_drain_end",
+                "gauge",
+                "Why the last preStop phase ended: 1 for the reason, 0 for the others.",
+            );
+            for reason in DrainEnd::ALL {
+                let v = u8::from(reason == ended);
+                let _ =
+                    writeln!(out, "lastcall_last_drain_end{{reason=\"{}\"}} {v}", reason.name());
+            }
         }
 
         let (reloads, failed) = self.machine.reload_counts();
@@ -199,8 +214,13 @@ impl View<'_> {
             };
             let _ = writeln!(text, "check {name}: {result}");
         }
-        if let Some(n) = self.machine.last_shutdown().connections {
-            let _ = writeln!(text, "app connections: {n}");
+        let last = self.machine.last_shutdown();
+        if let Some(seen) = last.seen {
+            let (busy, idle) = seen.busy_idle();
+            let _ = writeln!(text, "app connections: {busy} busy, {idle} idle");
+        }
+        if let Some(ended) = last.ended {
+            let _ = writeln!(text, "last drain ended: {}", ended.name());
         }
         text
     }
@@ -289,6 +309,11 @@ mod tests {
         well_formed(&text);
         assert!(text.contains("lastcall_phase{phase=\"stopping\"} 1"));
         assert!(text.contains("lastcall_last_drain_seconds 5.000"));
-        assert_eq!(view.explain(), "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\n");
+        assert!(text.contains("lastcall_last_drain_end{reason=\"delay\"} 1"));
+        assert!(text.contains("lastcall_last_drain_end{reason=\"app_idle\"} 0"));
+        assert_eq!(
+            view.explain(),
+            "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\nlast drain ended: delay\n"
+        );
     }
 }

@@ -116,6 +116,8 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     config.policy.watchdog = systemd.as_ref().and_then(|s| s.watchdog_every);
     claim_orphans(config.subreaper);
 
+    let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
+    let eyes = idle::Eyes::new(config.drain_ports, &held);
     let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
@@ -137,7 +139,7 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         checker,
         child_notify,
         systemd,
-        drain_ports: config.drain_ports,
+        eyes,
         spawner,
     };
     supervisor.supervise().map_err(setup("waiting for events"))
@@ -295,8 +297,8 @@ struct Supervisor {
     child_notify: Option<notify::Private>,
     /// systemd's notify socket, when lastcall runs as a `Type=notify` service.
     systemd: Option<notify::Systemd>,
-    /// `--drain-idle-port`.
-    drain_ports: Vec<u16>,
+    /// The drain's view of the app's ports and connections.
+    eyes: idle::Eyes,
     spawner: Spawner,
 }
 
@@ -385,8 +387,8 @@ impl Supervisor {
         for report in reports {
             self.feed(checks_input(report));
         }
-        if self.serve(woke).probed {
-            self.feed(Input::Probed);
+        for probe in self.serve(woke).probes {
+            self.feed(Input::Probed(probe));
         }
         self.feed(Input::Tick);
     }
@@ -475,9 +477,8 @@ impl Supervisor {
                     Err(e) => Input::SpawnFailed(e.to_string()),
                 });
             }
-            Action::CountConnections => {
-                return Some(Input::Connections(idle::count(&self.drain_ports)));
-            }
+            Action::FindAppPorts => return Some(Input::AppPorts(self.eyes.ports())),
+            Action::ReadApp(ports) => return Some(Input::AppConnections(self.eyes.read(&ports))),
             Action::StopChecks => self.checker.stop(self.poll.registry()),
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {

@@ -131,8 +131,10 @@ pub struct Processed {
     pub answered: usize,
     /// The connection must close after the output (error, `Connection: close`, HTTP/1.0).
     pub close: bool,
-    /// `/readyz` was requested.
-    pub probed: bool,
+    /// `/readyz` requests answered.
+    pub readyz: u32,
+    /// One of them came from the kubelet (`User-Agent: kube-probe/...`).
+    pub kubelet: bool,
 }
 
 /// Answers the complete requests at the start of `input` (pipelining), appending the answers
@@ -203,7 +205,10 @@ fn answer(
         _ => version == 1,
     };
     if target.split('?').next().and_then(find_route) == Some(Route::Readyz) {
-        done.probed = true;
+        done.readyz += 1;
+        done.kubelet |= req.headers.iter().any(|h| {
+            h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/")
+        });
     }
     let mut response = route(method, target, snap, http);
     response.close |= !keep_alive;

@@ -11,7 +11,7 @@ mod answer;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::time::{Duration, Instant};
 
 use mio::net::{TcpListener, TcpStream};
@@ -55,16 +55,27 @@ pub struct HttpCounters {
     pub dropped: u64,
 }
 
+/// One `/readyz` answer: who asked, and what it was told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// The client's address (an IPv4-mapped IPv6 address as IPv4).
+    pub from: IpAddr,
+    /// 200 (true) or 503.
+    pub ready: bool,
+    /// The kubelet asked (`User-Agent: kube-probe/...`).
+    pub kubelet: bool,
+}
+
 /// What the endpoint did in one call that the supervisor must know.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Happened {
-    /// `/readyz` was requested.
-    pub probed: bool,
+    /// The `/readyz` answers, in order.
+    pub probes: Vec<Probe>,
 }
 
 impl Happened {
     pub fn add(&mut self, other: Happened) {
-        self.probed |= other.probed;
+        self.probes.extend(other.probes);
     }
 }
 
@@ -114,6 +125,8 @@ enum State {
 
 struct Conn {
     stream: TcpStream,
+    /// The client's address, for the probes it makes.
+    peer: IpAddr,
     pending: Pending,
     out: Vec<u8>,
     state: State,
@@ -230,8 +243,8 @@ impl Endpoint {
 
     fn accept_all(&mut self, registry: &Registry, now: Instant) {
         loop {
-            let mut stream = match self.listener.accept() {
-                Ok((stream, _)) => stream,
+            let (mut stream, peer) = match self.listener.accept() {
+                Ok((stream, peer)) => (stream, peer.ip().to_canonical()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -281,6 +294,7 @@ impl Endpoint {
             self.next_epoch += 1;
             self.conns[slot] = Some(Conn {
                 stream,
+                peer,
                 pending: Pending::default(),
                 out: Vec::new(),
                 state: State::Head,
@@ -526,7 +540,8 @@ impl Conn {
             let done = conn.pending.feed(&scratch[..chunk], snap, http, &mut conn.out, budget);
             budget -= done.answered.min(budget);
             conn.answered += done.answered as u64;
-            happened.add(Happened { probed: done.probed });
+            let probe = Probe { from: conn.peer, ready: snap.ready, kubelet: done.kubelet };
+            happened.probes.extend((0..done.readyz).map(|_| probe));
             if done.close {
                 conn.state = State::Closing;
             } else if done.answered > 0 && conn.pending.len() == 0 {

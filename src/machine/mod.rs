@@ -8,12 +8,14 @@
 //! - [`shutdown`]: the [`Phase`]s from running to exited, each carrying its own data;
 //! - [`gate`]: whether the app is ready (checks, the child's own word), and what to log of it;
 //! - [`reload`]: a new child on the same sockets, and the old ones being stopped;
-//! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog).
+//! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog);
+//! - [`watch`]: what a request-aware drain watches, the app's connections and the probers.
 
 mod gate;
 mod reload;
 mod shutdown;
 mod systemd;
+mod watch;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -24,7 +26,8 @@ use nix::unistd::Pid;
 use crate::signals::{Class, Sig, class};
 use crate::status::ChildStatus;
 
-pub use shutdown::Phase;
+pub use shutdown::{DrainEnd, Phase};
+pub use watch::{Probe, Reading, Seen};
 
 /// `--prestop-delay`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -47,10 +50,14 @@ pub struct Policy {
     pub success_exit: Vec<u8>,
     /// KUBERNETES_SERVICE_HOST was set at start-up.
     pub in_kubernetes: bool,
-    /// `--drain-idle-port` was given: the preStop phase ends early once the app's
-    /// connections are gone and `drain_min` has passed.
+    /// `--drain-idle-port` is not `off`: the preStop phase ends early once the app is idle
+    /// and its probers were told (see [`watch`]), and `drain_min` has passed.
     pub drain_idle: bool,
     pub drain_min: Duration,
+    /// `--drain-quiet`: how long no bytes may move for the app to count as idle.
+    pub drain_quiet: Duration,
+    /// `--drain-probes`: the 503 answers each client probing `/readyz` must have had.
+    pub drain_probes: u32,
     /// `--reload-signal` (only with `--socket`): start a new child, then drain the old one.
     pub reload_signal: Option<Sig>,
     /// `--ready-tcp`, `--ready-http` or `--ready-exec` were given: unready until they pass.
@@ -80,15 +87,19 @@ pub enum Input {
     Spawned(Pid),
     /// A reload's new child could not be started, and why.
     SpawnFailed(String),
-    /// `/readyz` was requested (it makes `--prestop-delay auto` choose a delay).
-    Probed,
+    /// `/readyz` was answered (it makes `--prestop-delay auto` choose a delay, and the
+    /// request-aware drain waits for the probers to hear 503).
+    Probed(Probe),
     /// What the `--ready-*` checks say now: whether all pass, and the first failure.
     Checks { pass: bool, failing: Option<String> },
     /// A notify message (`--ready-notify`): `READY=1` (true) or `STOPPING=1`, from a process
     /// under lastcall's child `from` (or that child itself).
     Notify { ready: bool, from: Pid },
-    /// The app's established connections on the `--drain-idle-port` ports, as counted.
-    Connections(usize),
+    /// The app's TCP ports to watch during the drain: those of `--drain-idle-port`, or for
+    /// `auto` those its processes listen on (none found: empty).
+    AppPorts(Vec<u16>),
+    /// The app's connections on those ports, as read.
+    AppConnections(Reading),
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -110,8 +121,11 @@ pub enum Action {
         sig: Sig,
         to: Target,
     },
-    /// Count the app's connections and report them as [`Input::Connections`].
-    CountConnections,
+    /// Find the app's ports and report them as [`Input::AppPorts`].
+    FindAppPorts,
+    /// Read the app's connections on those ports and report them as
+    /// [`Input::AppConnections`].
+    ReadApp(Vec<u16>),
     /// Start a new child on the same sockets; report it as [`Input::Spawned`] or
     /// [`Input::SpawnFailed`].
     SpawnNew,
@@ -165,8 +179,10 @@ pub struct LastShutdown {
     pub drain: Option<Duration>,
     /// From the stop signal to the child's exit.
     pub grace: Option<Duration>,
-    /// The app's connections at the last count of an idle-aware drain.
-    pub connections: Option<usize>,
+    /// The app's connections at the last read of a request-aware drain.
+    pub seen: Option<Seen>,
+    /// Why the drain ended.
+    pub ended: Option<DrainEnd>,
 }
 
 pub struct Machine {
@@ -179,6 +195,11 @@ pub struct Machine {
     systemd: Option<systemd::Report>,
     last: LastShutdown,
     stats: Stats,
+    probers: watch::Probers,
+    /// The request-aware drain's watch on the app, from the drain's start.
+    watch: Option<watch::Watch>,
+    /// The fallback to /proc/net/tcp was logged.
+    told_fallback: bool,
 }
 
 impl Machine {
@@ -192,6 +213,9 @@ impl Machine {
             started,
             last: LastShutdown::default(),
             stats: Stats::new(),
+            probers: watch::Probers::default(),
+            watch: None,
+            told_fallback: false,
             policy,
         }
     }
@@ -210,13 +234,17 @@ impl Machine {
                 out.push(Action::Log(Level::Warn, format!("reload: {why}")));
                 self.reload_failed("could not be started", now, &mut out);
             }
-            Input::Probed => self.gate.probed = true,
+            Input::Probed(probe) => {
+                self.gate.probed = true;
+                self.probers.on_probe(probe, now);
+            }
             Input::Checks { pass, failing } => {
                 self.gate.on_checks(pass, failing, now, &mut out);
                 self.settle(now, &mut out);
             }
             Input::Notify { ready, from } => self.on_notify(ready, from, now, &mut out),
-            Input::Connections(n) => self.on_connections(n, now, &mut out),
+            Input::AppPorts(ports) => self.on_app_ports(ports, &mut out),
+            Input::AppConnections(reading) => self.on_app_connections(reading, now, &mut out),
             Input::Tick => {
                 self.on_tick(now, &mut out);
                 self.reload_tick(now, &mut out);
@@ -392,12 +420,23 @@ impl fmt::Display for Input {
             }
             Input::Spawned(pid) => write!(f, "started new child {pid}"),
             Input::SpawnFailed(why) => write!(f, "a new child could not be started: {why}"),
-            Input::Probed => write!(f, "/readyz was probed"),
+            Input::Probed(p) => {
+                write!(f, "/readyz answered {} to {}", if p.ready { 200 } else { 503 }, p.from)
+            }
             Input::Checks { pass, failing } => {
                 write!(f, "checks pass: {pass}; failing: {}", failing.as_deref().unwrap_or("-"))
             }
             Input::Notify { ready, from } => write!(f, "notify ready={ready} from under {from}"),
-            Input::Connections(n) => write!(f, "{n} connection(s) to the app"),
+            Input::AppPorts(ports) => write!(f, "the app's ports: {ports:?}"),
+            Input::AppConnections(Reading::Sockets(s)) => {
+                write!(f, "{} app connection(s) read", s.len())
+            }
+            Input::AppConnections(Reading::Count { n, .. }) => {
+                write!(f, "{n} app connection(s) counted")
+            }
+            Input::AppConnections(Reading::Failed(e)) => {
+                write!(f, "reading the app's connections failed: {e}")
+            }
             Input::Tick => write!(f, "tick"),
         }
     }
@@ -441,6 +480,8 @@ pub mod testing {
                 in_kubernetes: false,
                 drain_idle: false,
                 drain_min: Duration::from_secs(1),
+                drain_quiet: Duration::from_secs(1),
+                drain_probes: 3,
                 reload_signal: None,
                 checks: false,
                 notify: false,

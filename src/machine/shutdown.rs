@@ -10,8 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+use log::Level;
 use nix::unistd::Pid;
 
+use super::watch::{Reading, Rule, Watch};
 use super::{Action, Machine, Prestop, Target, info};
 use crate::show;
 use crate::signals::{SIGKILL, SIGTERM, Sig};
@@ -20,8 +22,44 @@ use crate::status::ChildStatus;
 /// The preStop delay used by `--prestop-delay auto` when a load balancer may be routing to us.
 pub const AUTO_PRESTOP: Duration = Duration::from_secs(5);
 
-/// How often the app's connections are counted during an idle-aware drain.
+/// How often the app's connections are read during a request-aware drain: the quiet window
+/// is measured in these steps, and a read costs a few milliseconds (see `bench/drain`).
 pub const COUNT_EVERY: Duration = Duration::from_millis(100);
+
+/// Why the preStop phase ended, for `/metrics`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DrainEnd {
+    /// The request-aware drain found the app idle and its probers told.
+    AppIdle,
+    /// The preStop delay ran out.
+    Delay,
+    /// A second SIGTERM/SIGINT skipped the rest of it.
+    Signal,
+    /// The child exited during it.
+    ChildExited,
+    /// There was no delay to wait.
+    NoDelay,
+}
+
+impl DrainEnd {
+    pub const ALL: [DrainEnd; 5] = [
+        DrainEnd::AppIdle,
+        DrainEnd::Delay,
+        DrainEnd::Signal,
+        DrainEnd::ChildExited,
+        DrainEnd::NoDelay,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DrainEnd::AppIdle => "app_idle",
+            DrainEnd::Delay => "delay",
+            DrainEnd::Signal => "signal",
+            DrainEnd::ChildExited => "child_exited",
+            DrainEnd::NoDelay => "no_delay",
+        }
+    }
+}
 
 /// A drain in progress: what started it and how far it got.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -39,8 +77,8 @@ pub struct Drain {
 pub enum Phase {
     /// The child runs; `/readyz` follows the app's readiness.
     Running { pid: Pid, since: Instant },
-    /// Unready, waiting out the preStop delay so that load balancers stop routing; with
-    /// `--drain-idle-port`, the app's connections are counted at `count_at`.
+    /// Unready, waiting out the preStop delay so that load balancers stop routing; in a
+    /// request-aware drain, the app's connections are read at `count_at`.
     Draining { pid: Pid, drain: Drain, until: Instant, count_at: Option<Instant> },
     /// The stop signal was sent at `since`; SIGKILL at `deadline`.
     Stopping { pid: Pid, since: Instant, deadline: Instant, drain: Drain },
@@ -133,7 +171,7 @@ impl Machine {
                     "received {sig} again: skipping the {} left of the preStop delay",
                     show::duration(left)
                 )));
-                self.stop(pid, drain, now, out);
+                self.stop(pid, drain, DrainEnd::Signal, now, out);
             }
             Phase::Stopping { pid, drain, .. } => {
                 drain.signals += 1;
@@ -174,13 +212,95 @@ impl Machine {
             show::duration(delay)
         )));
         let drain = Drain { started: now, trigger: sig, signals: 1, stopped: None };
+        self.watch = None;
+        self.last.seen = None;
         if delay.is_zero() {
-            self.stop(pid, drain, now, out);
+            self.stop(pid, drain, DrainEnd::NoDelay, now, out);
         } else {
-            // Counting starts at once: an app with no connections stops after --drain-min.
-            let count_at = self.policy.drain_idle.then_some(now);
-            self.phase = Phase::Draining { pid, drain, until: now + delay, count_at };
+            self.phase = Phase::Draining { pid, drain, until: now + delay, count_at: None };
+            if self.policy.drain_idle {
+                self.probers.start_drain(now);
+                self.watch = Some(Watch::new(self.policy.drain_quiet));
+                out.push(Action::FindAppPorts);
+            }
         }
+    }
+
+    fn rule(&self) -> Rule {
+        let p = &self.policy;
+        Rule { quiet: p.drain_quiet, probes: p.drain_probes, min: p.drain_min }
+    }
+
+    /// The ports a request-aware drain watches: reading starts at once, and an app with no
+    /// connections stops after `--drain-min`.
+    pub(super) fn on_app_ports(&mut self, ports: Vec<u16>, out: &mut Vec<Action>) {
+        let (Phase::Draining { .. }, Some(watch)) = (self.phase, self.watch.as_mut()) else {
+            return;
+        };
+        if ports.is_empty() {
+            out.push(info(
+                "the drain found no TCP port the app listens on: the preStop delay runs in full"
+                    .into(),
+            ));
+        } else {
+            let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+            out.push(info(format!(
+                "the drain watches the app's connections on port{} {}",
+                if ports.len() == 1 { "" } else { "s" },
+                list.join(", ")
+            )));
+            out.push(Action::ReadApp(ports.clone()));
+        }
+        watch.ports = Some(ports);
+    }
+
+    /// A read of the app's connections: the preStop phase ends once the app is idle and its
+    /// probers were told; else the next read is due in [`COUNT_EVERY`].
+    pub(super) fn on_app_connections(
+        &mut self,
+        reading: Reading,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let (Phase::Draining { pid, drain, until, .. }, Some(watch)) =
+            (self.phase, self.watch.as_mut())
+        else {
+            return;
+        };
+        match &reading {
+            Reading::Count { lost, .. } if !self.told_fallback => {
+                self.told_fallback = true;
+                out.push(Action::Log(
+                    Level::Warn,
+                    format!(
+                        "{lost}: the drain counts the app's connections from /proc/net/tcp, \
+                         where an idle keep-alive connection holds it like a busy one"
+                    ),
+                ));
+            }
+            Reading::Failed(e) => {
+                out.push(Action::Log(Level::Debug, format!("reading the app's connections: {e}")))
+            }
+            _ => {}
+        }
+        if let Some(seen) = watch.update(&reading, now) {
+            if self.last.seen.map(|s| s.busy_idle()) != Some(seen.busy_idle()) {
+                let (busy, idle) = seen.busy_idle();
+                out.push(Action::Log(
+                    Level::Debug,
+                    format!("the app's connections: {busy} busy, {idle} idle"),
+                ));
+            }
+            self.last.seen = Some(seen);
+        }
+        let rule = self.rule();
+        let idle =
+            self.watch.as_ref().and_then(|w| w.idle(&self.probers, rule, drain.started, now));
+        if let Some(line) = idle {
+            out.push(info(line));
+            return self.stop(pid, drain, DrainEnd::AppIdle, now, out);
+        }
+        self.phase = Phase::Draining { pid, drain, until, count_at: Some(now + COUNT_EVERY) };
     }
 
     /// The stop signal: `--stop-signal`, else the one that started the drain.
@@ -188,7 +308,15 @@ impl Machine {
         self.policy.stop_signal.or(trigger).unwrap_or(SIGTERM)
     }
 
-    fn stop(&mut self, pid: Pid, mut drain: Drain, now: Instant, out: &mut Vec<Action>) {
+    fn stop(
+        &mut self,
+        pid: Pid,
+        mut drain: Drain,
+        why: DrainEnd,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        self.last.ended = Some(why);
         let sig = self.stop_signal(Some(drain.trigger));
         let to = self.target(pid);
         let drained = now.saturating_duration_since(drain.started);
@@ -237,6 +365,9 @@ impl Machine {
     ) {
         let code = status.exit_code(&self.policy.success_exit);
         let drain = self.phase.drain();
+        if matches!(self.phase, Phase::Draining { .. }) {
+            self.last.ended = Some(DrainEnd::ChildExited);
+        }
         if let Some(sent) = drain.and_then(|d| d.stopped) {
             self.last.grace = Some(now.saturating_duration_since(sent));
         }
@@ -309,11 +440,20 @@ impl Machine {
     pub(super) fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         match self.phase {
             Phase::Draining { pid, drain, until, .. } if now >= until => {
-                self.stop(pid, drain, now, out)
+                let delay = until.saturating_duration_since(drain.started);
+                if let Some(watch) = &self.watch {
+                    let why = watch.not_idle(&self.probers, self.rule(), now);
+                    out.push(info(format!(
+                        "preStop delay of {} reached {why}",
+                        show::duration(delay)
+                    )));
+                }
+                self.stop(pid, drain, DrainEnd::Delay, now, out)
             }
             Phase::Draining { pid, drain, until, count_at: Some(at) } if now >= at => {
-                out.push(Action::CountConnections);
-                // The count comes back as an input; no second request meanwhile.
+                let ports = self.watch.as_ref().and_then(|w| w.ports.clone()).unwrap_or_default();
+                out.push(Action::ReadApp(ports));
+                // The read comes back as an input; no second request meanwhile.
                 self.phase = Phase::Draining { pid, drain, until, count_at: None };
             }
             Phase::Stopping { pid, deadline, drain, .. } if now >= deadline => {
@@ -329,31 +469,6 @@ impl Machine {
             _ => {}
         }
     }
-
-    /// The app's connections, counted during an idle-aware drain: none left (and
-    /// `--drain-min` over) ends the preStop phase early.
-    pub(super) fn on_connections(&mut self, n: usize, now: Instant, out: &mut Vec<Action>) {
-        let Phase::Draining { pid, drain, until, .. } = self.phase else {
-            return;
-        };
-        if self.last.connections != Some(n) {
-            out.push(info(format!("{n} connection(s) to the app still open")));
-            self.last.connections = Some(n);
-        }
-        let earliest = drain.started + self.policy.drain_min;
-        if n == 0 && now >= earliest {
-            out.push(info(format!(
-                "the app is idle after {} of drain (--drain-min {})",
-                show::duration(now.saturating_duration_since(drain.started)),
-                show::duration(self.policy.drain_min)
-            )));
-            self.stop(pid, drain, now, out);
-            return;
-        }
-        let next = now + COUNT_EVERY;
-        let count_at = if n == 0 { next.min(earliest) } else { next };
-        self.phase = Phase::Draining { pid, drain, until, count_at: Some(count_at) };
-    }
 }
 
 /// SIGKILL to the group of child `pid`, then to every process under lastcall.
@@ -368,9 +483,16 @@ fn kill_all(pid: Pid) -> [Action; 2] {
 mod tests {
     use log::Level;
 
+    use std::net::SocketAddr;
+
     use super::super::testing::*;
-    use super::super::{Input, Policy};
+    use super::super::{Input, Policy, Probe};
     use super::*;
+    use crate::diag::{Sample, TcpInfo};
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
 
     const SIGINT: Sig = Sig(libc::SIGINT);
     const SIGHUP: Sig = Sig(libc::SIGHUP);
@@ -438,7 +560,7 @@ mod tests {
     fn auto_delay(in_kubernetes: bool, probed: bool) -> Option<Duration> {
         let mut r = Run::new(Policy { in_kubernetes, ..policy(Prestop::Auto) });
         if probed {
-            r.step(Input::Probed);
+            r.step(Input::Probed(probe(false)));
         }
         r.step(Input::Signal(SIGTERM));
         match r.m.phase() {
@@ -573,53 +695,216 @@ mod tests {
         Policy { drain_idle: true, drain_min: secs(1), ..policy(Prestop::Fixed(secs(30))) }
     }
 
-    #[test]
-    fn drain_until_idle_waits_for_connections_to_close() {
-        let mut r = Run::new(idle_policy());
-        r.step(Input::Signal(SIGTERM));
-        assert_eq!(r.m.deadline(), Some(r.t0), "counts at once");
-        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
-        assert_eq!(r.m.deadline(), Some(r.t0 + secs(30)), "no new count until this one is in");
-        assert_eq!(r.step(Input::Connections(3)), vec![]);
-        assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
-        r.at(secs(2));
-        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
-        assert_eq!(r.step(Input::Connections(1)), vec![]);
-        r.at(secs(5));
-        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
-        assert_eq!(r.step(Input::Connections(0)), signal(SIGTERM, Target::Child(PID)));
-        assert_eq!(r.m.last_shutdown().drain, Some(secs(5)));
-        assert_eq!(r.m.last_shutdown().connections, Some(0));
+    fn probe(kubelet: bool) -> Probe {
+        Probe { from: "10.0.0.1".parse().unwrap(), ready: true, kubelet }
+    }
+
+    /// One of the app's connections on port 8080, as socket diagnostics report it:
+    /// milliseconds since data was last sent and received, bytes acknowledged and received.
+    fn conn(cookie: u64, sent_ms: u32, recv_ms: u32, acked: u64, received: u64) -> Sample {
+        Sample {
+            cookie,
+            inode: 100 + cookie,
+            uid: 0,
+            state: crate::diag::ESTABLISHED,
+            local: "127.0.0.1:8080".parse().unwrap(),
+            remote: SocketAddr::from(([127, 0, 0, 1], 40000 + cookie as u16)),
+            rqueue: 0,
+            wqueue: 0,
+            info: Some(TcpInfo {
+                unacked: 0,
+                last_data_sent: sent_ms,
+                last_data_recv: recv_ms,
+                bytes_acked: Some(acked),
+                bytes_received: Some(received),
+                notsent_bytes: Some(0),
+                bytes_sent: Some(acked),
+            }),
+        }
+    }
+
+    /// A keep-alive connection a load balancer pooled: its last request was answered 30 s ago.
+    fn pooled(cookie: u64) -> Sample {
+        conn(cookie, 30_000, 30_004, 2_000, 500)
+    }
+
+    fn read(samples: Vec<Sample>) -> Input {
+        Input::AppConnections(Reading::Sockets(samples))
+    }
+
+    /// A request-aware drain, started at t0, watching port 8080.
+    fn watching(policy: Policy) -> Run {
+        let mut r = Run::new(policy);
+        assert_eq!(r.step(Input::Signal(SIGTERM)), vec![Action::FindAppPorts]);
+        assert_eq!(r.step(Input::AppPorts(vec![8080])), vec![Action::ReadApp(vec![8080])]);
+        r
+    }
+
+    /// Reads again at `at` (the tick asks for it), giving `samples`.
+    fn read_at(r: &mut Run, at: Duration, samples: Vec<Sample>) -> Vec<Action> {
+        assert_eq!(r.at(at).step(Input::Tick), vec![Action::ReadApp(vec![8080])]);
+        r.step(read(samples))
     }
 
     #[test]
-    fn drain_until_idle_honours_the_minimum_and_the_upper_bound() {
-        let mut r = Run::new(idle_policy());
-        r.step(Input::Signal(SIGTERM));
-        r.step(Input::Tick);
-        // Idle at once: the stop signal still waits for --drain-min.
-        assert_eq!(r.step(Input::Connections(0)), vec![]);
+    fn pooled_idle_connections_do_not_hold_the_drain() {
+        let mut r = watching(idle_policy());
+        assert_eq!(r.step(read(vec![pooled(1), pooled(2)])), vec![], "--drain-min first");
         assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
-        r.at(secs(1));
-        assert_eq!(r.step(Input::Tick), vec![Action::CountConnections]);
-        assert_eq!(r.step(Input::Connections(0)), signal(SIGTERM, Target::Child(PID)));
+        let logs = {
+            r.at(secs(1));
+            assert_eq!(r.step(Input::Tick), vec![Action::ReadApp(vec![8080])]);
+            r.logs(read(vec![pooled(1), pooled(2)]), Level::Info)
+        };
+        assert_eq!(
+            logs[0],
+            "app idle: 0 busy of 2 connections, no request for 31.0s, no prober to tell, \
+             after 1.0s of drain"
+        );
+        assert!(matches!(r.m.phase(), Phase::Stopping { .. }));
+        assert_eq!(r.m.last_shutdown().ended, Some(DrainEnd::AppIdle));
+        assert_eq!(r.m.last_shutdown().seen.map(|s| s.busy_idle()), Some((0, 2)));
+    }
 
-        // Never idle: the preStop delay is the upper bound.
+    #[test]
+    fn a_request_in_flight_holds_the_drain_until_answered() {
+        let mut r = watching(idle_policy());
+        // Request bytes came 5 ms ago, after the last answer: in flight.
+        let asked = conn(1, 2_000, 5, 2_000, 600);
+        r.step(read(vec![asked.clone()]));
+        for t in [1, 2, 3] {
+            assert_eq!(read_at(&mut r, secs(t), vec![asked.clone()]), vec![], "busy at {t}s");
+        }
+        // Answered at 3.5 s: bytes moved, so it stays busy for --drain-quiet...
+        let answered = conn(1, 0, 500, 3_000, 600);
+        assert_eq!(read_at(&mut r, ms(3_500), vec![answered.clone()]), vec![]);
+        assert_eq!(read_at(&mut r, ms(4_400), vec![answered.clone()]), vec![]);
+        // ... and no request came for a second either.
+        assert_eq!(read_at(&mut r, ms(4_600), vec![answered]), signal(SIGTERM, Target::Child(PID)));
+    }
+
+    #[test]
+    fn the_upper_bound_says_what_held_the_drain() {
+        let mut r = watching(idle_policy());
+        r.step(read(vec![conn(1, 2_000, 5, 2_000, 600), pooled(2)]));
+        let logs = r.at(secs(30)).logs(Input::Tick, Level::Info);
+        assert_eq!(logs[0], "preStop delay of 30.0s reached with 1 busy connection");
+        assert_eq!(r.m.last_shutdown().ended, Some(DrainEnd::Delay));
+    }
+
+    #[test]
+    fn the_drain_waits_until_every_prober_was_told() {
+        let mut r = Run::new(idle_policy());
+        for t in [0, 2, 4] {
+            r.at(secs(t)).step(Input::Probed(probe(false)));
+        }
+        // The kubelet is not waited for.
+        let kubelet = Probe { from: "10.0.0.9".parse().unwrap(), ..probe(true) };
+        r.step(Input::Probed(kubelet));
+        r.step(Input::Probed(kubelet));
+        r.at(secs(5)).step(Input::Signal(SIGTERM));
+        r.step(Input::AppPorts(vec![8080]));
+        r.step(read(vec![pooled(1)]));
+        let told = Probe { ready: false, ..probe(false) };
+        for t in [6, 7] {
+            r.at(secs(t)).step(Input::Probed(told));
+            assert_eq!(read_at(&mut r, secs(t), vec![pooled(1)]), vec![], "told fewer than 3");
+        }
+        assert_eq!(
+            r.at(secs(35)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with a prober told 2 of 3 times"
+        );
+
+        let mut r = Run::new(idle_policy());
+        for t in [0, 2] {
+            r.at(secs(t)).step(Input::Probed(probe(false)));
+        }
+        r.at(secs(3)).step(Input::Signal(SIGTERM));
+        r.step(Input::AppPorts(vec![8080]));
+        r.step(read(vec![]));
+        for t in [4, 5, 6] {
+            r.at(secs(t)).step(Input::Probed(told));
+        }
+        assert_eq!(r.step(Input::Tick), vec![Action::ReadApp(vec![8080])]);
+        assert_eq!(
+            r.logs(read(vec![]), Level::Info)[0],
+            "app idle: 0 busy of 0 connections, no request seen, probers told 3 times, after \
+             3.0s of drain"
+        );
+    }
+
+    #[test]
+    fn without_ports_the_delay_runs_in_full() {
         let mut r = Run::new(idle_policy());
         r.step(Input::Signal(SIGTERM));
-        r.step(Input::Tick);
-        r.step(Input::Connections(5));
-        assert_eq!(r.at(secs(30)).step(Input::Tick), signal(SIGTERM, Target::Child(PID)));
+        let logs = r.logs(Input::AppPorts(vec![]), Level::Info);
+        assert_eq!(
+            logs,
+            ["the drain found no TCP port the app listens on: the preStop delay runs in full"]
+        );
+        assert_eq!(r.m.deadline(), Some(r.t0 + secs(30)));
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with no port of the app's to watch"
+        );
+    }
+
+    #[test]
+    fn the_proc_fallback_counts_and_warns_once() {
+        let mut r = watching(idle_policy());
+        let count = |n| {
+            Input::AppConnections(Reading::Count { n, lost: "socket diagnostics are gone".into() })
+        };
+        let warned = r.logs(count(2), Level::Warn);
+        assert_eq!(warned.len(), 1);
+        assert!(
+            warned[0].starts_with("socket diagnostics are gone: the drain counts"),
+            "{warned:?}"
+        );
+        r.at(secs(1)).step(Input::Tick);
+        assert_eq!(r.logs(count(2), Level::Warn), Vec::<String>::new(), "once");
+        r.at(secs(2)).step(Input::Tick);
+        assert_eq!(
+            r.logs(count(0), Level::Info)[0],
+            "app idle: no connection open, no prober to tell, after 2.0s of drain"
+        );
+    }
+
+    #[test]
+    fn a_failed_read_is_tried_again() {
+        let mut r = watching(idle_policy());
+        assert_eq!(r.step(Input::AppConnections(Reading::Failed("no buffer".into()))), vec![]);
+        assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
+        assert_eq!(read_at(&mut r, secs(1), vec![]), signal(SIGTERM, Target::Child(PID)));
+    }
+
+    #[test]
+    fn every_drain_says_why_it_ended() {
+        let ended = |r: &Run| r.m.last_shutdown().ended;
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        r.step(Input::Signal(SIGTERM));
+        r.at(secs(5)).step(Input::Tick);
+        assert_eq!(ended(&r), Some(DrainEnd::Delay));
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        r.step(Input::Signal(SIGTERM));
+        r.step(Input::Signal(SIGTERM));
+        assert_eq!(ended(&r), Some(DrainEnd::Signal));
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        r.step(Input::Signal(SIGTERM));
+        r.child_exits(ChildStatus::Exited(0));
+        assert_eq!(ended(&r), Some(DrainEnd::ChildExited));
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        r.step(Input::Signal(SIGTERM));
+        assert_eq!(ended(&r), Some(DrainEnd::NoDelay));
     }
 
     #[test]
     fn connection_counts_are_logged_as_they_change() {
-        let mut r = Run::new(idle_policy());
-        r.step(Input::Signal(SIGTERM));
-        r.step(Input::Tick);
-        let said = r.logs(Input::Connections(2), Level::Info);
-        assert_eq!(said, ["2 connection(s) to the app still open"]);
-        assert!(r.logs(Input::Connections(2), Level::Info).is_empty(), "no change, no line");
+        let mut r = watching(idle_policy());
+        let said = r.logs(read(vec![pooled(1), pooled(2)]), Level::Debug);
+        assert_eq!(said, ["the app's connections: 0 busy, 2 idle"]);
+        r.at(ms(100)).step(Input::Tick);
+        assert!(r.logs(read(vec![pooled(1), pooled(2)]), Level::Debug).is_empty(), "no change");
     }
 
     #[test]

@@ -1,0 +1,301 @@
+//! What a request-aware drain watches: the app's connections, and the clients probing
+//! `/readyz`.
+//!
+//! The preStop phase exists so that load balancers stop routing before the app stops. It can
+//! end early once they have let go, which lastcall sees from both ends:
+//! - the app's side: no connection is busy (a request in flight, an answer on its way, bytes
+//!   moved within `--drain-quiet`; see [`crate::activity`]) and no request bytes arrived on
+//!   the app's ports for `--drain-quiet`. Idle keep-alive connections that a load balancer
+//!   keeps pooled do not count;
+//! - the probers' side: every client that was probing `/readyz` before the drain has been
+//!   answered 503 `--drain-probes` times since, the count after which HAProxy (`fall 3`) and
+//!   the kubelet (`failureThreshold: 3`) act on it.
+//!
+//! The kubelet is not waited for: a terminating pod leaves the Service's endpoints when it is
+//! deleted, whatever its probes answer, and the kubelet probes every 10 s by default, so
+//! waiting for it would always take the whole delay. Its probes say who they are
+//! (`User-Agent: kube-probe/...`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use crate::activity::{Totals, Tracker};
+use crate::diag::Sample;
+pub use crate::http::Probe;
+use crate::show;
+
+/// A client counts as a prober of the drain when it asked `/readyz` at least twice, the last
+/// time within this long before the drain: a load balancer's health checks, not a person's
+/// one `curl`. A minute covers the usual intervals (HAProxy 2 s, nginx plus 5 s, cloud load
+/// balancers 5–30 s).
+pub const PROBER_WINDOW: Duration = Duration::from_secs(60);
+
+/// The most clients remembered; past it, the one heard from longest ago is forgotten.
+const MAX_PROBERS: usize = 256;
+
+/// What is known of one client probing `/readyz`.
+#[derive(Clone, Copy, Debug)]
+struct Client {
+    last: Instant,
+    probes: u32,
+    /// 503 answers since the drain began; `None` unless it is a prober of this drain.
+    told: Option<u32>,
+}
+
+/// The clients probing `/readyz`, by address.
+#[derive(Debug, Default)]
+pub struct Probers {
+    clients: HashMap<IpAddr, Client>,
+}
+
+impl Probers {
+    pub fn on_probe(&mut self, probe: Probe, now: Instant) {
+        if probe.kubelet {
+            return;
+        }
+        if !self.clients.contains_key(&probe.from) && self.clients.len() >= MAX_PROBERS {
+            let oldest = self.clients.iter().min_by_key(|(_, c)| c.last).map(|(a, _)| *a);
+            if let Some(addr) = oldest {
+                self.clients.remove(&addr);
+            }
+        }
+        let client =
+            self.clients.entry(probe.from).or_insert(Client { last: now, probes: 0, told: None });
+        client.last = now;
+        client.probes = client.probes.saturating_add(1);
+        if let (false, Some(told)) = (probe.ready, client.told.as_mut()) {
+            *told += 1;
+        }
+    }
+
+    /// The drain begins at `now`: the clients probing until then are the ones to tell.
+    pub fn start_drain(&mut self, now: Instant) {
+        for client in self.clients.values_mut() {
+            let recent = now.saturating_duration_since(client.last) <= PROBER_WINDOW;
+            client.told = (recent && client.probes >= 2).then_some(0);
+        }
+    }
+
+    /// The probers of this drain, and the fewest 503 answers any of them has had.
+    pub fn told(&self) -> (usize, u32) {
+        let told = self.clients.values().filter_map(|c| c.told);
+        told.fold((0, u32::MAX), |(n, least), t| (n + 1, least.min(t)))
+    }
+}
+
+/// How the app's connections were read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reading {
+    /// Every connection, with its `tcp_info`, from socket diagnostics.
+    Sockets(Vec<Sample>),
+    /// Socket diagnostics are unavailable (`lost` says why): only the established connections
+    /// were counted, from /proc/net/tcp, and each one may be busy.
+    Count { n: usize, lost: String },
+    /// This read failed; the next one may not.
+    Failed(String),
+}
+
+/// What the last read found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Seen {
+    Sockets(Totals),
+    Count(usize),
+}
+
+impl Seen {
+    /// Busy and idle connections; a counted one is busy.
+    pub fn busy_idle(&self) -> (usize, usize) {
+        match *self {
+            Seen::Sockets(t) => (t.busy, t.idle),
+            Seen::Count(n) => (n, 0),
+        }
+    }
+}
+
+/// A drain's watch on the app, from its start.
+#[derive(Debug)]
+pub struct Watch {
+    /// The app's ports; `None` until they are found.
+    pub ports: Option<Vec<u16>>,
+    tracker: Tracker,
+    pub seen: Option<Seen>,
+}
+
+/// The rule's parameters, from the policy.
+#[derive(Clone, Copy, Debug)]
+pub struct Rule {
+    pub quiet: Duration,
+    pub probes: u32,
+    pub min: Duration,
+}
+
+impl Watch {
+    pub fn new(quiet: Duration) -> Watch {
+        Watch { ports: None, tracker: Tracker::new(quiet), seen: None }
+    }
+
+    /// Takes a read made at `now`; `None` if it failed.
+    pub fn update(&mut self, reading: &Reading, now: Instant) -> Option<Seen> {
+        let seen = match reading {
+            Reading::Sockets(samples) => Seen::Sockets(self.tracker.update(samples, now)),
+            Reading::Count { n, .. } => Seen::Count(*n),
+            Reading::Failed(_) => return None,
+        };
+        self.seen = Some(seen);
+        Some(seen)
+    }
+
+    /// Whether the load balancers have let go at `now`, in a drain begun at `started`: the
+    /// line that says why the drain ends, or `None` to keep waiting.
+    pub fn idle(
+        &self,
+        probers: &Probers,
+        rule: Rule,
+        started: Instant,
+        now: Instant,
+    ) -> Option<String> {
+        let seen = self.seen?;
+        let (busy, idle) = seen.busy_idle();
+        if busy > 0 || now < started + rule.min {
+            return None;
+        }
+        let (probing, told) = probers.told();
+        if probing > 0 && told < rule.probes {
+            return None;
+        }
+        let mut line = String::from("app idle: ");
+        match seen {
+            Seen::Sockets(totals) => {
+                let since = totals.last_request.map(|at| now.saturating_duration_since(at));
+                if since.is_some_and(|s| s < rule.quiet) {
+                    return None;
+                }
+                let _ = write!(line, "0 busy of {idle} connection{}, ", plural(idle));
+                match since {
+                    Some(s) => {
+                        let _ = write!(line, "no request for {}", show::duration(s));
+                    }
+                    None => line.push_str("no request seen"),
+                }
+            }
+            Seen::Count(_) => line.push_str("no connection open"),
+        }
+        if probing == 0 {
+            line.push_str(", no prober to tell");
+        } else {
+            let _ = write!(line, ", probers told {told} time{}", plural(told as usize));
+        }
+        let _ = write!(
+            line,
+            ", after {} of drain",
+            show::duration(now.saturating_duration_since(started))
+        );
+        Some(line)
+    }
+
+    /// Why the app was not found idle by `now` (the preStop delay is over).
+    pub fn not_idle(&self, probers: &Probers, rule: Rule, now: Instant) -> String {
+        let Some(seen) = self.seen else {
+            return match self.ports.as_deref() {
+                Some([]) => "with no port of the app's to watch".into(),
+                _ => "without a read of the app's connections".into(),
+            };
+        };
+        let (busy, idle) = seen.busy_idle();
+        if busy > 0 {
+            let kind = if matches!(seen, Seen::Count(_)) { "open" } else { "busy" };
+            return format!("with {busy} {kind} connection{}", plural(busy));
+        }
+        if let Seen::Sockets(Totals { last_request: Some(at), .. }) = seen {
+            let since = now.saturating_duration_since(at);
+            if since < rule.quiet {
+                return format!(
+                    "with 0 busy of {idle} connection{}, last request {} ago",
+                    plural(idle),
+                    show::duration(since)
+                );
+            }
+        }
+        let (probing, told) = probers.told();
+        if probing > 0 && told < rule.probes {
+            return format!(
+                "with a prober told {told} of {} time{}",
+                rule.probes,
+                plural(rule.probes as usize)
+            );
+        }
+        "with the app idle".into()
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use super::*;
+
+    fn probe(last_octet: u8, ready: bool) -> Probe {
+        Probe { from: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last_octet)), ready, kubelet: false }
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn a_prober_is_a_client_that_probed_twice_within_the_window() {
+        let t0 = Instant::now();
+        let mut p = Probers::default();
+        p.on_probe(probe(1, true), t0); // once only: someone's curl
+        p.on_probe(probe(2, true), t0); // a load balancer...
+        p.on_probe(probe(2, true), t0 + secs(2));
+        p.on_probe(probe(3, true), t0); // ... and one gone quiet long ago
+        p.on_probe(probe(3, true), t0 + secs(1));
+        p.on_probe(Probe { kubelet: true, ..probe(4, true) }, t0);
+        p.on_probe(Probe { kubelet: true, ..probe(4, true) }, t0 + secs(10));
+        p.start_drain(t0 + secs(62));
+        assert_eq!(p.told(), (1, 0), "only 10.0.0.2 is waited for");
+        p.on_probe(probe(2, false), t0 + secs(63));
+        p.on_probe(probe(1, false), t0 + secs(63));
+        p.on_probe(Probe { kubelet: true, ..probe(4, false) }, t0 + secs(63));
+        assert_eq!(p.told(), (1, 1));
+    }
+
+    #[test]
+    fn the_fewest_answers_count() {
+        let t0 = Instant::now();
+        let mut p = Probers::default();
+        for addr in [1, 2] {
+            p.on_probe(probe(addr, true), t0);
+            p.on_probe(probe(addr, true), t0 + secs(1));
+        }
+        p.start_drain(t0 + secs(2));
+        for _ in 0..3 {
+            p.on_probe(probe(1, false), t0 + secs(3));
+        }
+        p.on_probe(probe(2, false), t0 + secs(3));
+        assert_eq!(p.told(), (2, 1));
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let t0 = Instant::now();
+        let mut p = Probers::default();
+        for i in 0..(MAX_PROBERS as u32 + 100) {
+            let from = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i));
+            p.on_probe(
+                Probe { from, ready: true, kubelet: false },
+                t0 + Duration::from_millis(i.into()),
+            );
+        }
+        assert_eq!(p.clients.len(), MAX_PROBERS);
+        let newest = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + MAX_PROBERS as u32 + 99));
+        assert!(p.clients.contains_key(&newest), "the oldest made room");
+    }
+}
