@@ -182,7 +182,9 @@ impl Watch {
             }
             Seen::Count(_) => line.push_str("no connection open"),
         }
-        if probing == 0 {
+        if rule.probes == 0 {
+            line.push_str(", probers not waited for");
+        } else if probing == 0 {
             line.push_str(", no prober to tell");
         } else {
             let _ = write!(line, ", probers told {told} time{}", plural(told as usize));

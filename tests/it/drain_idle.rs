@@ -1,85 +1,242 @@
-//! Drain until idle: with `--drain-idle-port`, the stop signal comes once the app's
-//! connections are gone (and `--drain-min` has passed), not at the end of the preStop delay;
-//! lastcall's own check connections do not count.
+//! The request-aware drain: the stop signal comes once no connection to the app is busy, no
+//! request came for `--drain-quiet`, and the clients probing `/readyz` were told, not at the
+//! end of the preStop delay. Idle keep-alive connections do not hold it; a request in flight
+//! does; lastcall's own check connections do not count; `auto` finds the app's ports.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::support::apps::{
-    HOLDER, lastcall_with_app, metrics, readyz, stderr_count, term_at, wait_readyz,
+    HOLDER, PY_PRELUDE, lastcall_with_app, metrics, readyz, stderr_count, term_at, wait_readyz,
 };
 use crate::support::{Running, TestDir, free_port, has_python, spawn_listening, unix_nanos};
 
+/// An HTTP/1.1 app that keeps connections alive: `/` answers at once, `/slow` marks `asked`
+/// and answers once the test creates `$DIR/answer`.
+const KEEP_ALIVE_APP: &str = r#"
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.path == "/slow":
+            mark("asked")
+            wait_for("answer")
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+    def log_message(self, *args):
+        pass
+srv = ThreadingHTTPServer(("127.0.0.1", PORT), H)
+srv.daemon_threads = True
+mark("listening")
+srv.serve_forever()
+"#;
+
+/// Sends a GET on a kept-alive connection.
+fn ask(client: &mut TcpStream, path: &str) {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
+    client.write_all(request.as_bytes()).expect("sending a request to the app");
+}
+
+/// Reads one answer of [`KEEP_ALIVE_APP`] (its body is `ok`); returns the status line.
+fn answer(client: &mut TcpStream) -> String {
+    client.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0; 1024];
+    while !got.ends_with(b"\r\n\r\nok") {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    text.lines().next().unwrap_or("no answer").to_string()
+}
+
+/// lastcall with a 20 s preStop delay and `options`, supervising [`KEEP_ALIVE_APP`].
+fn keep_alive(dir: &TestDir, app: u16, options: &[&str]) -> (Running, u16) {
+    spawn_listening(
+        |port| {
+            let mut all = vec!["--prestop-delay", "20s", "--drain-min", "200ms"];
+            all.extend_from_slice(options);
+            lastcall_with_app(dir, port, &all, KEEP_ALIVE_APP, app)
+        },
+        || dir.exists("listening"),
+    )
+}
+
+/// The time from `since` (Unix nanoseconds) to the app's stop signal.
+fn stop_after(dir: &TestDir, since: u128) -> Duration {
+    Duration::from_nanos(term_at(dir).saturating_sub(since) as u64)
+}
+
+/// Checks for `within` that the app gets no stop signal (what must not happen yet).
+fn no_stop_for(dir: &TestDir, within: Duration, why: &str) {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        assert!(!dir.exists("term"), "the stop signal came while {why}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
-fn drain_waits_for_an_open_connection_to_close() {
+fn a_pooled_idle_keep_alive_connection_does_not_hold_the_drain() {
     if !has_python() {
         return;
     }
-    let dir = TestDir::new("drain_idle_open");
+    let dir = TestDir::new("drain_idle_pooled");
     let app = free_port();
-    let (mut lastcall, port) = spawn_listening(
+    let (mut lastcall, _port) = keep_alive(&dir, app, &["--drain-quiet", "300ms"]);
+    // A load balancer's pooled connection: it carried a request, and stays open.
+    let mut pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    ask(&mut pooled, "/");
+    assert_eq!(answer(&mut pooled), "HTTP/1.1 200 OK");
+
+    let sent = unix_nanos();
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
+    let waited = stop_after(&dir, sent);
+    let out = lastcall.wait();
+    out.assert_code(128 + libc::SIGTERM)
+        .check(
+            waited < Duration::from_secs(5),
+            format!("the stop signal came {waited:?} after SIGTERM; the delay is 20s"),
+        )
+        .assert_stderr_has(&format!(
+            "lastcall: the drain watches the app's connections on port {app}"
+        ))
+        .assert_stderr_has("lastcall: app idle: 0 busy of 1 connection, no request for ");
+    drop(pooled);
+}
+
+#[test]
+fn a_request_in_flight_holds_the_drain_until_it_is_answered() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("drain_idle_in_flight");
+    let app = free_port();
+    let (mut lastcall, port) = keep_alive(&dir, app, &["--drain-quiet", "300ms"]);
+    let mut client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    ask(&mut client, "/slow");
+    lastcall.wait_until("the app has the request", || dir.exists("asked"));
+
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    no_stop_for(&dir, Duration::from_millis(1500), "a request was in flight");
+    let counted = metrics(port);
+    assert!(
+        counted.contains("lastcall_app_connections{state=\"busy\"} 1\n"),
+        "expected one busy connection in:\n{counted}"
+    );
+    assert_eq!(readyz(port), 503, "/readyz during the drain");
+
+    let answered = unix_nanos();
+    dir.write("answer", "");
+    assert_eq!(answer(&mut client), "HTTP/1.1 200 OK", "the request in flight was answered");
+    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
+    let out = lastcall.wait();
+    out.assert_code(128 + libc::SIGTERM)
+        .check(term_at(&dir) >= answered, "the stop signal came before the answer")
+        .check(
+            stop_after(&dir, answered) < Duration::from_secs(5),
+            format!("the stop signal came {:?} after the answer", stop_after(&dir, answered)),
+        )
+        .assert_stderr_has("lastcall: app idle: 0 busy of 1 connection");
+}
+
+#[test]
+fn auto_finds_the_port_of_an_app_that_listens_through_a_grandchild() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("drain_idle_grandchild");
+    let app = free_port();
+    let body = format!("{PY_PRELUDE}{KEEP_ALIVE_APP}");
+    let (mut lastcall, _port) = spawn_listening(
         |port| {
-            let options = [
-                "--prestop-delay",
-                "20s",
-                "--drain-idle-port",
-                &app.to_string(),
-                "--drain-min",
-                "200ms",
-            ];
-            lastcall_with_app(&dir, port, &options, HOLDER, app)
+            dir.lastcall()
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--group"])
+                .args(["--prestop-delay", "20s", "--drain-min", "200ms", "--drain-quiet", "300ms"])
+                .args(["--", "sh", "-c", "python3 -c \"$0\" \"$1\" & wait", &body])
+                .arg(app.to_string())
         },
         || dir.exists("listening"),
     );
-    let client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
-    lastcall.wait_until("the app accepted the connection", || dir.read("accepted") == "1");
-
-    let sent = Instant::now();
+    let mut pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    ask(&mut pooled, "/");
+    assert_eq!(answer(&mut pooled), "HTTP/1.1 200 OK");
+    let sent = unix_nanos();
     lastcall.signal(libc::SIGTERM);
-    lastcall.wait_stderr("lastcall: 1 connection(s) to the app still open");
-    let counted = metrics(port);
-    assert!(
-        counted.contains("lastcall_app_connections 1\n"),
-        "expected lastcall_app_connections 1 in:\n{counted}"
-    );
-    // Well past --drain-min: only the open connection holds the stop signal back.
-    while sent.elapsed() < Duration::from_millis(1200) {
-        assert!(!dir.exists("term"), "the stop signal came while a connection was open");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(readyz(port), 503, "/readyz during the drain");
-
-    let closed = unix_nanos();
-    drop(client);
     lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
-    let after_close = Duration::from_nanos(term_at(&dir).saturating_sub(closed) as u64);
+    let waited = stop_after(&dir, sent);
     let out = lastcall.wait();
-    out.assert_code(128 + libc::SIGTERM)
-        .check(term_at(&dir) >= closed, "the stop signal came before the connection closed")
-        .check(
-            after_close < Duration::from_secs(5),
-            format!("the stop signal came {after_close:?} after the connection closed"),
-        )
-        .check(sent.elapsed() < Duration::from_secs(15), "the drain took most of its 20s")
-        .assert_stderr_has("lastcall: the app is idle after ");
+    out.check(waited < Duration::from_secs(5), format!("the stop signal came {waited:?} late"))
+        .assert_stderr_has(&format!(
+            "lastcall: the drain watches the app's connections on port {app}"
+        ))
+        .assert_stderr_has("lastcall: app idle: 0 busy of 1 connection");
 }
 
-/// Sends SIGTERM to a lastcall draining with `--drain-idle-port` (`--drain-min 1s`, a 30s
-/// delay) whose app has no connection: the stop signal comes after --drain-min.
+#[test]
+fn the_drain_waits_until_the_prober_was_told() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("drain_idle_prober");
+    let app = free_port();
+    let (mut lastcall, port) = keep_alive(&dir, app, &["--drain-quiet", "200ms"]);
+    // A load balancer's health checks: the same client, again and again.
+    for _ in 0..3 {
+        assert_eq!(readyz(port), 200);
+    }
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    no_stop_for(&dir, Duration::from_millis(1200), "the prober had not heard 503");
+    let told = unix_nanos();
+    for _ in 0..3 {
+        assert_eq!(readyz(port), 503);
+    }
+    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
+    let out = lastcall.wait();
+    out.check(term_at(&dir) >= told, "the stop signal came before the third 503")
+        .assert_stderr_has(
+            "lastcall: app idle: 0 busy of 0 connections, no request seen, probers told 3 times",
+        );
+}
+
+/// `--drain-idle-port` on `app` with `--drain-min 1s` and a 30 s delay, around [`HOLDER`].
+fn holder(dir: &TestDir, app: u16, options: &[&str]) -> (Running, u16) {
+    spawn_listening(
+        |port| {
+            let app_port = app.to_string();
+            let mut all = vec!["--prestop-delay", "30s", "--drain-idle-port", &app_port];
+            all.extend_from_slice(&["--drain-min", "1s"]);
+            all.extend_from_slice(options);
+            lastcall_with_app(dir, port, &all, HOLDER, app)
+        },
+        || dir.exists("listening"),
+    )
+}
+
+/// Sends SIGTERM to a lastcall from [`holder`] whose app has no connection of its own: the
+/// stop signal comes after --drain-min.
 fn assert_stop_after_drain_min(dir: &TestDir, mut lastcall: Running, port: u16) {
     let sent = unix_nanos();
     lastcall.signal(libc::SIGTERM);
-    lastcall.wait_stderr("lastcall: 0 connection(s) to the app still open");
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
     if !dir.exists("term") {
         let counted = metrics(port);
         assert!(
-            counted.contains("lastcall_app_connections 0\n"),
-            "expected lastcall_app_connections 0 in:\n{counted}"
+            counted.contains("lastcall_app_connections{state=\"busy\"} 0\n"),
+            "expected no busy connection in:\n{counted}"
         );
     }
     let out = lastcall.wait();
     out.check(dir.exists("term"), "the app got no stop signal");
-    let waited = Duration::from_nanos(term_at(dir).saturating_sub(sent) as u64);
+    let waited = stop_after(dir, sent);
     out.assert_code(128 + libc::SIGTERM)
         .check(
             waited >= Duration::from_secs(1),
@@ -89,8 +246,7 @@ fn assert_stop_after_drain_min(dir: &TestDir, mut lastcall: Running, port: u16) 
             waited < Duration::from_secs(10),
             format!("the stop signal came {waited:?} after SIGTERM (delay 30s)"),
         )
-        .assert_stderr_has("lastcall: the app is idle after ")
-        .assert_stderr_has("(--drain-min 1.0s)");
+        .assert_stderr_has("lastcall: app idle: 0 busy of ");
 }
 
 #[test]
@@ -99,21 +255,7 @@ fn drain_with_no_connection_stops_after_drain_min() {
         return;
     }
     let dir = TestDir::new("drain_idle_none");
-    let app = free_port();
-    let (lastcall, port) = spawn_listening(
-        |port| {
-            let options = [
-                "--prestop-delay",
-                "30s",
-                "--drain-idle-port",
-                &app.to_string(),
-                "--drain-min",
-                "1s",
-            ];
-            lastcall_with_app(&dir, port, &options, HOLDER, app)
-        },
-        || dir.exists("listening"),
-    );
+    let (lastcall, port) = holder(&dir, free_port(), &[]);
     assert_stop_after_drain_min(&dir, lastcall, port);
 }
 
@@ -124,24 +266,10 @@ fn lastcalls_own_check_connections_do_not_count() {
     }
     let dir = TestDir::new("drain_idle_checks");
     let app = free_port();
-    let (mut lastcall, port) = spawn_listening(
-        |port| {
-            let options = [
-                "--ready-tcp",
-                &format!("127.0.0.1:{app}"),
-                "--ready-interval",
-                "100ms",
-                "--prestop-delay",
-                "30s",
-                "--drain-idle-port",
-                &app.to_string(),
-                "--drain-min",
-                "1s",
-            ];
-            lastcall_with_app(&dir, port, &options, HOLDER, app)
-        },
-        || dir.exists("listening"),
-    );
+    let check = format!("127.0.0.1:{app}");
+    // This test's own probes are not a load balancer's: no 503s to wait for.
+    let options = ["--ready-tcp", &check, "--ready-interval", "100ms", "--drain-probes", "0"];
+    let (mut lastcall, port) = holder(&dir, app, &options);
     wait_readyz(&mut lastcall, port, 200);
     // Several checks have connected: the app holds its side of each.
     lastcall.wait_until("the app accepted three check connections", || {
@@ -149,4 +277,87 @@ fn lastcalls_own_check_connections_do_not_count() {
     });
     assert_eq!(stderr_count(&dir, "the app is ready ("), 1);
     assert_stop_after_drain_min(&dir, lastcall, port);
+}
+
+/// A seccomp filter that refuses `socket(AF_NETLINK, ...)` with EPERM, as a container
+/// runtime's profile may: lastcall cannot use socket diagnostics under it.
+#[cfg(target_arch = "x86_64")]
+fn no_netlink() -> Vec<libc::sock_filter> {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+    let jeq = |k: u32, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16,
+        jt: 0,
+        jf,
+        k,
+    };
+    let load = |offset: u32| stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, offset);
+    // struct seccomp_data: nr at 0, arch at 4, args[0] at 16 (its low half, little-endian).
+    vec![
+        load(4),
+        jeq(AUDIT_ARCH_X86_64, 5),
+        load(0),
+        jeq(libc::SYS_socket as u32, 3),
+        load(16),
+        jeq(libc::AF_NETLINK as u32, 1),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn without_socket_diagnostics_the_drain_counts_from_proc() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("drain_idle_fallback");
+    let app = free_port();
+    let filter = no_netlink();
+    let (mut lastcall, _port) = spawn_listening(
+        |port| {
+            let filter = filter.clone();
+            let cmd = lastcall_with_app(
+                &dir,
+                port,
+                &["--prestop-delay", "20s", "--drain-min", "200ms"],
+                HOLDER,
+                app,
+            );
+            // SAFETY: prctl only, on memory prepared before the fork.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let prog = libc::sock_fprog {
+                        len: filter.len() as u16,
+                        filter: filter.as_ptr() as *mut libc::sock_filter,
+                    };
+                    if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+                        || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            }
+        },
+        || dir.exists("listening"),
+    );
+    // Idle, but all /proc/net/tcp shows is an established connection: it holds the drain.
+    let client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    lastcall.wait_until("the app accepted the connection", || dir.read("accepted") == "1");
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: socket diagnostics are unavailable (");
+    no_stop_for(&dir, Duration::from_millis(1200), "a connection was open");
+    let closed = unix_nanos();
+    drop(client);
+    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
+    let out = lastcall.wait();
+    out.assert_code(128 + libc::SIGTERM)
+        .check(term_at(&dir) >= closed, "the stop signal came before the connection closed")
+        .assert_stderr_has(&format!(
+            "lastcall: the drain watches the app's connections on port {app}"
+        ))
+        .assert_stderr_has("from /proc/net/tcp, where an idle keep-alive connection holds it")
+        .assert_stderr_has("lastcall: app idle: no connection open");
+    assert_eq!(stderr_count(&dir, "socket diagnostics are unavailable"), 1, "said once");
 }
