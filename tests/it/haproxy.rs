@@ -322,7 +322,7 @@ impl Backend {
 }
 
 /// HAProxy's stats socket.
-struct Stats(PathBuf);
+pub struct Stats(pub PathBuf);
 
 impl Stats {
     /// Field `name` (a `show stat` column) of the row for `svname` in the backend `app`;
@@ -342,7 +342,7 @@ impl Stats {
 
     /// Whether HAProxy has seen the server pass a health check and counts it up. Before
     /// the first check, a server is shown up, with check status `INI`.
-    fn is_up(&self, server: &str) -> bool {
+    pub fn is_up(&self, server: &str) -> bool {
         self.field(server, "status").is_some_and(|s| s.starts_with("UP"))
             && self.field(server, "check_status").is_some_and(|s| s == "L7OK")
     }
@@ -445,7 +445,7 @@ fn get(port: u16, path: &str) -> String {
 
 /// `N` different free ports below Linux's ephemeral range (32768 and up), so that no
 /// outgoing connection takes one while its backend restarts.
-fn quiet_ports<const N: usize>() -> [u16; N] {
+pub fn quiet_ports<const N: usize>() -> [u16; N] {
     let mut seed = u64::from(std::process::id()) ^ unix_nanos() as u64;
     let mut found = Vec::new();
     for _ in 0..1000 {

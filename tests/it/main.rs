@@ -11,6 +11,7 @@ mod exhaustion;
 mod exit;
 mod haproxy;
 mod hostile;
+mod lb_drain;
 mod notify;
 mod packaging;
 mod race;
