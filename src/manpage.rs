@@ -45,8 +45,10 @@ On SIGTERM or SIGINT, lastcall drains:
 lastcall waits the preStop delay (\fB\-\-prestop\-delay\fR).
 \fBauto\fR is 5s when running in Kubernetes (\fBKUBERNETES_SERVICE_HOST\fR set) or once
 \fB/readyz\fR has been requested, and 0 otherwise; the log says which applied.
-With \fB\-\-drain\-idle\-port\fR the wait ends as soon as no connection to those ports is
-open, but not before \fB\-\-drain\-min\fR.
+The wait ends early once the app is idle (\fB\-\-drain\-idle\-port\fR, \fBauto\fR by
+default): no connection to its ports busy with a request, no request for
+\fB\-\-drain\-quiet\fR, every client that was probing \fB/readyz\fR answered 503
+\fB\-\-drain\-probes\fR times, and \fB\-\-drain\-min\fR over.
 .IP 3. 4
 It sends the stop signal to the child (to its process group with \fB\-\-group\fR):
 \fB\-\-stop\-signal\fR, or else the signal that started the drain.
