@@ -61,6 +61,11 @@
 //! for "no request bytes for DUR") are dated by `last_data_recv`, but never before the read
 //! before the one that saw them grow; a socket that has gone keeps its date there.
 //!
+//! A connection opened and closed between two reads is not seen open, but one the app
+//! closed first stays in TIME_WAIT for a minute, with the time it has left: its close dates
+//! the last request too (a close is never before the request it ended). One the client
+//! closed first leaves no trace; the load balancers in front usually let the app close.
+//!
 //! # What the kernel may not say
 //!
 //! Sockets are keyed by their cookie, which survives accept and is never reused; should a
@@ -75,7 +80,12 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::diag::{CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_RECV, Sample};
+use crate::diag::{
+    CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_RECV, Sample, TIME_WAIT,
+};
+
+/// How long Linux keeps a socket in TIME_WAIT (`TCP_TIMEWAIT_LEN`).
+const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
 
 /// What a connection is doing, as of the last read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,7 +182,13 @@ impl Tracker {
     pub fn update(&mut self, samples: &[Sample], now: Instant) -> Totals {
         self.round += 1;
         let mut sockets = HashMap::with_capacity(samples.len());
-        for s in samples.iter().filter(|s| !orphan(s)) {
+        for s in samples.iter().filter(|s| s.state == TIME_WAIT) {
+            // A connection the app closed: it carried a request before then, however short
+            // it was, even if no read saw it open.
+            let closed_at = now.checked_sub(TIME_WAIT_LEN.saturating_sub(ms(s.expires)));
+            self.last_request = self.last_request.max(closed_at);
+        }
+        for s in samples.iter().filter(|s| !orphan(s) && s.state != TIME_WAIT) {
             let before = self.sockets.remove(&s.cookie);
             let track = self.judge(s, before, now);
             sockets.insert(s.cookie, track);
@@ -276,9 +292,13 @@ fn without_info(s: &Sample) -> State {
     }
 }
 
-/// `ms` milliseconds before `now`; `None` if that is before the clock began.
-fn ago(now: Instant, ms: u32) -> Option<Instant> {
-    now.checked_sub(Duration::from_millis(u64::from(ms)))
+/// `n` milliseconds before `now`; `None` if that is before the clock began.
+fn ago(now: Instant, n: u32) -> Option<Instant> {
+    now.checked_sub(ms(n))
+}
+
+fn ms(n: u32) -> Duration {
+    Duration::from_millis(u64::from(n))
 }
 
 /// The peer's FIN has arrived: the kernel counts it as a received byte, and as an unread one
@@ -333,6 +353,7 @@ mod tests {
             remote: "127.0.0.1:40000".parse().unwrap(),
             rqueue: 0,
             wqueue: 0,
+            expires: 0,
             info: Some(info),
         }
     }
@@ -677,5 +698,25 @@ mod tests {
         let mut tracker = Tracker::new(Duration::ZERO);
         tracker.update(std::slice::from_ref(&s), Instant::now());
         assert_eq!(tracker.state(s.cookie), Some(UNSENT));
+    }
+
+    #[test]
+    fn a_connection_the_app_closed_dates_the_last_request() {
+        // Far enough from the clock's start for a minute's subtraction.
+        let t0 = Instant::now() + Duration::from_secs(120);
+        let mut tracker = Tracker::new(QUIET);
+        let closed = Sample {
+            state: TIME_WAIT,
+            inode: 0,
+            expires: 59_700, // closed 300 ms ago
+            info: None,
+            ..sample(9, info(0, 0, 0, 0))
+        };
+        let totals = tracker.update(std::slice::from_ref(&closed), t0);
+        assert_eq!(totals.last_request, Some(t0 - ms(300)));
+        assert_eq!((totals.busy, totals.idle), (0, 0), "not a connection of the app's");
+        // An older one does not move the date back.
+        let older = Sample { cookie: 10, expires: 30_000, ..closed };
+        assert_eq!(tracker.update(&[older], t0 + ms(100)).last_request, Some(t0 - ms(300)));
     }
 }

@@ -33,6 +33,7 @@ pub const ESTABLISHED: u8 = 1;
 pub const SYN_RECV: u8 = 3;
 pub const FIN_WAIT1: u8 = 4;
 pub const FIN_WAIT2: u8 = 5;
+pub const TIME_WAIT: u8 = 6;
 pub const CLOSE_WAIT: u8 = 8;
 pub const LAST_ACK: u8 = 9;
 pub const LISTEN: u8 = 10;
@@ -73,6 +74,8 @@ pub struct Sample {
     pub rqueue: u32,
     /// Bytes written by the app and not yet acknowledged by the peer, sent or not.
     pub wqueue: u32,
+    /// Milliseconds until the socket's timer fires; in [`TIME_WAIT`], until it is gone.
+    pub expires: u32,
     /// `None` when the kernel sent no `tcp_info`, as for a connection still in its handshake
     /// (or when it was not asked for).
     pub info: Option<TcpInfo>,
@@ -216,12 +219,14 @@ fn in_states(states: u32, state: u8) -> bool {
     1u32.checked_shl(u32::from(state)).is_some_and(|bit| states & bit != 0)
 }
 
-/// The app's connections on `ports`: connected sockets whose local port is one of them, less
+/// The app's connections on `ports`: connected sockets (and those in TIME_WAIT) whose local
+/// port is one of them, less
 /// lastcall's own (`own`, from [`own_socket_inodes`]) and the app's side of connections that
 /// lastcall opened to it (its readiness checks), the rule of [`crate::idle`].
 pub fn app_connections(ports: &[u16], own: &HashSet<u64>) -> Result<Vec<Sample>, Error> {
     // Remote ports too: lastcall's own connections to the app are how its ends are found.
-    let all = dump(CONNECTED, Ports::LocalOrRemote(ports), true)?;
+    // TIME_WAIT too: the trace of a connection the app closed, however short it was.
+    let all = dump(CONNECTED | 1 << TIME_WAIT, Ports::LocalOrRemote(ports), true)?;
     Ok(app_side(all, ports, own))
 }
 
@@ -468,6 +473,7 @@ fn sample(msg: &[u8]) -> Result<Option<Sample>, Error> {
         state: msg[1],
         local: SocketAddr::new(local, port(4)),
         remote: SocketAddr::new(remote, port(6)),
+        expires: u32_of(52),
         rqueue: u32_of(56),
         wqueue: u32_of(60),
         info: None,
@@ -663,6 +669,7 @@ pub(crate) mod tests {
         put(&mut m, 24, ip);
         put(&mut m, 44, &0x0000_0002u32.to_ne_bytes()); // cookie, low half
         put(&mut m, 48, &0x0000_0001u32.to_ne_bytes()); // cookie, high half
+        put(&mut m, 52, &9u32.to_ne_bytes()); // expires
         put(&mut m, 56, &5u32.to_ne_bytes()); // rqueue
         put(&mut m, 60, &6u32.to_ne_bytes()); // wqueue
         put(&mut m, 64, &1000u32.to_ne_bytes()); // uid
@@ -712,6 +719,7 @@ pub(crate) mod tests {
             remote: "127.0.0.1:40000".parse().unwrap(),
             rqueue: 5,
             wqueue: 6,
+            expires: 9,
             info: Some(TcpInfo {
                 unacked: 3,
                 last_data_sent: 400,

@@ -711,6 +711,7 @@ mod tests {
             remote: SocketAddr::from(([127, 0, 0, 1], 40000 + cookie as u16)),
             rqueue: 0,
             wqueue: 0,
+            expires: 0,
             info: Some(TcpInfo {
                 unacked: 0,
                 last_data_sent: sent_ms,

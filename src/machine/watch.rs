@@ -168,14 +168,15 @@ impl Watch {
         let mut line = String::from("app idle: ");
         match seen {
             Seen::Sockets(totals) => {
-                let since = totals.last_request.map(|at| now.saturating_duration_since(at));
-                if since.is_some_and(|s| s < rule.quiet) {
+                // Quiet since the last request seen, or since the drain began if none was.
+                let since = now.saturating_duration_since(totals.last_request.unwrap_or(started));
+                if since < rule.quiet {
                     return None;
                 }
                 let _ = write!(line, "0 busy of {idle} connection{}, ", plural(idle));
-                match since {
-                    Some(s) => {
-                        let _ = write!(line, "no request for {}", show::duration(s));
+                match totals.last_request {
+                    Some(_) => {
+                        let _ = write!(line, "no request for {}", show::duration(since));
                     }
                     None => line.push_str("no request seen"),
                 }
@@ -199,6 +200,7 @@ impl Watch {
 
     /// Why the app was not found idle by `now` (the preStop delay is over).
     pub fn not_idle(&self, probers: &Probers, rule: Rule, now: Instant) -> String {
+        // (A delay shorter than --drain-quiet with no request seen ends here too.)
         let Some(seen) = self.seen else {
             return match self.ports.as_deref() {
                 Some([]) => "with no port of the app's to watch".into(),

@@ -148,6 +148,44 @@ fn a_request_in_flight_holds_the_drain_until_it_is_answered() {
 }
 
 #[test]
+fn short_requests_on_fresh_connections_hold_the_drain() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("drain_idle_short");
+    let app = free_port();
+    let options = ["--drain-quiet", "2s", "--drain-probes", "0"];
+    let (mut lastcall, _port) = keep_alive(&dir, app, &options);
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    // A request every 300 ms, each on its own connection, answered in a few milliseconds:
+    // a read every 100 ms rarely sees one open, but the app closes each one first, and the
+    // closed connection stays in TIME_WAIT.
+    let start = Instant::now();
+    let mut last = unix_nanos();
+    while start.elapsed() < Duration::from_millis(3000) {
+        assert!(!dir.exists("term"), "the stop signal came while requests kept coming");
+        let mut client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+        let request = "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
+        client.write_all(request.as_bytes()).unwrap();
+        // To the end, as a load balancer does: the app closes first.
+        let mut got = String::new();
+        client.read_to_string(&mut got).unwrap();
+        assert!(got.starts_with("HTTP/1.1 200 OK"), "answered: {got:?}");
+        last = unix_nanos();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
+    let quiet = stop_after(&dir, last);
+    let out = lastcall.wait();
+    out.check(
+        quiet >= Duration::from_millis(1500),
+        format!("the stop signal came {quiet:?} after the last request; --drain-quiet is 2s"),
+    )
+    .assert_stderr_has("lastcall: app idle: 0 busy of 0 connections, no request for 2.");
+}
+
+#[test]
 fn auto_finds_the_port_of_an_app_that_listens_through_a_grandchild() {
     if !has_python() {
         return;
