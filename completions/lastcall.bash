@@ -23,7 +23,7 @@ _lastcall() {
 
     case "${cmd}" in
         lastcall)
-            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-min --socket --reload-signal --log-level --help --version"
+            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-min --socket --reload-signal --log-level --log-format --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -102,6 +102,10 @@ _lastcall() {
                     return 0
                     ;;
                 --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -15,6 +15,7 @@ use log::LevelFilter;
 
 use crate::checks::{Check, MAX_CHECKS};
 use crate::http::Limits;
+use crate::logger::Format;
 use crate::machine::{Policy, Prestop};
 use crate::signals::{Class, Sig};
 use crate::sockets::{MAX_SOCKETS, Spec};
@@ -152,6 +153,12 @@ pub struct Args {
           default_value = "info", value_parser = parse_level)]
     pub log_level: LevelFilter,
 
+    /// How log lines look on stderr: `text` (lastcall: message) or `json` (one object per line,
+    /// with ts, level, msg, and the shutdown steps' data)
+    #[arg(long, env = "LASTCALL_LOG_FORMAT", value_name = "FORMAT",
+          default_value = "text", value_parser = Format::parse)]
+    pub log_format: Format,
+
     /// The program to supervise, and its arguments
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<OsString>,
@@ -183,6 +190,7 @@ pub struct Config {
     pub sockets: Vec<Spec>,
     pub subreaper: bool,
     pub log_level: LevelFilter,
+    pub log_format: Format,
 }
 
 /// Why lastcall stops before supervising anything.
@@ -301,6 +309,7 @@ impl Args {
             sockets: self.socket,
             subreaper: !self.no_subreaper,
             log_level: self.log_level,
+            log_format: self.log_format,
         })
     }
 }

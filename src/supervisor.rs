@@ -484,7 +484,7 @@ impl Supervisor {
                     systemd.send(&message);
                 }
             }
-            Action::Log(level, line) => log::log!(level, "{line}"),
+            Action::Log(level, line, fields) => crate::logger::log_fields(level, &line, &fields),
         }
         None
     }

@@ -120,13 +120,55 @@ pub enum Action {
     StopChecks,
     /// One message to systemd's notify socket.
     Systemd(String),
-    /// A line for the operator.
-    Log(Level, String),
+    /// A line for the operator, and the step's data for structured logs.
+    Log(Level, String, Fields),
+}
+
+/// The data of a shutdown step, beside its log line: `--log-format json` writes each as a
+/// field of its own (`phase`, `pid`, `signal`, `delay_s`, `grace_s`, `status`, `took_s`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// The phase lastcall is in after the step ([`Phase::name`]).
+    pub phase: Option<&'static str>,
+    /// The child the step is about.
+    pub pid: Option<Pid>,
+    /// The signal received or sent.
+    pub signal: Option<Sig>,
+    /// The preStop delay chosen.
+    pub delay: Option<Duration>,
+    /// The grace period before SIGKILL.
+    pub grace: Option<Duration>,
+    /// The child's status by the exit-code rule (0-255, 128+N for signal N).
+    pub status: Option<u8>,
+    /// How long the step took: the drain before the stop signal, the child's stop after it.
+    pub took: Option<Duration>,
+}
+
+impl Fields {
+    pub const NONE: Fields = Fields {
+        phase: None,
+        pid: None,
+        signal: None,
+        delay: None,
+        grace: None,
+        status: None,
+        took: None,
+    };
 }
 
 /// A line for the operator at info: a step worth telling.
 fn info(line: String) -> Action {
-    Action::Log(Level::Info, line)
+    Action::Log(Level::Info, line, Fields::NONE)
+}
+
+/// A shutdown step at info, with its data.
+fn step(line: String, fields: Fields) -> Action {
+    Action::Log(Level::Info, line, fields)
+}
+
+/// A line at `level` with no data of its own.
+fn log(level: Level, line: String) -> Action {
+    Action::Log(level, line, Fields::NONE)
 }
 
 /// Index room for every signal number (1..=64 on Linux).
@@ -207,7 +249,7 @@ impl Machine {
             }
             Input::Spawned(pid) => self.on_spawned(pid, now),
             Input::SpawnFailed(why) => {
-                out.push(Action::Log(Level::Warn, format!("reload: {why}")));
+                out.push(log(Level::Warn, format!("reload: {why}")));
                 self.reload_failed("could not be started", now, &mut out);
             }
             Input::Probed => self.gate.probed = true,
@@ -273,16 +315,13 @@ impl Machine {
             }
             others += 1;
             if self.reload.claims(pid) {
-                out.push(Action::Log(
+                out.push(log(
                     Level::Debug,
                     format!("reaped child {pid} of a reload, which {status}"),
                 ));
                 self.on_reload_child_exit(pid, status, now, out);
             } else {
-                out.push(Action::Log(
-                    Level::Debug,
-                    format!("reaped process {pid}, which {status}"),
-                ));
+                out.push(log(Level::Debug, format!("reaped process {pid}, which {status}")));
                 self.stats.reaped += 1;
             }
         }
@@ -306,7 +345,7 @@ impl Machine {
             self.gate.on_notify(ready, now, out);
             self.settle(now, out);
         } else {
-            out.push(Action::Log(
+            out.push(log(
                 Level::Debug,
                 format!("notify message from under process {from}, not the app's; dropped"),
             ));
@@ -494,7 +533,7 @@ pub mod testing {
             self.all(input)
                 .into_iter()
                 .filter_map(|a| match a {
-                    Action::Log(l, line) if l <= level => Some(line),
+                    Action::Log(l, line, _) if l <= level => Some(line),
                     _ => None,
                 })
                 .collect()

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use super::{Action, Machine, Prestop, Target, info};
+use super::{Action, Fields, Machine, Prestop, Target, step};
 use crate::show;
 use crate::signals::{SIGKILL, SIGTERM, Sig};
 use crate::status::ChildStatus;
@@ -129,10 +129,18 @@ impl Machine {
             Phase::Draining { pid, drain, until, .. } => {
                 drain.signals += 1;
                 let (pid, drain, left) = (*pid, *drain, until.saturating_duration_since(now));
-                out.push(info(format!(
-                    "received {sig} again: skipping the {} left of the preStop delay",
-                    show::duration(left)
-                )));
+                out.push(step(
+                    format!(
+                        "received {sig} again: skipping the {} left of the preStop delay",
+                        show::duration(left)
+                    ),
+                    Fields {
+                        phase: Some("draining"),
+                        pid: Some(pid),
+                        signal: Some(sig),
+                        ..Fields::NONE
+                    },
+                ));
                 self.stop(pid, drain, now, out);
             }
             Phase::Stopping { pid, drain, .. } => {
@@ -143,7 +151,13 @@ impl Machine {
                     // lastcall.
                     out.push(Action::Signal { sig, to: self.target(pid) });
                 } else {
-                    out.push(info(format!("received {sig} a third time")));
+                    let fields = Fields {
+                        phase: Some("stopping"),
+                        pid: Some(pid),
+                        signal: Some(sig),
+                        ..Fields::NONE
+                    };
+                    out.push(step(format!("received {sig} a third time"), fields));
                     self.kill(pid, drain, now, out);
                 }
             }
@@ -151,7 +165,9 @@ impl Machine {
                 *signals += 1;
                 if *signals >= 3 && kill_at.is_some() {
                     let (status, since, signals) = (*status, *since, *signals);
-                    out.push(info(format!("received {sig} a third time")));
+                    let fields =
+                        Fields { phase: Some("reaping"), signal: Some(sig), ..Fields::NONE };
+                    out.push(step(format!("received {sig} a third time"), fields));
                     self.kill_descendants(status, since, signals, out);
                 }
             }
@@ -169,10 +185,19 @@ impl Machine {
             Prestop::Auto if self.gate.probed => (AUTO_PRESTOP, "auto: /readyz has been probed"),
             Prestop::Auto => (Duration::ZERO, "auto: not in Kubernetes and /readyz never probed"),
         };
-        out.push(info(format!(
-            "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
-            show::duration(delay)
-        )));
+        out.push(step(
+            format!(
+                "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
+                show::duration(delay)
+            ),
+            Fields {
+                phase: Some("draining"),
+                pid: Some(pid),
+                signal: Some(sig),
+                delay: Some(delay),
+                ..Fields::NONE
+            },
+        ));
         let drain = Drain { started: now, trigger: sig, signals: 1, stopped: None };
         if delay.is_zero() {
             self.stop(pid, drain, now, out);
@@ -192,11 +217,21 @@ impl Machine {
         let sig = self.stop_signal(Some(drain.trigger));
         let to = self.target(pid);
         let drained = now.saturating_duration_since(drain.started);
-        out.push(info(format!(
-            "sending {sig} to {to} after {} of drain; SIGKILL in {}",
-            show::duration(drained),
-            show::duration(self.policy.grace)
-        )));
+        out.push(step(
+            format!(
+                "sending {sig} to {to} after {} of drain; SIGKILL in {}",
+                show::duration(drained),
+                show::duration(self.policy.grace)
+            ),
+            Fields {
+                phase: Some("stopping"),
+                pid: Some(pid),
+                signal: Some(sig),
+                grace: Some(self.policy.grace),
+                took: Some(drained),
+                ..Fields::NONE
+            },
+        ));
         out.push(Action::Signal { sig, to });
         drain.stopped = Some(now);
         self.last.drain = Some(drained);
@@ -206,11 +241,21 @@ impl Machine {
     /// SIGKILL to the child's process group and to every other process under lastcall: a
     /// child that left its group (setsid, setpgid) dies all the same.
     fn kill(&mut self, pid: Pid, drain: Drain, now: Instant, out: &mut Vec<Action>) {
-        out.push(info(format!(
-            "sending SIGKILL to process group {pid} and every process under lastcall after {} \
-             of drain",
-            show::duration(now.saturating_duration_since(drain.started))
-        )));
+        let drained = now.saturating_duration_since(drain.started);
+        out.push(step(
+            format!(
+                "sending SIGKILL to process group {pid} and every process under lastcall after {} \
+                 of drain",
+                show::duration(drained)
+            ),
+            Fields {
+                phase: Some("killing"),
+                pid: Some(pid),
+                signal: Some(SIGKILL),
+                took: Some(drained),
+                ..Fields::NONE
+            },
+        ));
         out.extend(kill_all(pid));
         self.phase = Phase::Killing { pid, since: now, drain };
     }
@@ -222,7 +267,8 @@ impl Machine {
         signals: u32,
         out: &mut Vec<Action>,
     ) {
-        out.push(info("sending SIGKILL to the remaining processes".into()));
+        let fields = Fields { phase: Some("reaping"), signal: Some(SIGKILL), ..Fields::NONE };
+        out.push(step("sending SIGKILL to the remaining processes".into(), fields));
         out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
         self.phase = Phase::Reaping { status, since, kill_at: None, signals };
     }
@@ -241,6 +287,21 @@ impl Machine {
             self.last.grace = Some(now.saturating_duration_since(sent));
         }
         let drained = drain.map_or(Duration::ZERO, |d| now.saturating_duration_since(d.started));
+        // How long the child took to end once asked: after the stop signal, after SIGKILL.
+        let took = match self.phase {
+            Phase::Stopping { since, .. } | Phase::Killing { since, .. } => {
+                Some(now.saturating_duration_since(since))
+            }
+            Phase::Draining { .. } => Some(drained),
+            _ => None,
+        };
+        let fields = Fields {
+            phase: Some(if others_left { "reaping" } else { "exited" }),
+            pid: self.phase.pid(),
+            status: Some(status.code()),
+            took,
+            ..Fields::NONE
+        };
         let shown = match self.phase {
             Phase::Stopping { since, .. } => format!(
                 "child {status} {} after the stop signal ({} of drain)",
@@ -267,7 +328,7 @@ impl Machine {
         if !others_left {
             // A child that simply finished is a normal run: nothing to say at info.
             if drain.is_some() {
-                out.push(info(format!("{shown}; exiting with {code}")));
+                out.push(step(format!("{shown}; exiting with {code}"), fields));
             }
             self.phase = Phase::Exited { code };
             return;
@@ -276,15 +337,19 @@ impl Machine {
         match kill_at {
             Some(at) => {
                 let sig = self.stop_signal(drain.map(|d| d.trigger));
-                out.push(info(format!(
-                    "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
-                    show::duration(at.saturating_duration_since(now))
-                )));
+                let grace = at.saturating_duration_since(now);
+                out.push(step(
+                    format!(
+                        "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
+                        show::duration(grace)
+                    ),
+                    Fields { signal: Some(sig), grace: Some(grace), ..fields },
+                ));
                 out.push(Action::Signal { sig, to: Target::Descendants });
                 self.phase = Phase::Reaping { status, since: now, kill_at: Some(at), signals };
             }
             None => {
-                out.push(info(format!("{shown}; other processes remain")));
+                out.push(step(format!("{shown}; other processes remain"), fields));
                 self.kill_descendants(status, now, signals, out);
             }
         }
@@ -298,7 +363,9 @@ impl Machine {
         };
         if !others_left {
             let code = status.exit_code(&self.policy.success_exit);
-            out.push(info(format!("all remaining processes reaped; exiting with {code}")));
+            let fields =
+                Fields { phase: Some("exited"), status: Some(status.code()), ..Fields::NONE };
+            out.push(step(format!("all remaining processes reaped; exiting with {code}"), fields));
             self.phase = Phase::Exited { code };
         } else if kill_at.is_none() {
             // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
@@ -317,10 +384,15 @@ impl Machine {
                 self.phase = Phase::Draining { pid, drain, until, count_at: None };
             }
             Phase::Stopping { pid, deadline, drain, .. } if now >= deadline => {
-                out.push(info(format!(
-                    "grace period of {} is over",
-                    show::duration(self.policy.grace)
-                )));
+                out.push(step(
+                    format!("grace period of {} is over", show::duration(self.policy.grace)),
+                    Fields {
+                        phase: Some("stopping"),
+                        pid: Some(pid),
+                        grace: Some(self.policy.grace),
+                        ..Fields::NONE
+                    },
+                ));
                 self.kill(pid, drain, now, out)
             }
             Phase::Reaping { status, since, kill_at: Some(at), signals } if now >= at => {
@@ -337,16 +409,26 @@ impl Machine {
             return;
         };
         if self.last.connections != Some(n) {
-            out.push(info(format!("{n} connection(s) to the app still open")));
+            let fields = Fields { phase: Some("draining"), pid: Some(pid), ..Fields::NONE };
+            out.push(step(format!("{n} connection(s) to the app still open"), fields));
             self.last.connections = Some(n);
         }
         let earliest = drain.started + self.policy.drain_min;
         if n == 0 && now >= earliest {
-            out.push(info(format!(
-                "the app is idle after {} of drain (--drain-min {})",
-                show::duration(now.saturating_duration_since(drain.started)),
-                show::duration(self.policy.drain_min)
-            )));
+            let drained = now.saturating_duration_since(drain.started);
+            out.push(step(
+                format!(
+                    "the app is idle after {} of drain (--drain-min {})",
+                    show::duration(drained),
+                    show::duration(self.policy.drain_min)
+                ),
+                Fields {
+                    phase: Some("draining"),
+                    pid: Some(pid),
+                    took: Some(drained),
+                    ..Fields::NONE
+                },
+            ));
             self.stop(pid, drain, now, out);
             return;
         }
@@ -620,6 +702,82 @@ mod tests {
         let said = r.logs(Input::Connections(2), Level::Info);
         assert_eq!(said, ["2 connection(s) to the app still open"]);
         assert!(r.logs(Input::Connections(2), Level::Info).is_empty(), "no change, no line");
+    }
+
+    /// The data of each info line of one step.
+    fn fields(r: &mut Run, input: Input) -> Vec<Fields> {
+        r.all(input)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Log(Level::Info, _, fields) => Some(fields),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shutdown_steps_carry_their_data() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        let (pid, none) = (Some(PID), Fields::NONE);
+        assert_eq!(
+            fields(&mut r, Input::Signal(SIGTERM)),
+            [Fields {
+                phase: Some("draining"),
+                pid,
+                signal: Some(SIGTERM),
+                delay: Some(secs(5)),
+                ..none
+            }]
+        );
+        assert_eq!(
+            fields(r.at(secs(5)), Input::Tick),
+            [Fields {
+                phase: Some("stopping"),
+                pid,
+                signal: Some(SIGTERM),
+                grace: Some(secs(20)),
+                took: Some(secs(5)),
+                ..none
+            }]
+        );
+        assert_eq!(
+            fields(r.at(secs(25)), Input::Tick),
+            [
+                Fields { phase: Some("stopping"), pid, grace: Some(secs(20)), ..none },
+                Fields {
+                    phase: Some("killing"),
+                    pid,
+                    signal: Some(SIGKILL),
+                    took: Some(secs(25)),
+                    ..none
+                },
+            ]
+        );
+        let exits = vec![(PID, ChildStatus::Signaled(SIGKILL))];
+        assert_eq!(
+            fields(r.at(secs(26)), Input::Reaped { exits, children_left: false }),
+            [Fields { phase: Some("exited"), pid, status: Some(137), took: Some(secs(1)), ..none }]
+        );
+        // Leftovers: the child's end, then the last of the others.
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        r.step(Input::Signal(SIGTERM));
+        let exits = vec![(PID, ChildStatus::Exited(0))];
+        assert_eq!(
+            fields(r.at(secs(2)), Input::Reaped { exits, children_left: true }),
+            [Fields {
+                phase: Some("reaping"),
+                pid,
+                signal: Some(SIGTERM),
+                grace: Some(secs(18)),
+                status: Some(0),
+                took: Some(secs(2)),
+                ..none
+            }]
+        );
+        assert_eq!(
+            fields(&mut r, reaped(false)),
+            [Fields { phase: Some("exited"), status: Some(0), ..none }]
+        );
     }
 
     #[test]
