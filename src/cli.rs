@@ -6,6 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -19,6 +20,7 @@ use crate::logger::Format;
 use crate::machine::{Policy, Prestop};
 use crate::signals::{Class, Sig};
 use crate::sockets::{MAX_SOCKETS, Spec};
+use crate::termination;
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
 /// nor one of the common exporter ports.
@@ -159,9 +161,22 @@ pub struct Args {
           default_value = "text", value_parser = Format::parse)]
     pub log_format: Format,
 
+    /// Where to write, on exit, one line saying why lastcall ended (Kubernetes shows it), or
+    /// `off` [default: /dev/termination-log if it exists, else off]
+    #[arg(long, env = "LASTCALL_TERMINATION_LOG", value_name = "PATH|off",
+          value_parser = parse_termination_log)]
+    pub termination_log: Option<TerminationLog>,
+
     /// The program to supervise, and its arguments
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<OsString>,
+}
+
+/// `--termination-log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TerminationLog {
+    Off,
+    Path(PathBuf),
 }
 
 /// `--listen`.
@@ -191,6 +206,8 @@ pub struct Config {
     pub subreaper: bool,
     pub log_level: LevelFilter,
     pub log_format: Format,
+    /// `--termination-log`, its default resolved; `None` for off.
+    pub termination_log: Option<PathBuf>,
 }
 
 /// Why lastcall stops before supervising anything.
@@ -272,6 +289,11 @@ impl Args {
             (sig, false) => Some(sig.unwrap_or(Sig(libc::SIGHUP))),
             (None, true) => None,
         };
+        let termination_log = match self.termination_log {
+            Some(TerminationLog::Off) => None,
+            Some(TerminationLog::Path(path)) => Some(path),
+            None => termination::default_path(),
+        };
         let policy = Policy {
             prestop: self.prestop_delay,
             grace: self.grace_period,
@@ -310,7 +332,16 @@ impl Args {
             subreaper: !self.no_subreaper,
             log_level: self.log_level,
             log_format: self.log_format,
+            termination_log,
         })
+    }
+}
+
+pub fn parse_termination_log(text: &str) -> Result<TerminationLog, String> {
+    match text {
+        "" => Err("expected a path, or off".to_string()),
+        t if t.eq_ignore_ascii_case("off") => Ok(TerminationLog::Off),
+        path => Ok(TerminationLog::Path(PathBuf::from(path))),
     }
 }
 
@@ -423,6 +454,27 @@ mod tests {
         assert!(parse_duration("1000years").is_err());
         assert_eq!(parse_prestop("AUTO"), Ok(Prestop::Auto));
         assert_eq!(parse_prestop("2s"), Ok(Prestop::Fixed(Duration::from_secs(2))));
+    }
+
+    #[test]
+    fn termination_log_paths() {
+        assert_eq!(parse_termination_log("off"), Ok(TerminationLog::Off));
+        assert_eq!(parse_termination_log("OFF"), Ok(TerminationLog::Off));
+        assert_eq!(
+            parse_termination_log("/tmp/why"),
+            Ok(TerminationLog::Path(PathBuf::from("/tmp/why")))
+        );
+        assert!(parse_termination_log("").is_err());
+        let config = |argv: &[&str]| match Args::try_parse_from(argv).map(Args::into_config) {
+            Ok(Ok(config)) => config,
+            _ => panic!("{argv:?} rejected"),
+        };
+        assert_eq!(config(&["lastcall", "--termination-log", "off", "true"]).termination_log, None);
+        let given = config(&["lastcall", "--termination-log", "/x/y", "true"]).termination_log;
+        assert_eq!(given, Some(PathBuf::from("/x/y")));
+        // Not given: Kubernetes' file when it exists.
+        let default = config(&["lastcall", "true"]).termination_log;
+        assert_eq!(default, termination::default_path());
     }
 
     #[test]

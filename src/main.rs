@@ -44,9 +44,11 @@ fn main() -> ExitCode {
     };
     // One write per line on stderr, so that lines do not interleave with the child's output.
     logger::init(config.log_format, config.log_level);
+    let termination_log = config.termination_log.clone();
     match supervisor::run(config) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
+            termination::record(termination_log.as_deref(), &e.termination_message());
             // Through the logger, so that it is a JSON line with --log-format json.
             log::error!("{e}");
             ExitCode::from(e.exit_code())

@@ -74,6 +74,13 @@ impl View<'_> {
             "Processes other than the child that lastcall reaped.",
         );
         let _ = writeln!(out, "lastcall_zombies_reaped_total {}", stats.reaped);
+        family(
+            &mut out,
+            "lastcall_oom_kills_total",
+            "counter",
+            "Processes the kernel's OOM killer killed in lastcall's memory cgroup since start.",
+        );
+        let _ = writeln!(out, "lastcall_oom_kills_total {}", self.machine.oom_kills());
 
         family(
             &mut out,
@@ -275,6 +282,7 @@ mod tests {
             "lastcall_signals_received_total{signal=\"SIGHUP\"} 2",
             "lastcall_signals_forwarded_total{signal=\"SIGHUP\"} 2",
             "lastcall_zombies_reaped_total 3",
+            "lastcall_oom_kills_total 0",
             "lastcall_probes_total{path=\"/readyz\",code=\"200\"} 7",
             "lastcall_probes_total{path=\"/readyz\",code=\"503\"} 0",
         ] {
@@ -290,5 +298,8 @@ mod tests {
         assert!(text.contains("lastcall_phase{phase=\"stopping\"} 1"));
         assert!(text.contains("lastcall_last_drain_seconds 5.000"));
         assert_eq!(view.explain(), "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\n");
+        m.step(Input::OomKills { new: 2, limit: None }, t0 + Duration::from_secs(7));
+        let text = View { machine: &m, checker: &checker, now: t0 }.render(&http);
+        assert!(text.lines().any(|l| l == "lastcall_oom_kills_total 2"), "{text}");
     }
 }

@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -32,10 +33,13 @@ use crate::idle;
 use crate::machine::{Action, Input, Machine, Target};
 use crate::metrics::View;
 use crate::notify::{self, Said};
+use crate::oom::OomWatch;
 use crate::reaper;
-use crate::signals::{self, SIGCHLD, Sig, Signals};
+use crate::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
 use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
+use crate::status::ChildStatus;
+use crate::termination;
 
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(2);
@@ -79,6 +83,24 @@ impl Fatal {
     }
 }
 
+impl Fatal {
+    /// The termination message (`--termination-log`) for a run that never got going: `exec
+    /// failed: /app/server: not found`, or what went wrong, as the log line says it.
+    pub fn termination_message(&self) -> String {
+        match self {
+            Fatal::Spawn(SpawnError::Exec { program, errno }) => {
+                let why = match errno {
+                    nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => "not found".into(),
+                    nix::errno::Errno::EACCES => "permission denied".into(),
+                    other => other.desc().to_lowercase(),
+                };
+                format!("exec failed: {program}: {why}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -115,6 +137,16 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     config.policy.systemd = systemd.is_some();
     config.policy.watchdog = systemd.as_ref().and_then(|s| s.watchdog_every);
     claim_orphans(config.subreaper);
+    // Before the child starts: OOM kills from before are not this run's.
+    let oom = OomWatch::start();
+    match oom.cgroup() {
+        Some(cgroup) => log::debug!(
+            "watching OOM kills in {} (memory limit {})",
+            cgroup.dir.display(),
+            oom.limit_text().as_deref().unwrap_or("none")
+        ),
+        None => log::debug!("no memory cgroup to watch for OOM kills"),
+    }
 
     let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
@@ -139,6 +171,8 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         systemd,
         drain_ports: config.drain_ports,
         spawner,
+        oom,
+        termination_log: config.termination_log,
     };
     supervisor.supervise().map_err(setup("waiting for events"))
 }
@@ -298,6 +332,10 @@ struct Supervisor {
     /// `--drain-idle-port`.
     drain_ports: Vec<u16>,
     spawner: Spawner,
+    /// lastcall's memory cgroup's OOM-kill counter.
+    oom: OomWatch,
+    /// `--termination-log`: where the machine's last word goes.
+    termination_log: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -407,6 +445,14 @@ impl Supervisor {
             }
         }
         if collected > 0 {
+            // The kernel's OOM killer kills with SIGKILL: only its counter tells. Read now,
+            // so that the machine knows before it hears of the deaths.
+            if exits.iter().any(|(_, status)| *status == ChildStatus::Signaled(SIGKILL)) {
+                let new = self.oom.new_kills();
+                if new > 0 {
+                    self.feed(Input::OomKills { new, limit: self.oom.limit() });
+                }
+            }
             self.feed(Input::Reaped { exits, children_left: reaped.children_left });
         }
     }
@@ -485,6 +531,7 @@ impl Supervisor {
                 }
             }
             Action::Log(level, line, fields) => crate::logger::log_fields(level, &line, &fields),
+            Action::Ended(why) => termination::record(self.termination_log.as_deref(), &why),
         }
         None
     }
@@ -513,5 +560,38 @@ fn deliver(sig: Sig, to: Target) {
     match result {
         Ok(()) => log::debug!("sent {sig} to {to}"),
         Err(e) => log::debug!("sending {sig} to {to} failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::errno::Errno;
+
+    use super::*;
+
+    #[test]
+    fn a_run_that_never_got_going_says_why_in_the_termination_message() {
+        let exec = |errno| Fatal::Spawn(SpawnError::Exec { program: "/app/server".into(), errno });
+        assert_eq!(
+            exec(Errno::ENOENT).termination_message(),
+            "exec failed: /app/server: not found"
+        );
+        assert_eq!(
+            exec(Errno::ENOTDIR).termination_message(),
+            "exec failed: /app/server: not found"
+        );
+        assert_eq!(
+            exec(Errno::EACCES).termination_message(),
+            "exec failed: /app/server: permission denied"
+        );
+        assert_eq!(
+            exec(Errno::ENOEXEC).termination_message(),
+            "exec failed: /app/server: exec format error"
+        );
+        let bind = Fatal::Bind {
+            addr: "127.0.0.1:9753".parse().unwrap(),
+            err: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        assert!(bind.termination_message().starts_with("cannot listen on 127.0.0.1:9753: "));
     }
 }

@@ -10,6 +10,7 @@
 //! - [`reload`]: a new child on the same sockets, and the old ones being stopped;
 //! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog).
 
+mod ending;
 mod gate;
 mod reload;
 mod shutdown;
@@ -24,6 +25,7 @@ use nix::unistd::Pid;
 use crate::signals::{Class, Sig, class};
 use crate::status::ChildStatus;
 
+pub use ending::Ending;
 pub use shutdown::Phase;
 
 /// `--prestop-delay`.
@@ -89,6 +91,10 @@ pub enum Input {
     Notify { ready: bool, from: Pid },
     /// The app's established connections on the `--drain-idle-port` ports, as counted.
     Connections(usize),
+    /// lastcall's memory cgroup counted `new` more OOM kills since the last look (read when
+    /// a process that died of SIGKILL is reaped, just before that [`Input::Reaped`]), and
+    /// the memory limit that applies, in bytes, if there is one.
+    OomKills { new: u64, limit: Option<u64> },
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -122,6 +128,8 @@ pub enum Action {
     Systemd(String),
     /// A line for the operator, and the step's data for structured logs.
     Log(Level, String, Fields),
+    /// lastcall is about to exit: why, in one line, for `--termination-log`.
+    Ended(String),
 }
 
 /// The data of a shutdown step, beside its log line: `--log-format json` writes each as a
@@ -221,6 +229,9 @@ pub struct Machine {
     systemd: Option<systemd::Report>,
     last: LastShutdown,
     stats: Stats,
+    oom: ending::Oom,
+    /// How the main child ended, once it has.
+    ending: Option<Ending>,
 }
 
 impl Machine {
@@ -234,6 +245,8 @@ impl Machine {
             started,
             last: LastShutdown::default(),
             stats: Stats::new(),
+            oom: ending::Oom::default(),
+            ending: None,
             policy,
         }
     }
@@ -259,6 +272,7 @@ impl Machine {
             }
             Input::Notify { ready, from } => self.on_notify(ready, from, now, &mut out),
             Input::Connections(n) => self.on_connections(n, now, &mut out),
+            Input::OomKills { new, limit } => self.oom.on_kills(new, limit),
             Input::Tick => {
                 self.on_tick(now, &mut out);
                 self.reload_tick(now, &mut out);
@@ -305,6 +319,7 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.attribute_oom_kills(&exits, out);
         let main = self.child();
         let mut main_status = None;
         let mut others = 0;
@@ -437,6 +452,9 @@ impl fmt::Display for Input {
             }
             Input::Notify { ready, from } => write!(f, "notify ready={ready} from under {from}"),
             Input::Connections(n) => write!(f, "{n} connection(s) to the app"),
+            Input::OomKills { new, limit } => {
+                write!(f, "{new} new OOM kill(s) in lastcall's cgroup; limit {limit:?}")
+            }
             Input::Tick => write!(f, "tick"),
         }
     }
@@ -524,7 +542,15 @@ pub mod testing {
         pub fn step(&mut self, input: Input) -> Vec<Action> {
             self.all(input)
                 .into_iter()
-                .filter(|a| !matches!(a, Action::Log(..) | Action::Systemd(_) | Action::StopChecks))
+                .filter(|a| {
+                    !matches!(
+                        a,
+                        Action::Log(..)
+                            | Action::Systemd(_)
+                            | Action::StopChecks
+                            | Action::Ended(_)
+                    )
+                })
                 .collect()
         }
 

@@ -282,6 +282,7 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         let code = status.exit_code(&self.policy.success_exit);
+        self.ending = Some(self.ending_of(status, now));
         let drain = self.phase.drain();
         if let Some(sent) = drain.and_then(|d| d.stopped) {
             self.last.grace = Some(now.saturating_duration_since(sent));
@@ -330,7 +331,7 @@ impl Machine {
             if drain.is_some() {
                 out.push(step(format!("{shown}; exiting with {code}"), fields));
             }
-            self.phase = Phase::Exited { code };
+            self.exit(code, out);
             return;
         }
         let signals = drain.map_or(0, |d| d.signals);
@@ -366,7 +367,7 @@ impl Machine {
             let fields =
                 Fields { phase: Some("exited"), status: Some(status.code()), ..Fields::NONE };
             out.push(step(format!("all remaining processes reaped; exiting with {code}"), fields));
-            self.phase = Phase::Exited { code };
+            self.exit(code, out);
         } else if kill_at.is_none() {
             // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
             out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
