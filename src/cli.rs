@@ -6,7 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -21,6 +21,7 @@ use crate::machine::{Policy, Prestop};
 use crate::signals::{Class, Sig};
 use crate::sockets::{MAX_SOCKETS, Spec};
 use crate::termination;
+use crate::users::{self, Credentials};
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
 /// nor one of the common exporter ports.
@@ -150,6 +151,11 @@ pub struct Args {
           value_parser = parse_reload_signal, help_heading = "Reload")]
     pub reload_signal: Option<Sig>,
 
+    /// Run the child as USER (name or uid), with its primary group or GROUP, its supplementary
+    /// groups and its HOME, from /etc/passwd and /etc/group; lastcall stays as it is (root)
+    #[arg(long, env = "LASTCALL_USER", value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
     /// error, warn, info, debug or trace
     #[arg(long, env = "LASTCALL_LOG_LEVEL", value_name = "LEVEL",
           default_value = "info", value_parser = parse_level)]
@@ -208,6 +214,8 @@ pub struct Config {
     pub log_format: Format,
     /// `--termination-log`, its default resolved; `None` for off.
     pub termination_log: Option<PathBuf>,
+    /// `--user`, looked up.
+    pub user: Option<Credentials>,
 }
 
 /// Why lastcall stops before supervising anything.
@@ -289,6 +297,10 @@ impl Args {
             (sig, false) => Some(sig.unwrap_or(Sig(libc::SIGHUP))),
             (None, true) => None,
         };
+        let user = match &self.user {
+            Some(spec) => Some(switch_to(spec).map_err(Early::Usage)?),
+            None => None,
+        };
         let termination_log = match self.termination_log {
             Some(TerminationLog::Off) => None,
             Some(TerminationLog::Path(path)) => Some(path),
@@ -333,8 +345,16 @@ impl Args {
             log_level: self.log_level,
             log_format: self.log_format,
             termination_log,
+            user,
         })
     }
+}
+
+/// `--user`: only root can switch, and the user must be known, before any child starts.
+fn switch_to(spec: &str) -> Result<Credentials, String> {
+    // SAFETY: plain libc call.
+    users::check_can_switch(unsafe { libc::geteuid() })?;
+    users::lookup(spec, Path::new("/"))
 }
 
 pub fn parse_termination_log(text: &str) -> Result<TerminationLog, String> {
@@ -546,6 +566,27 @@ mod tests {
         argv.extend(many.iter().map(String::as_str));
         argv.push("true");
         assert_eq!(usage(&argv), "65 readiness checks given; at most 64");
+    }
+
+    #[test]
+    fn the_user_is_looked_up_before_anything_starts() {
+        // SAFETY: plain libc call.
+        let root = unsafe { libc::geteuid() } == 0;
+        let err = usage(&["lastcall", "--user", "no-such-user-for-lastcall", "true"]);
+        match root {
+            true => {
+                assert_eq!(err, "unknown user 'no-such-user-for-lastcall' (not in /etc/passwd)")
+            }
+            false => assert!(err.starts_with("--user needs lastcall to run as root"), "{err}"),
+        }
+        if root {
+            let argv = ["lastcall", "--user", "0:0", "true"];
+            let Ok(Ok(config)) = Args::try_parse_from(argv).map(Args::into_config) else {
+                panic!("rejected");
+            };
+            let user = config.user.expect("a user");
+            assert_eq!((user.uid, user.gid, user.groups), (0, 0, vec![0]));
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
 use crate::status::ChildStatus;
 use crate::termination;
+use crate::users::Credentials;
 
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(2);
@@ -148,7 +149,7 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         None => log::debug!("no memory cgroup to watch for OOM kills"),
     }
 
-    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets);
+    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
@@ -241,15 +242,22 @@ fn claim_orphans(subreaper: bool) {
 /// with it: the watchdog is lastcall's then); the socket-activation variables
 /// for `--socket`, or LISTEN_PID rewritten to the child's pid when systemd's fds were meant for
 /// lastcall.
+/// With `--user`, HOME is the user's (as gosu and su-exec set it), not root's.
 fn child_options(
     private: Option<&notify::Private>,
     lastcall_notifies: bool,
     sockets: &[Bound],
+    user: Option<Credentials>,
 ) -> spawn::Options {
     let inherited_activation =
         std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
     let own_sockets = !sockets.is_empty();
-    if private.is_none() && !lastcall_notifies && !inherited_activation && !own_sockets {
+    if private.is_none()
+        && !lastcall_notifies
+        && !inherited_activation
+        && !own_sockets
+        && user.is_none()
+    {
         return spawn::Options::default();
     }
     let drop_notify = private.is_some() || lastcall_notifies;
@@ -261,7 +269,8 @@ fn child_options(
             let watchdog = key == "WATCHDOG_USEC" || key == "WATCHDOG_PID";
             let lastcalls =
                 (watchdog && lastcall_notifies) || (key == "NOTIFY_SOCKET" && drop_notify);
-            !lastcalls && !(listen && (own_sockets || inherited_activation))
+            let home = key == "HOME" && user.is_some();
+            !lastcalls && !home && !(listen && (own_sockets || inherited_activation))
         })
         .map(|(key, value)| {
             let mut pair = key;
@@ -273,6 +282,9 @@ fn child_options(
     if let Some(private) = private {
         env.push(format!("NOTIFY_SOCKET={}", private.env_value).into());
     }
+    if let Some(user) = &user {
+        env.push(user.home_env());
+    }
     if own_sockets {
         for (key, value) in sockets::env(sockets) {
             env.push(format!("{key}={value}").into());
@@ -283,7 +295,7 @@ fn child_options(
         own_pid_var: (inherited_activation || own_sockets).then_some("LISTEN_PID"),
         quiet: false,
         pass_fds: sockets.iter().map(Bound::fd).collect(),
-        user: None,
+        user,
     }
 }
 
