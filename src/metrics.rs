@@ -29,6 +29,12 @@ impl View<'_> {
     /// The Prometheus text exposition.
     pub fn render(&self, http: &HttpCounters) -> String {
         let mut out = String::with_capacity(2048);
+        family(&mut out, "lastcall_build_info", "gauge", "Always 1; the version as a label.");
+        let _ = writeln!(
+            out,
+            "lastcall_build_info{{version=\"{}\"}} 1",
+            escape(env!("CARGO_PKG_VERSION"))
+        );
         let phase = self.machine.phase();
         family(
             &mut out,
@@ -283,6 +289,7 @@ mod tests {
             "lastcall_signals_forwarded_total{signal=\"SIGHUP\"} 2",
             "lastcall_zombies_reaped_total 3",
             "lastcall_oom_kills_total 0",
+            concat!("lastcall_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
             "lastcall_probes_total{path=\"/readyz\",code=\"200\"} 7",
             "lastcall_probes_total{path=\"/readyz\",code=\"503\"} 0",
         ] {
