@@ -453,7 +453,8 @@ impl fmt::Display for Input {
             Input::Notify { ready, from } => write!(f, "notify ready={ready} from under {from}"),
             Input::Connections(n) => write!(f, "{n} connection(s) to the app"),
             Input::OomKills { new, limit } => {
-                write!(f, "{new} new OOM kill(s) in lastcall's cgroup; limit {limit:?}")
+                let limit = limit.map_or("none".to_string(), crate::oom::format_bytes);
+                write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")
             }
             Input::Tick => write!(f, "tick"),
         }
