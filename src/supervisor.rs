@@ -138,7 +138,13 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     config.policy.systemd = systemd.is_some();
     config.policy.watchdog = systemd.as_ref().and_then(|s| s.watchdog_every);
     claim_orphans(config.subreaper);
-    // Before the child starts: OOM kills from before are not this run's.
+    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
+    let spawner = Spawner { command: config.command, options, _sockets: sockets };
+    let pid = spawner.spawn().map_err(Fatal::Spawn)?;
+    log::debug!("started child {pid}");
+    // Kills before this are not this run's. Read once the child runs, not before: it is not
+    // worth delaying the child's start, and a child killed within the microseconds before
+    // this read would only go unclaimed (never be wrongly claimed).
     let oom = OomWatch::start();
     match oom.cgroup() {
         Some(cgroup) => log::debug!(
@@ -148,11 +154,6 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         ),
         None => log::debug!("no memory cgroup to watch for OOM kills"),
     }
-
-    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
-    let spawner = Spawner { command: config.command, options, _sockets: sockets };
-    let pid = spawner.spawn().map_err(Fatal::Spawn)?;
-    log::debug!("started child {pid}");
     let checker = Checker::new(
         config.checks,
         config.policy.ready_interval,
