@@ -1,14 +1,16 @@
 //! The supervisor's decisions: a pure state machine, no syscalls, no clock reads.
 //!
 //! The event loop feeds it [`Input`]s with the current time and carries out the [`Action`]s it
-//! returns. Everything about *when* to signal *whom*, what to log, what to tell systemd and
-//! when a phase ends lives here, so it is tested with an injected clock and no sleeping.
+//! returns. Everything about *when* to signal *whom*, what to log (and the data beside each
+//! shutdown step), what to tell systemd, when a phase ends and why the run ended lives here,
+//! so it is tested with an injected clock and no sleeping.
 //!
-//! It is made of four parts, each in its own file with its own tests:
+//! It is made of five parts, each in its own file with its own tests:
 //! - [`shutdown`]: the [`Phase`]s from running to exited, each carrying its own data;
 //! - [`gate`]: whether the app is ready (checks, the child's own word), and what to log of it;
 //! - [`reload`]: a new child on the same sockets, and the old ones being stopped;
-//! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog).
+//! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog);
+//! - [`ending`]: the termination message, and which deaths by SIGKILL were OOM kills.
 
 mod ending;
 mod gate;
