@@ -23,7 +23,7 @@ _lastcall() {
 
     case "${cmd}" in
         lastcall)
-            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-quiet --drain-probes --drain-min --socket --reload-signal --log-level --help --version"
+            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-quiet --drain-probes --drain-min --socket --reload-signal --user --log-level --log-format --termination-log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -109,7 +109,19 @@ _lastcall() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --user)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --log-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --log-format)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --termination-log)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

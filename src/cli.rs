@@ -6,6 +6,7 @@
 
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
@@ -15,9 +16,12 @@ use log::LevelFilter;
 
 use crate::checks::{Check, MAX_CHECKS};
 use crate::http::Limits;
+use crate::logger::Format;
 use crate::machine::{Policy, Prestop};
 use crate::signals::{Class, Sig};
 use crate::sockets::{MAX_SOCKETS, Spec};
+use crate::termination;
+use crate::users::{self, Credentials};
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
 /// nor one of the common exporter ports.
@@ -161,14 +165,38 @@ pub struct Args {
           value_parser = parse_reload_signal, help_heading = "Reload")]
     pub reload_signal: Option<Sig>,
 
+    /// Run the child as USER (name or uid), with its primary group or GROUP, its supplementary
+    /// groups and its HOME, from /etc/passwd and /etc/group; lastcall stays as it is (root)
+    #[arg(long, env = "LASTCALL_USER", value_name = "USER[:GROUP]")]
+    pub user: Option<String>,
+
     /// error, warn, info, debug or trace
     #[arg(long, env = "LASTCALL_LOG_LEVEL", value_name = "LEVEL",
           default_value = "info", value_parser = parse_level)]
     pub log_level: LevelFilter,
 
+    /// How log lines look on stderr: `text` (lastcall: message) or `json` (one object per line,
+    /// with ts, level, msg, and the shutdown steps' data)
+    #[arg(long, env = "LASTCALL_LOG_FORMAT", value_name = "FORMAT",
+          default_value = "text", value_parser = Format::parse)]
+    pub log_format: Format,
+
+    /// Where to write, on exit, one line saying why lastcall ended (Kubernetes shows it), or
+    /// `off` [default: /dev/termination-log if it exists, else off]
+    #[arg(long, env = "LASTCALL_TERMINATION_LOG", value_name = "PATH|off",
+          value_parser = parse_termination_log)]
+    pub termination_log: Option<TerminationLog>,
+
     /// The program to supervise, and its arguments
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<OsString>,
+}
+
+/// `--termination-log`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TerminationLog {
+    Off,
+    Path(PathBuf),
 }
 
 /// `--listen`.
@@ -197,6 +225,11 @@ pub struct Config {
     pub sockets: Vec<Spec>,
     pub subreaper: bool,
     pub log_level: LevelFilter,
+    pub log_format: Format,
+    /// `--termination-log`, its default resolved; `None` for off.
+    pub termination_log: Option<PathBuf>,
+    /// `--user`, looked up.
+    pub user: Option<Credentials>,
 }
 
 /// Why lastcall stops before supervising anything.
@@ -282,6 +315,15 @@ impl Args {
             Some(ports) => ports,
             None => return usage("--drain-idle-port takes auto, off, or ports, not a mix".into()),
         };
+        let user = match &self.user {
+            Some(spec) => Some(switch_to(spec).map_err(Early::Usage)?),
+            None => None,
+        };
+        let termination_log = match self.termination_log {
+            Some(TerminationLog::Off) => None,
+            Some(TerminationLog::Path(path)) => Some(path),
+            None => termination::default_path(),
+        };
         let policy = Policy {
             prestop: self.prestop_delay,
             grace: self.grace_period,
@@ -321,7 +363,25 @@ impl Args {
             sockets: self.socket,
             subreaper: !self.no_subreaper,
             log_level: self.log_level,
+            log_format: self.log_format,
+            termination_log,
+            user,
         })
+    }
+}
+
+/// `--user`: only root can switch, and the user must be known, before any child starts.
+fn switch_to(spec: &str) -> Result<Credentials, String> {
+    // SAFETY: plain libc call.
+    users::check_can_switch(unsafe { libc::geteuid() })?;
+    users::lookup(spec, Path::new("/"))
+}
+
+pub fn parse_termination_log(text: &str) -> Result<TerminationLog, String> {
+    match text {
+        "" => Err("expected a path, or off".to_string()),
+        t if t.eq_ignore_ascii_case("off") => Ok(TerminationLog::Off),
+        path => Ok(TerminationLog::Path(PathBuf::from(path))),
     }
 }
 
@@ -480,6 +540,27 @@ mod tests {
     }
 
     #[test]
+    fn termination_log_paths() {
+        assert_eq!(parse_termination_log("off"), Ok(TerminationLog::Off));
+        assert_eq!(parse_termination_log("OFF"), Ok(TerminationLog::Off));
+        assert_eq!(
+            parse_termination_log("/tmp/why"),
+            Ok(TerminationLog::Path(PathBuf::from("/tmp/why")))
+        );
+        assert!(parse_termination_log("").is_err());
+        let config = |argv: &[&str]| match Args::try_parse_from(argv).map(Args::into_config) {
+            Ok(Ok(config)) => config,
+            _ => panic!("{argv:?} rejected"),
+        };
+        assert_eq!(config(&["lastcall", "--termination-log", "off", "true"]).termination_log, None);
+        let given = config(&["lastcall", "--termination-log", "/x/y", "true"]).termination_log;
+        assert_eq!(given, Some(PathBuf::from("/x/y")));
+        // Not given: Kubernetes' file when it exists.
+        let default = config(&["lastcall", "true"]).termination_log;
+        assert_eq!(default, termination::default_path());
+    }
+
+    #[test]
     fn listen_addresses() {
         assert_eq!(parse_listen("off"), Ok(Listen::Off));
         assert_eq!(parse_listen(":8080"), Ok(Listen::On("0.0.0.0:8080".parse().unwrap())));
@@ -548,6 +629,27 @@ mod tests {
         argv.extend(many.iter().map(String::as_str));
         argv.push("true");
         assert_eq!(usage(&argv), "65 readiness checks given; at most 64");
+    }
+
+    #[test]
+    fn the_user_is_looked_up_before_anything_starts() {
+        // SAFETY: plain libc call.
+        let root = unsafe { libc::geteuid() } == 0;
+        let err = usage(&["lastcall", "--user", "no-such-user-for-lastcall", "true"]);
+        match root {
+            true => {
+                assert_eq!(err, "unknown user 'no-such-user-for-lastcall' (not in /etc/passwd)")
+            }
+            false => assert!(err.starts_with("--user needs lastcall to run as root"), "{err}"),
+        }
+        if root {
+            let argv = ["lastcall", "--user", "0:0", "true"];
+            let Ok(Ok(config)) = Args::try_parse_from(argv).map(Args::into_config) else {
+                panic!("rejected");
+            };
+            let user = config.user.expect("a user");
+            assert_eq!((user.uid, user.gid, user.groups), (0, 0, vec![0]));
+        }
     }
 
     #[test]

@@ -13,8 +13,6 @@
 //! into the release binary in place of it, added 10,352 bytes as an order-keeping map
 //! (plus indexmap, hashbrown, itoa, ryu, memchr) and 928 bytes used only to escape strings.
 
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -49,6 +47,48 @@ pub fn init(format: Format, level: LevelFilter) {
     // Leaked once: the logger lives as long as the process.
     if log::set_logger(Box::leak(Box::new(Logger { format, level }))).is_ok() {
         log::set_max_level(level);
+    }
+}
+
+/// Logs `line` at `level` with `fields` as its key-values (what `log::info!(k = v; ...)`
+/// does, for fields known only at run time).
+pub fn log_fields(level: Level, line: &str, fields: &dyn kv::Source) {
+    if level <= log::max_level() {
+        let args = format_args!("{line}");
+        let record = Record::builder()
+            .level(level)
+            .target(module_path!())
+            .args(args)
+            .key_values(fields)
+            .build();
+        log::logger().log(&record);
+    }
+}
+
+/// A shutdown step's data as key-values: each field there is, seconds as floats.
+impl kv::Source for crate::machine::Fields {
+    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), kv::Error> {
+        if let Some(phase) = self.phase {
+            visitor.visit_pair(Key::from("phase"), Value::from(phase))?;
+        }
+        if let Some(pid) = self.pid {
+            visitor.visit_pair(Key::from("pid"), Value::from(i64::from(pid.as_raw())))?;
+        }
+        if let Some(sig) = &self.signal {
+            visitor.visit_pair(Key::from("signal"), Value::from_display(sig))?;
+        }
+        for (key, duration) in [("delay_s", self.delay), ("grace_s", self.grace)] {
+            if let Some(d) = duration {
+                visitor.visit_pair(Key::from(key), Value::from(d.as_secs_f64()))?;
+            }
+        }
+        if let Some(status) = self.status {
+            visitor.visit_pair(Key::from("status"), Value::from(u64::from(status)))?;
+        }
+        if let Some(took) = self.took {
+            visitor.visit_pair(Key::from("took_s"), Value::from(took.as_secs_f64()))?;
+        }
+        Ok(())
     }
 }
 
@@ -426,6 +466,30 @@ mod tests {
             "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"info\",\"msg\":\"received SIGTERM\",\
              \"phase\":\"draining\",\"pid\":42,\"signal\":\"SIGTERM\",\"delay_s\":5.000}\n"
         );
+    }
+
+    #[test]
+    fn a_shutdown_steps_fields_become_json_fields() {
+        use crate::machine::Fields;
+        let fields = Fields {
+            phase: Some("stopping"),
+            pid: Some(nix::unistd::Pid::from_raw(7465)),
+            signal: Some(crate::signals::Sig(libc::SIGTERM)),
+            delay: None,
+            grace: Some(Duration::from_secs(20)),
+            status: Some(143),
+            took: Some(Duration::from_millis(5_004)),
+        };
+        let args = format_args!("sending SIGTERM");
+        let record = Record::builder().level(Level::Info).args(args).key_values(&fields).build();
+        assert_eq!(
+            json_line(&record, UNIX_EPOCH),
+            "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"info\",\"msg\":\"sending SIGTERM\",\
+             \"phase\":\"stopping\",\"pid\":7465,\"signal\":\"SIGTERM\",\"grace_s\":20.000,\
+             \"status\":143,\"took_s\":5.004}\n"
+        );
+        let record = Record::builder().args(args).key_values(&Fields::NONE).build();
+        assert!(json_line(&record, UNIX_EPOCH).ends_with("\"msg\":\"sending SIGTERM\"}\n"));
     }
 
     #[test]

@@ -42,20 +42,22 @@ fn main() -> ExitCode {
         }
         Err(Early::Usage(line)) => return fail(USAGE, &line),
     };
-    init_logging(config.log_level);
+    // One write per line on stderr, so that lines do not interleave with the child's output.
+    logger::init(config.log_format, config.log_level);
+    let termination_log = config.termination_log.clone();
     match supervisor::run(config) {
         Ok(code) => ExitCode::from(code),
-        Err(e) => fail(e.exit_code(), &e.to_string()),
+        Err(e) => {
+            termination::record(termination_log.as_deref(), &e.termination_message());
+            // Through the logger, so that it is a JSON line with --log-format json.
+            log::error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
+/// Before the logger is set up (the command line is what says how to log): plain text.
 fn fail(code: u8, message: &str) -> ExitCode {
     let _ = writeln!(std::io::stderr(), "lastcall: {message}");
     ExitCode::from(code)
-}
-
-/// Log lines go to stderr as `lastcall: message`, one write per line so they do not
-/// interleave with the child's output mid-line.
-fn init_logging(level: log::LevelFilter) {
-    logger::init(logger::Format::Text, level);
 }

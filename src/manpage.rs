@@ -125,7 +125,8 @@ lastcall itself failed before starting the child, for example because the listen
 in use.
 .TP
 .B 126
-The command was found but could not be run (not executable).
+The command was found but could not be run (not executable), or the switch to
+\fB\-\-user\fR failed in the child.
 .TP
 .B 127
 The command was not found.
@@ -135,6 +136,28 @@ The command was not found.
 Under systemd, a child killed by the SIGTERM that lastcall sends as its stop signal makes
 lastcall exit with 143, which systemd counts as a failure; list it in the unit's \fBSuccessExitStatus=\fR, or give
 \fB\-\-success\-exit 143\fR to turn it into 0 for every platform.
+.SS "Why it ended"
+Just before it exits, lastcall writes one line saying why to the \fB\-\-termination\-log\fR
+file (by default \fB/dev/termination\-log\fR when it exists, as Kubernetes makes it for every
+container, which then shows the line in \fBkubectl describe pod\fR).
+At most 4096 bytes, never a partial UTF\-8 character, no newline; for example:
+.PP
+.RS
+.nf
+child exited 0 after SIGTERM (drain 5.0s, stopped 1.2s later)
+child killed by SIGKILL: grace period of 20.0s expired
+child killed by the kernel's OOM killer (memory limit 256 MiB)
+exec failed: /app/server: not found
+.fi
+.RE
+.PP
+A SIGKILL is told apart from an OOM kill by lastcall's memory cgroup's \fBoom_kill\fR
+counter (cgroup v2 \fBmemory.events\fR, v1 \fBmemory.oom_control\fR), read at start and
+whenever a process that died of SIGKILL is reaped; an OOM kill is also logged at warn.
+Without a memory cgroup lastcall can read, it makes no such claim.
+A file that cannot be written is logged at debug and changes nothing else.
+A bad command line (exit status 2) writes no message: Kubernetes'
+\fBterminationMessagePolicy: FallbackToLogsOnError\fR shows lastcall's error line instead.
 "#;
 
 /// Comes before the `LASTCALL_*` list, which is generated.
@@ -200,6 +223,15 @@ that exits with 143 on SIGTERM:
 .nf
 lastcall \-\-ready\-http http://127.0.0.1:8080/health \e
     \-\-grace\-period 40s \-\-success\-exit 143 \-\- java \-jar app.jar
+.fi
+.RE
+.PP
+As root, with the app running as the image's \fBapp\fR user (instead of
+\fBgosu\fR or \fBsu\-exec\fR), and JSON log lines for the log collector:
+.PP
+.RS
+.nf
+lastcall \-\-user app \-\-log\-format json \-\- my\-app \-\-port 8080
 .fi
 .RE
 .PP

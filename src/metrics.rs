@@ -29,6 +29,12 @@ impl View<'_> {
     /// The Prometheus text exposition.
     pub fn render(&self, http: &HttpCounters) -> String {
         let mut out = String::with_capacity(2048);
+        family(&mut out, "lastcall_build_info", "gauge", "Always 1; the version as a label.");
+        let _ = writeln!(
+            out,
+            "lastcall_build_info{{version=\"{}\"}} 1",
+            escape(env!("CARGO_PKG_VERSION"))
+        );
         let phase = self.machine.phase();
         family(
             &mut out,
@@ -74,6 +80,13 @@ impl View<'_> {
             "Processes other than the child that lastcall reaped.",
         );
         let _ = writeln!(out, "lastcall_zombies_reaped_total {}", stats.reaped);
+        family(
+            &mut out,
+            "lastcall_oom_kills_total",
+            "counter",
+            "Processes the kernel's OOM killer killed in lastcall's memory cgroup since start.",
+        );
+        let _ = writeln!(out, "lastcall_oom_kills_total {}", self.machine.oom_kills());
 
         family(
             &mut out,
@@ -295,6 +308,8 @@ mod tests {
             "lastcall_signals_received_total{signal=\"SIGHUP\"} 2",
             "lastcall_signals_forwarded_total{signal=\"SIGHUP\"} 2",
             "lastcall_zombies_reaped_total 3",
+            "lastcall_oom_kills_total 0",
+            concat!("lastcall_build_info{version=\"", env!("CARGO_PKG_VERSION"), "\"} 1"),
             "lastcall_probes_total{path=\"/readyz\",code=\"200\"} 7",
             "lastcall_probes_total{path=\"/readyz\",code=\"503\"} 0",
         ] {
@@ -315,5 +330,8 @@ mod tests {
             view.explain(),
             "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\nlast drain ended: delay\n"
         );
+        m.step(Input::OomKills { new: 2, limit: None }, t0 + Duration::from_secs(7));
+        let text = View { machine: &m, checker: &checker, now: t0 }.render(&http);
+        assert!(text.lines().any(|l| l == "lastcall_oom_kills_total 2"), "{text}");
     }
 }

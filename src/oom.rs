@@ -36,8 +36,6 @@
 //!   systemd host, `systemd-run --scope -p MemoryMax=32M -p MemorySwapMax=0 lastcall -- HOG`
 //!   does the same.
 
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,7 +238,6 @@ impl MemoryCgroup {
 pub struct OomWatch {
     cgroup: Option<MemoryCgroup>,
     seen: u64,
-    total: u64,
 }
 
 impl OomWatch {
@@ -249,8 +246,8 @@ impl OomWatch {
     pub fn start() -> OomWatch {
         let found = MemoryCgroup::find().and_then(|c| Some((c.oom_kills()?, c)));
         match found {
-            Some((seen, cgroup)) => OomWatch { cgroup: Some(cgroup), seen, total: 0 },
-            None => OomWatch { cgroup: None, seen: 0, total: 0 },
+            Some((seen, cgroup)) => OomWatch { cgroup: Some(cgroup), seen },
+            None => OomWatch { cgroup: None, seen: 0 },
         }
     }
 
@@ -262,18 +259,17 @@ impl OomWatch {
         // A counter never goes down; a smaller value (a cgroup moved) starts a new baseline.
         let new = now.saturating_sub(self.seen);
         self.seen = now;
-        self.total += new;
         new
     }
 
-    /// Every OOM kill seen since start: `lastcall_oom_kills_total`.
-    pub fn total(&self) -> u64 {
-        self.total
+    /// The limit that applies, in bytes, if there is one.
+    pub fn limit(&self) -> Option<u64> {
+        self.cgroup.as_ref()?.limit()
     }
 
     /// The limit that applies, as people write it (`256 MiB`), if there is one.
     pub fn limit_text(&self) -> Option<String> {
-        self.cgroup.as_ref()?.limit().map(format_bytes)
+        self.limit().map(format_bytes)
     }
 
     /// The cgroup being watched, if any (for a debug line at start).
@@ -498,19 +494,18 @@ mod tests {
         std::fs::write(&events, "oom_kill 5\n").unwrap();
         let cgroup =
             MemoryCgroup { version: Version::V2, dir: dir.clone(), mount_point: dir.clone() };
-        let mut watch =
-            OomWatch { seen: cgroup.oom_kills().unwrap(), cgroup: Some(cgroup), total: 0 };
-        assert_eq!((watch.new_kills(), watch.total()), (0, 0), "kills before start are not ours");
+        let mut watch = OomWatch { seen: cgroup.oom_kills().unwrap(), cgroup: Some(cgroup) };
+        assert_eq!(watch.new_kills(), 0, "kills before start are not ours");
         std::fs::write(&events, "oom_kill 7\n").unwrap();
-        assert_eq!((watch.new_kills(), watch.total()), (2, 2));
-        assert_eq!((watch.new_kills(), watch.total()), (0, 2));
+        assert_eq!(watch.new_kills(), 2);
+        assert_eq!(watch.new_kills(), 0);
         std::fs::write(&events, "oom_kill 1\n").unwrap();
-        assert_eq!((watch.new_kills(), watch.total()), (0, 2), "a smaller value: new baseline");
+        assert_eq!(watch.new_kills(), 0, "a smaller value: new baseline");
         std::fs::write(&events, "oom_kill 2\n").unwrap();
-        assert_eq!((watch.new_kills(), watch.total()), (1, 3));
+        assert_eq!(watch.new_kills(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!((watch.new_kills(), watch.total()), (0, 3), "gone: no claim");
-        let mut blind = OomWatch { cgroup: None, seen: 0, total: 0 };
+        assert_eq!(watch.new_kills(), 0, "gone: no claim");
+        let mut blind = OomWatch { cgroup: None, seen: 0 };
         assert_eq!((blind.new_kills(), blind.limit_text()), (0, None));
     }
 

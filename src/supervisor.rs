@@ -20,6 +20,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use mio::unix::SourceFd;
@@ -32,10 +33,14 @@ use crate::idle;
 use crate::machine::{Action, Input, Machine, Target};
 use crate::metrics::View;
 use crate::notify::{self, Said};
+use crate::oom::OomWatch;
 use crate::reaper;
-use crate::signals::{self, SIGCHLD, Sig, Signals};
+use crate::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
 use crate::sockets::{self, Bound};
 use crate::spawn::{self, SpawnError};
+use crate::status::ChildStatus;
+use crate::termination;
+use crate::users::Credentials;
 
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(2);
@@ -79,6 +84,24 @@ impl Fatal {
     }
 }
 
+impl Fatal {
+    /// The termination message (`--termination-log`) for a run that never got going: `exec
+    /// failed: /app/server: not found`, or what went wrong, as the log line says it.
+    pub fn termination_message(&self) -> String {
+        match self {
+            Fatal::Spawn(SpawnError::Exec { program, errno }) => {
+                let why = match errno {
+                    nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => "not found".into(),
+                    nix::errno::Errno::EACCES => "permission denied".into(),
+                    other => other.desc().to_lowercase(),
+                };
+                format!("exec failed: {program}: {why}")
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
 impl fmt::Display for Fatal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -118,10 +141,22 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
     let eyes = idle::Eyes::new(config.drain_ports, &held);
-    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets);
+    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
+    // Kills before this are not this run's. Read once the child runs, not before: it is not
+    // worth delaying the child's start, and a child killed within the microseconds before
+    // this read would only go unclaimed (never be wrongly claimed).
+    let oom = OomWatch::start();
+    match oom.cgroup() {
+        Some(cgroup) => log::debug!(
+            "watching OOM kills in {} (memory limit {})",
+            cgroup.dir.display(),
+            oom.limit_text().as_deref().unwrap_or("none")
+        ),
+        None => log::debug!("no memory cgroup to watch for OOM kills"),
+    }
     let checker = Checker::new(
         config.checks,
         config.policy.ready_interval,
@@ -141,6 +176,8 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         systemd,
         eyes,
         spawner,
+        oom,
+        termination_log: config.termination_log,
     };
     supervisor.supervise().map_err(setup("waiting for events"))
 }
@@ -209,15 +246,22 @@ fn claim_orphans(subreaper: bool) {
 /// with it: the watchdog is lastcall's then); the socket-activation variables
 /// for `--socket`, or LISTEN_PID rewritten to the child's pid when systemd's fds were meant for
 /// lastcall.
+/// With `--user`, HOME is the user's (as gosu and su-exec set it), not root's.
 fn child_options(
     private: Option<&notify::Private>,
     lastcall_notifies: bool,
     sockets: &[Bound],
+    user: Option<Credentials>,
 ) -> spawn::Options {
     let inherited_activation =
         std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
     let own_sockets = !sockets.is_empty();
-    if private.is_none() && !lastcall_notifies && !inherited_activation && !own_sockets {
+    if private.is_none()
+        && !lastcall_notifies
+        && !inherited_activation
+        && !own_sockets
+        && user.is_none()
+    {
         return spawn::Options::default();
     }
     let drop_notify = private.is_some() || lastcall_notifies;
@@ -229,7 +273,8 @@ fn child_options(
             let watchdog = key == "WATCHDOG_USEC" || key == "WATCHDOG_PID";
             let lastcalls =
                 (watchdog && lastcall_notifies) || (key == "NOTIFY_SOCKET" && drop_notify);
-            !lastcalls && !(listen && (own_sockets || inherited_activation))
+            let home = key == "HOME" && user.is_some();
+            !lastcalls && !home && !(listen && (own_sockets || inherited_activation))
         })
         .map(|(key, value)| {
             let mut pair = key;
@@ -241,6 +286,9 @@ fn child_options(
     if let Some(private) = private {
         env.push(format!("NOTIFY_SOCKET={}", private.env_value).into());
     }
+    if let Some(user) = &user {
+        env.push(user.home_env());
+    }
     if own_sockets {
         for (key, value) in sockets::env(sockets) {
             env.push(format!("{key}={value}").into());
@@ -251,7 +299,7 @@ fn child_options(
         own_pid_var: (inherited_activation || own_sockets).then_some("LISTEN_PID"),
         quiet: false,
         pass_fds: sockets.iter().map(Bound::fd).collect(),
-        user: None,
+        user,
     }
 }
 
@@ -300,6 +348,10 @@ struct Supervisor {
     /// The drain's view of the app's ports and connections.
     eyes: idle::Eyes,
     spawner: Spawner,
+    /// lastcall's memory cgroup's OOM-kill counter.
+    oom: OomWatch,
+    /// `--termination-log`: where the machine's last word goes.
+    termination_log: Option<PathBuf>,
 }
 
 impl Supervisor {
@@ -409,6 +461,14 @@ impl Supervisor {
             }
         }
         if collected > 0 {
+            // The kernel's OOM killer kills with SIGKILL: only its counter tells. Read now,
+            // so that the machine knows before it hears of the deaths.
+            if exits.iter().any(|(_, status)| *status == ChildStatus::Signaled(SIGKILL)) {
+                let new = self.oom.new_kills();
+                if new > 0 {
+                    self.feed(Input::OomKills { new, limit: self.oom.limit() });
+                }
+            }
             self.feed(Input::Reaped { exits, children_left: reaped.children_left });
         }
     }
@@ -485,7 +545,8 @@ impl Supervisor {
                     systemd.send(&message);
                 }
             }
-            Action::Log(level, line) => log::log!(level, "{line}"),
+            Action::Log(level, line, fields) => crate::logger::log_fields(level, &line, &fields),
+            Action::Ended(why) => termination::record(self.termination_log.as_deref(), &why),
         }
         None
     }
@@ -514,5 +575,38 @@ fn deliver(sig: Sig, to: Target) {
     match result {
         Ok(()) => log::debug!("sent {sig} to {to}"),
         Err(e) => log::debug!("sending {sig} to {to} failed: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::errno::Errno;
+
+    use super::*;
+
+    #[test]
+    fn a_run_that_never_got_going_says_why_in_the_termination_message() {
+        let exec = |errno| Fatal::Spawn(SpawnError::Exec { program: "/app/server".into(), errno });
+        assert_eq!(
+            exec(Errno::ENOENT).termination_message(),
+            "exec failed: /app/server: not found"
+        );
+        assert_eq!(
+            exec(Errno::ENOTDIR).termination_message(),
+            "exec failed: /app/server: not found"
+        );
+        assert_eq!(
+            exec(Errno::EACCES).termination_message(),
+            "exec failed: /app/server: permission denied"
+        );
+        assert_eq!(
+            exec(Errno::ENOEXEC).termination_message(),
+            "exec failed: /app/server: exec format error"
+        );
+        let bind = Fatal::Bind {
+            addr: "127.0.0.1:9753".parse().unwrap(),
+            err: io::Error::from(io::ErrorKind::AddrInUse),
+        };
+        assert!(bind.termination_message().starts_with("cannot listen on 127.0.0.1:9753: "));
     }
 }

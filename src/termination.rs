@@ -7,8 +7,6 @@
 //! without a trailing one: the platform shows the bytes as they are. What to say, and when,
 //! is the supervisor's decision; this module only writes it.
 
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -50,6 +48,18 @@ pub fn write_termination_log(path: &Path, message: &str) -> std::io::Result<()> 
     let mut file =
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
     file.write_all(one_line(message).as_bytes())
+}
+
+/// Writes `message` to `path` if there is one; a failure is logged at debug and otherwise
+/// ignored: no termination message is no reason to change how lastcall exits.
+pub fn record(path: Option<&Path>, message: &str) {
+    let Some(path) = path else {
+        return;
+    };
+    match write_termination_log(path, message) {
+        Ok(()) => log::debug!("wrote the termination message to {}", path.display()),
+        Err(e) => log::debug!("cannot write the termination message to {}: {e}", path.display()),
+    }
 }
 
 #[cfg(test)]

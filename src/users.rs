@@ -18,8 +18,6 @@
 //! Malformed lines are skipped, as the C library skips them; so are NIS `+`/`-` lines and
 //! comments. Only the privilege drop itself (in `spawn.rs`) runs in the child.
 
-#![cfg_attr(not(test), allow(dead_code))]
-
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};

@@ -93,7 +93,7 @@ impl Gate {
         } else {
             format!("the app is not ready: {}", self.failing().unwrap_or_default())
         };
-        out.push(Action::Log(Level::Info, line));
+        out.push(super::info(line));
     }
 
     /// The startup warning, once, if the app has never been ready while the child runs.
@@ -103,7 +103,7 @@ impl Gate {
         }
         self.warn_at = None;
         if !self.ever_ready && running {
-            out.push(Action::Log(
+            out.push(super::log(
                 Level::Warn,
                 format!(
                     "the app is not ready {} after start ({}); it keeps running, unready",

@@ -1,16 +1,19 @@
 //! The supervisor's decisions: a pure state machine, no syscalls, no clock reads.
 //!
 //! The event loop feeds it [`Input`]s with the current time and carries out the [`Action`]s it
-//! returns. Everything about *when* to signal *whom*, what to log, what to tell systemd and
-//! when a phase ends lives here, so it is tested with an injected clock and no sleeping.
+//! returns. Everything about *when* to signal *whom*, what to log (and the data beside each
+//! shutdown step), what to tell systemd, when a phase ends and why the run ended lives here,
+//! so it is tested with an injected clock and no sleeping.
 //!
-//! It is made of four parts, each in its own file with its own tests:
+//! It is made of five parts, each in its own file with its own tests:
 //! - [`shutdown`]: the [`Phase`]s from running to exited, each carrying its own data;
 //! - [`gate`]: whether the app is ready (checks, the child's own word), and what to log of it;
 //! - [`reload`]: a new child on the same sockets, and the old ones being stopped;
 //! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog);
 //! - [`watch`]: what a request-aware drain watches, the app's connections and the probers.
+//! - [`ending`]: the termination message, and which deaths by SIGKILL were OOM kills.
 
+mod ending;
 mod gate;
 mod reload;
 mod shutdown;
@@ -26,6 +29,7 @@ use nix::unistd::Pid;
 use crate::signals::{Class, Sig, class};
 use crate::status::ChildStatus;
 
+pub use ending::Ending;
 pub use shutdown::{DrainEnd, Phase};
 pub use watch::{Probe, Reading, Seen};
 
@@ -100,6 +104,10 @@ pub enum Input {
     AppPorts(Vec<u16>),
     /// The app's connections on those ports, as read.
     AppConnections(Reading),
+    /// lastcall's memory cgroup counted `new` more OOM kills since the last look (read when
+    /// a process that died of SIGKILL is reaped, just before that [`Input::Reaped`]), and
+    /// the memory limit that applies, in bytes, if there is one.
+    OomKills { new: u64, limit: Option<u64> },
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -134,13 +142,57 @@ pub enum Action {
     StopChecks,
     /// One message to systemd's notify socket.
     Systemd(String),
-    /// A line for the operator.
-    Log(Level, String),
+    /// A line for the operator, and the step's data for structured logs.
+    Log(Level, String, Fields),
+    /// lastcall is about to exit: why, in one line, for `--termination-log`.
+    Ended(String),
+}
+
+/// The data of a shutdown step, beside its log line: `--log-format json` writes each as a
+/// field of its own (`phase`, `pid`, `signal`, `delay_s`, `grace_s`, `status`, `took_s`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fields {
+    /// The phase lastcall is in after the step ([`Phase::name`]).
+    pub phase: Option<&'static str>,
+    /// The child the step is about.
+    pub pid: Option<Pid>,
+    /// The signal received or sent.
+    pub signal: Option<Sig>,
+    /// The preStop delay chosen.
+    pub delay: Option<Duration>,
+    /// The grace period before SIGKILL.
+    pub grace: Option<Duration>,
+    /// The child's status by the exit-code rule (0-255, 128+N for signal N).
+    pub status: Option<u8>,
+    /// How long the step took: the drain before the stop signal, the child's stop after it.
+    pub took: Option<Duration>,
+}
+
+impl Fields {
+    pub const NONE: Fields = Fields {
+        phase: None,
+        pid: None,
+        signal: None,
+        delay: None,
+        grace: None,
+        status: None,
+        took: None,
+    };
 }
 
 /// A line for the operator at info: a step worth telling.
 fn info(line: String) -> Action {
-    Action::Log(Level::Info, line)
+    Action::Log(Level::Info, line, Fields::NONE)
+}
+
+/// A shutdown step at info, with its data.
+fn step(line: String, fields: Fields) -> Action {
+    Action::Log(Level::Info, line, fields)
+}
+
+/// A line at `level` with no data of its own.
+fn log(level: Level, line: String) -> Action {
+    Action::Log(level, line, Fields::NONE)
 }
 
 /// Index room for every signal number (1..=64 on Linux).
@@ -200,6 +252,9 @@ pub struct Machine {
     watch: Option<watch::Watch>,
     /// The fallback to /proc/net/tcp was logged.
     told_fallback: bool,
+    oom: ending::Oom,
+    /// How the main child ended, once it has.
+    ending: Option<Ending>,
 }
 
 impl Machine {
@@ -216,6 +271,8 @@ impl Machine {
             probers: watch::Probers::default(),
             watch: None,
             told_fallback: false,
+            oom: ending::Oom::default(),
+            ending: None,
             policy,
         }
     }
@@ -231,7 +288,7 @@ impl Machine {
             }
             Input::Spawned(pid) => self.on_spawned(pid, now),
             Input::SpawnFailed(why) => {
-                out.push(Action::Log(Level::Warn, format!("reload: {why}")));
+                out.push(log(Level::Warn, format!("reload: {why}")));
                 self.reload_failed("could not be started", now, &mut out);
             }
             Input::Probed(probe) => {
@@ -245,6 +302,7 @@ impl Machine {
             Input::Notify { ready, from } => self.on_notify(ready, from, now, &mut out),
             Input::AppPorts(ports) => self.on_app_ports(ports, &mut out),
             Input::AppConnections(reading) => self.on_app_connections(reading, now, &mut out),
+            Input::OomKills { new, limit } => self.oom.on_kills(new, limit),
             Input::Tick => {
                 self.on_tick(now, &mut out);
                 self.reload_tick(now, &mut out);
@@ -291,6 +349,7 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        self.attribute_oom_kills(&exits, out);
         let main = self.child();
         let mut main_status = None;
         let mut others = 0;
@@ -301,16 +360,13 @@ impl Machine {
             }
             others += 1;
             if self.reload.claims(pid) {
-                out.push(Action::Log(
+                out.push(log(
                     Level::Debug,
                     format!("reaped child {pid} of a reload, which {status}"),
                 ));
                 self.on_reload_child_exit(pid, status, now, out);
             } else {
-                out.push(Action::Log(
-                    Level::Debug,
-                    format!("reaped process {pid}, which {status}"),
-                ));
+                out.push(log(Level::Debug, format!("reaped process {pid}, which {status}")));
                 self.stats.reaped += 1;
             }
         }
@@ -334,7 +390,7 @@ impl Machine {
             self.gate.on_notify(ready, now, out);
             self.settle(now, out);
         } else {
-            out.push(Action::Log(
+            out.push(log(
                 Level::Debug,
                 format!("notify message from under process {from}, not the app's; dropped"),
             ));
@@ -437,6 +493,10 @@ impl fmt::Display for Input {
             Input::AppConnections(Reading::Failed(e)) => {
                 write!(f, "reading the app's connections failed: {e}")
             }
+            Input::OomKills { new, limit } => {
+                let limit = limit.map_or("none".to_string(), crate::oom::format_bytes);
+                write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")
+            }
             Input::Tick => write!(f, "tick"),
         }
     }
@@ -526,7 +586,15 @@ pub mod testing {
         pub fn step(&mut self, input: Input) -> Vec<Action> {
             self.all(input)
                 .into_iter()
-                .filter(|a| !matches!(a, Action::Log(..) | Action::Systemd(_) | Action::StopChecks))
+                .filter(|a| {
+                    !matches!(
+                        a,
+                        Action::Log(..)
+                            | Action::Systemd(_)
+                            | Action::StopChecks
+                            | Action::Ended(_)
+                    )
+                })
                 .collect()
         }
 
@@ -535,7 +603,7 @@ pub mod testing {
             self.all(input)
                 .into_iter()
                 .filter_map(|a| match a {
-                    Action::Log(l, line) if l <= level => Some(line),
+                    Action::Log(l, line, _) if l <= level => Some(line),
                     _ => None,
                 })
                 .collect()

@@ -14,7 +14,7 @@ use log::Level;
 use nix::unistd::Pid;
 
 use super::watch::{Reading, Rule, Watch};
-use super::{Action, Machine, Prestop, Target, info};
+use super::{Action, Fields, Machine, Prestop, Target, log, step};
 use crate::show;
 use crate::signals::{SIGKILL, SIGTERM, Sig};
 use crate::status::ChildStatus;
@@ -167,10 +167,18 @@ impl Machine {
             Phase::Draining { pid, drain, until, .. } => {
                 drain.signals += 1;
                 let (pid, drain, left) = (*pid, *drain, until.saturating_duration_since(now));
-                out.push(info(format!(
-                    "received {sig} again: skipping the {} left of the preStop delay",
-                    show::duration(left)
-                )));
+                out.push(step(
+                    format!(
+                        "received {sig} again: skipping the {} left of the preStop delay",
+                        show::duration(left)
+                    ),
+                    Fields {
+                        phase: Some("draining"),
+                        pid: Some(pid),
+                        signal: Some(sig),
+                        ..Fields::NONE
+                    },
+                ));
                 self.stop(pid, drain, DrainEnd::Signal, now, out);
             }
             Phase::Stopping { pid, drain, .. } => {
@@ -181,7 +189,13 @@ impl Machine {
                     // lastcall.
                     out.push(Action::Signal { sig, to: self.target(pid) });
                 } else {
-                    out.push(info(format!("received {sig} a third time")));
+                    let fields = Fields {
+                        phase: Some("stopping"),
+                        pid: Some(pid),
+                        signal: Some(sig),
+                        ..Fields::NONE
+                    };
+                    out.push(step(format!("received {sig} a third time"), fields));
                     self.kill(pid, drain, now, out);
                 }
             }
@@ -189,7 +203,9 @@ impl Machine {
                 *signals += 1;
                 if *signals >= 3 && kill_at.is_some() {
                     let (status, since, signals) = (*status, *since, *signals);
-                    out.push(info(format!("received {sig} a third time")));
+                    let fields =
+                        Fields { phase: Some("reaping"), signal: Some(sig), ..Fields::NONE };
+                    out.push(step(format!("received {sig} a third time"), fields));
                     self.kill_descendants(status, since, signals, out);
                 }
             }
@@ -207,10 +223,19 @@ impl Machine {
             Prestop::Auto if self.gate.probed => (AUTO_PRESTOP, "auto: /readyz has been probed"),
             Prestop::Auto => (Duration::ZERO, "auto: not in Kubernetes and /readyz never probed"),
         };
-        out.push(info(format!(
-            "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
-            show::duration(delay)
-        )));
+        out.push(step(
+            format!(
+                "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
+                show::duration(delay)
+            ),
+            Fields {
+                phase: Some("draining"),
+                pid: Some(pid),
+                signal: Some(sig),
+                delay: Some(delay),
+                ..Fields::NONE
+            },
+        ));
         let drain = Drain { started: now, trigger: sig, signals: 1, stopped: None };
         self.watch = None;
         self.last.seen = None;
@@ -238,17 +263,21 @@ impl Machine {
             return;
         };
         if ports.is_empty() {
-            out.push(info(
+            out.push(log(
+                Level::Info,
                 "the drain found no TCP port the app listens on: the preStop delay runs in full"
                     .into(),
             ));
         } else {
             let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-            out.push(info(format!(
-                "the drain watches the app's connections on port{} {}",
-                if ports.len() == 1 { "" } else { "s" },
-                list.join(", ")
-            )));
+            out.push(log(
+                Level::Info,
+                format!(
+                    "the drain watches the app's connections on port{} {}",
+                    if ports.len() == 1 { "" } else { "s" },
+                    list.join(", ")
+                ),
+            ));
             out.push(Action::ReadApp(ports.clone()));
         }
         watch.ports = Some(ports);
@@ -270,7 +299,7 @@ impl Machine {
         match &reading {
             Reading::Count { lost, .. } if !self.told_fallback => {
                 self.told_fallback = true;
-                out.push(Action::Log(
+                out.push(log(
                     Level::Warn,
                     format!(
                         "{lost}: the drain counts the app's connections from /proc/net/tcp, \
@@ -279,14 +308,14 @@ impl Machine {
                 ));
             }
             Reading::Failed(e) => {
-                out.push(Action::Log(Level::Debug, format!("reading the app's connections: {e}")))
+                out.push(log(Level::Debug, format!("reading the app's connections: {e}")))
             }
             _ => {}
         }
         if let Some(seen) = watch.update(&reading, now) {
             if self.last.seen.map(|s| s.busy_idle()) != Some(seen.busy_idle()) {
                 let (busy, idle) = seen.busy_idle();
-                out.push(Action::Log(
+                out.push(log(
                     Level::Debug,
                     format!("the app's connections: {busy} busy, {idle} idle"),
                 ));
@@ -297,7 +326,9 @@ impl Machine {
         let idle =
             self.watch.as_ref().and_then(|w| w.idle(&self.probers, rule, drain.started, now));
         if let Some(line) = idle {
-            out.push(info(line));
+            let took = Some(now.saturating_duration_since(drain.started));
+            let fields = Fields { phase: Some("draining"), pid: Some(pid), took, ..Fields::NONE };
+            out.push(step(line, fields));
             return self.stop(pid, drain, DrainEnd::AppIdle, now, out);
         }
         self.phase = Phase::Draining { pid, drain, until, count_at: Some(now + COUNT_EVERY) };
@@ -320,11 +351,21 @@ impl Machine {
         let sig = self.stop_signal(Some(drain.trigger));
         let to = self.target(pid);
         let drained = now.saturating_duration_since(drain.started);
-        out.push(info(format!(
-            "sending {sig} to {to} after {} of drain; SIGKILL in {}",
-            show::duration(drained),
-            show::duration(self.policy.grace)
-        )));
+        out.push(step(
+            format!(
+                "sending {sig} to {to} after {} of drain; SIGKILL in {}",
+                show::duration(drained),
+                show::duration(self.policy.grace)
+            ),
+            Fields {
+                phase: Some("stopping"),
+                pid: Some(pid),
+                signal: Some(sig),
+                grace: Some(self.policy.grace),
+                took: Some(drained),
+                ..Fields::NONE
+            },
+        ));
         out.push(Action::Signal { sig, to });
         drain.stopped = Some(now);
         self.last.drain = Some(drained);
@@ -334,11 +375,21 @@ impl Machine {
     /// SIGKILL to the child's process group and to every other process under lastcall: a
     /// child that left its group (setsid, setpgid) dies all the same.
     fn kill(&mut self, pid: Pid, drain: Drain, now: Instant, out: &mut Vec<Action>) {
-        out.push(info(format!(
-            "sending SIGKILL to process group {pid} and every process under lastcall after {} \
-             of drain",
-            show::duration(now.saturating_duration_since(drain.started))
-        )));
+        let drained = now.saturating_duration_since(drain.started);
+        out.push(step(
+            format!(
+                "sending SIGKILL to process group {pid} and every process under lastcall after {} \
+                 of drain",
+                show::duration(drained)
+            ),
+            Fields {
+                phase: Some("killing"),
+                pid: Some(pid),
+                signal: Some(SIGKILL),
+                took: Some(drained),
+                ..Fields::NONE
+            },
+        ));
         out.extend(kill_all(pid));
         self.phase = Phase::Killing { pid, since: now, drain };
     }
@@ -350,7 +401,8 @@ impl Machine {
         signals: u32,
         out: &mut Vec<Action>,
     ) {
-        out.push(info("sending SIGKILL to the remaining processes".into()));
+        let fields = Fields { phase: Some("reaping"), signal: Some(SIGKILL), ..Fields::NONE };
+        out.push(step("sending SIGKILL to the remaining processes".into(), fields));
         out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
         self.phase = Phase::Reaping { status, since, kill_at: None, signals };
     }
@@ -364,6 +416,7 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         let code = status.exit_code(&self.policy.success_exit);
+        self.ending = Some(self.ending_of(status, now));
         let drain = self.phase.drain();
         if matches!(self.phase, Phase::Draining { .. }) {
             self.last.ended = Some(DrainEnd::ChildExited);
@@ -372,6 +425,21 @@ impl Machine {
             self.last.grace = Some(now.saturating_duration_since(sent));
         }
         let drained = drain.map_or(Duration::ZERO, |d| now.saturating_duration_since(d.started));
+        // How long the child took to end once asked: after the stop signal, after SIGKILL.
+        let took = match self.phase {
+            Phase::Stopping { since, .. } | Phase::Killing { since, .. } => {
+                Some(now.saturating_duration_since(since))
+            }
+            Phase::Draining { .. } => Some(drained),
+            _ => None,
+        };
+        let fields = Fields {
+            phase: Some(if others_left { "reaping" } else { "exited" }),
+            pid: self.phase.pid(),
+            status: Some(status.code()),
+            took,
+            ..Fields::NONE
+        };
         let shown = match self.phase {
             Phase::Stopping { since, .. } => format!(
                 "child {status} {} after the stop signal ({} of drain)",
@@ -398,24 +466,28 @@ impl Machine {
         if !others_left {
             // A child that simply finished is a normal run: nothing to say at info.
             if drain.is_some() {
-                out.push(info(format!("{shown}; exiting with {code}")));
+                out.push(step(format!("{shown}; exiting with {code}"), fields));
             }
-            self.phase = Phase::Exited { code };
+            self.exit(code, out);
             return;
         }
         let signals = drain.map_or(0, |d| d.signals);
         match kill_at {
             Some(at) => {
                 let sig = self.stop_signal(drain.map(|d| d.trigger));
-                out.push(info(format!(
-                    "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
-                    show::duration(at.saturating_duration_since(now))
-                )));
+                let grace = at.saturating_duration_since(now);
+                out.push(step(
+                    format!(
+                        "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
+                        show::duration(grace)
+                    ),
+                    Fields { signal: Some(sig), grace: Some(grace), ..fields },
+                ));
                 out.push(Action::Signal { sig, to: Target::Descendants });
                 self.phase = Phase::Reaping { status, since: now, kill_at: Some(at), signals };
             }
             None => {
-                out.push(info(format!("{shown}; other processes remain")));
+                out.push(step(format!("{shown}; other processes remain"), fields));
                 self.kill_descendants(status, now, signals, out);
             }
         }
@@ -429,8 +501,10 @@ impl Machine {
         };
         if !others_left {
             let code = status.exit_code(&self.policy.success_exit);
-            out.push(info(format!("all remaining processes reaped; exiting with {code}")));
-            self.phase = Phase::Exited { code };
+            let fields =
+                Fields { phase: Some("exited"), status: Some(status.code()), ..Fields::NONE };
+            out.push(step(format!("all remaining processes reaped; exiting with {code}"), fields));
+            self.exit(code, out);
         } else if kill_at.is_none() {
             // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
             out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
@@ -443,10 +517,14 @@ impl Machine {
                 let delay = until.saturating_duration_since(drain.started);
                 if let Some(watch) = &self.watch {
                     let why = watch.not_idle(&self.probers, self.rule(), now);
-                    out.push(info(format!(
-                        "preStop delay of {} reached {why}",
-                        show::duration(delay)
-                    )));
+                    let line = format!("preStop delay of {} reached {why}", show::duration(delay));
+                    let fields = Fields {
+                        phase: Some("draining"),
+                        pid: Some(pid),
+                        delay: Some(delay),
+                        ..Fields::NONE
+                    };
+                    out.push(step(line, fields));
                 }
                 self.stop(pid, drain, DrainEnd::Delay, now, out)
             }
@@ -457,10 +535,15 @@ impl Machine {
                 self.phase = Phase::Draining { pid, drain, until, count_at: None };
             }
             Phase::Stopping { pid, deadline, drain, .. } if now >= deadline => {
-                out.push(info(format!(
-                    "grace period of {} is over",
-                    show::duration(self.policy.grace)
-                )));
+                out.push(step(
+                    format!("grace period of {} is over", show::duration(self.policy.grace)),
+                    Fields {
+                        phase: Some("stopping"),
+                        pid: Some(pid),
+                        grace: Some(self.policy.grace),
+                        ..Fields::NONE
+                    },
+                ));
                 self.kill(pid, drain, now, out)
             }
             Phase::Reaping { status, since, kill_at: Some(at), signals } if now >= at => {
@@ -906,6 +989,82 @@ mod tests {
         assert_eq!(said, ["the app's connections: 0 busy, 2 idle"]);
         r.at(ms(100)).step(Input::Tick);
         assert!(r.logs(read(vec![pooled(1), pooled(2)]), Level::Debug).is_empty(), "no change");
+    }
+
+    /// The data of each info line of one step.
+    fn fields(r: &mut Run, input: Input) -> Vec<Fields> {
+        r.all(input)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::Log(Level::Info, _, fields) => Some(fields),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn shutdown_steps_carry_their_data() {
+        let mut r = Run::new(policy(Prestop::Fixed(secs(5))));
+        let (pid, none) = (Some(PID), Fields::NONE);
+        assert_eq!(
+            fields(&mut r, Input::Signal(SIGTERM)),
+            [Fields {
+                phase: Some("draining"),
+                pid,
+                signal: Some(SIGTERM),
+                delay: Some(secs(5)),
+                ..none
+            }]
+        );
+        assert_eq!(
+            fields(r.at(secs(5)), Input::Tick),
+            [Fields {
+                phase: Some("stopping"),
+                pid,
+                signal: Some(SIGTERM),
+                grace: Some(secs(20)),
+                took: Some(secs(5)),
+                ..none
+            }]
+        );
+        assert_eq!(
+            fields(r.at(secs(25)), Input::Tick),
+            [
+                Fields { phase: Some("stopping"), pid, grace: Some(secs(20)), ..none },
+                Fields {
+                    phase: Some("killing"),
+                    pid,
+                    signal: Some(SIGKILL),
+                    took: Some(secs(25)),
+                    ..none
+                },
+            ]
+        );
+        let exits = vec![(PID, ChildStatus::Signaled(SIGKILL))];
+        assert_eq!(
+            fields(r.at(secs(26)), Input::Reaped { exits, children_left: false }),
+            [Fields { phase: Some("exited"), pid, status: Some(137), took: Some(secs(1)), ..none }]
+        );
+        // Leftovers: the child's end, then the last of the others.
+        let mut r = Run::new(policy(Prestop::Fixed(Duration::ZERO)));
+        r.step(Input::Signal(SIGTERM));
+        let exits = vec![(PID, ChildStatus::Exited(0))];
+        assert_eq!(
+            fields(r.at(secs(2)), Input::Reaped { exits, children_left: true }),
+            [Fields {
+                phase: Some("reaping"),
+                pid,
+                signal: Some(SIGTERM),
+                grace: Some(secs(18)),
+                status: Some(0),
+                took: Some(secs(2)),
+                ..none
+            }]
+        );
+        assert_eq!(
+            fields(&mut r, reaped(false)),
+            [Fields { phase: Some("exited"), status: Some(0), ..none }]
+        );
     }
 
     #[test]

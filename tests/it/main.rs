@@ -9,6 +9,7 @@ mod drain_idle;
 mod endpoint;
 mod exhaustion;
 mod exit;
+mod exit_reasons;
 mod haproxy;
 mod hostile;
 mod lb_drain;

@@ -395,6 +395,29 @@ fn deployment_problems(text: &str) -> Vec<String> {
             prestop.as_secs()
         ));
     }
+    // lastcall writes why it ended where the kubelet reads it (in a pod, the default file
+    // exists), and a usage error, which writes nothing, still shows.
+    let read_at = container.at("terminationMessagePath").and_then(Yaml::str);
+    let read_at = read_at.unwrap_or("/dev/termination-log");
+    // The default, as --help gives it: "/dev/termination-log if it exists, else off".
+    let written_at = lastcall.value("termination-log", "LASTCALL_TERMINATION_LOG");
+    let written_at = written_at.map(|w| match w.split_once(" if it exists") {
+        Some((path, _)) => path.to_string(),
+        None => w,
+    });
+    if written_at.as_deref() != Some(read_at) {
+        problems.push(format!(
+            "lastcall writes its termination message to {written_at:?}, the kubelet reads {read_at}"
+        ));
+    }
+    let policy = container.at("terminationMessagePolicy").and_then(Yaml::str);
+    if policy != Some("FallbackToLogsOnError") {
+        problems.push(
+            "terminationMessagePolicy is not FallbackToLogsOnError: a bad command line (exit 2) \
+             writes no termination message, so none would show"
+                .to_string(),
+        );
+    }
     if let Err(e) = lastcall.accepted() {
         problems.push(e);
     }
@@ -430,6 +453,14 @@ fn kubernetes_checks_catch_a_short_grace_and_a_wrong_probe() {
     );
     let wrong = text.replace("path: /livez", "path: /healthz");
     assert_problem("a liveness probe elsewhere", deployment_problems(&wrong), "livenessProbe");
+    let file_only = text.replace("FallbackToLogsOnError", "File");
+    assert_ne!(file_only, text, "the example's terminationMessagePolicy changed: update this test");
+    assert_problem("no fallback to logs", deployment_problems(&file_only), "FallbackToLogsOnError");
+    let moved = text.replace(
+        "terminationMessagePolicy: FallbackToLogsOnError",
+        "terminationMessagePolicy: FallbackToLogsOnError\n          terminationMessagePath: /tmp/why",
+    );
+    assert_problem("a path lastcall does not write", deployment_problems(&moved), "/tmp/why");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -689,3 +689,110 @@ pub fn probe(port: u16, path: &str, within: Duration) -> Option<u16> {
     let text = String::from_utf8_lossy(&raw);
     text.split(' ').nth(1)?.parse().ok()
 }
+
+/// One JSON value of a flat log object, as Python's `json` module read it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Json {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Null,
+}
+
+/// Parses each line of `text` with Python's `json` module (strictly: no NaN, no duplicate
+/// keys, one object per line, values not nested) and gives each object's fields in order.
+/// Panics, showing Python's complaint and the text, if any line is not such an object.
+pub fn parse_json_lines(text: &str) -> Vec<Vec<(String, Json)>> {
+    const SCRIPT: &str = r#"
+import json, sys
+def reject(name):
+    raise ValueError("not JSON: " + name)
+def pairs(items):
+    keys = [k for k, _ in items]
+    assert len(keys) == len(set(keys)), "duplicate keys: %r" % keys
+    return items
+out = []
+for n, line in enumerate(sys.stdin.buffer.read().decode("utf-8", "strict").split("\n")[:-1]):
+    try:
+        items = json.loads(line, parse_constant=reject, object_pairs_hook=pairs)
+        assert isinstance(items, list), "not an object"
+    except Exception as e:
+        sys.exit("line %d: %s: %r" % (n + 1, e, line))
+    for key, value in items:
+        kind = {str: "s", int: "i", float: "f", bool: "b", type(None): "n"}.get(type(value))
+        assert kind, "line %d: %s is nested: %r" % (n + 1, key, line)
+        if kind == "b":
+            value = "1" if value else ""
+        key = json.dumps(key, ensure_ascii=False)[1:-1]
+        value = json.dumps(value, ensure_ascii=False) if kind == "s" else value
+        out.append("%s\t%s\t%s" % (kind, key, value))
+    out.append("")
+sys.stdout.buffer.write("\n".join(out).encode("utf-8"))
+"#;
+    let python = python3().expect("python3");
+    let mut child = Command::new(python)
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting python3");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("writing to python3");
+    let out = child.wait_with_output().expect("python3");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python3's json module rejected a line: {}\n--- the lines:\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut objects = Vec::new();
+    let mut fields = Vec::new();
+    for line in said.split('\n') {
+        if line.is_empty() {
+            objects.push(std::mem::take(&mut fields));
+            continue;
+        }
+        let mut parts = line.splitn(3, '\t');
+        let (kind, key, value) =
+            (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+        let value = match kind {
+            // Strings come back JSON-quoted (so tabs and newlines survive): unquote the few
+            // escapes a log line holds.
+            "s" => Json::Str(unquote(value)),
+            "i" => Json::Int(value.parse().expect("an int")),
+            "f" => Json::Float(value.parse().expect("a float")),
+            "b" => Json::Bool(!value.is_empty()),
+            _ => Json::Null,
+        };
+        fields.push((unquote(&format!("\"{key}\"")), value));
+    }
+    assert_eq!(objects.len(), text.lines().count(), "one object per line");
+    objects
+}
+
+/// A JSON string literal's text (quotes included) back to the string.
+fn unquote(literal: &str) -> String {
+    let inner = &literal[1..literal.len() - 1];
+    let mut out = String::new();
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('u') => {
+                let hex: String = chars.by_ref().take(4).collect();
+                let unit = u32::from_str_radix(&hex, 16).expect("\\u escape");
+                out.push(char::from_u32(unit).unwrap_or('\u{fffd}'));
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
+}
