@@ -181,9 +181,10 @@ fn taken_set() -> libc::sigset_t {
 }
 
 /// The signals whose disposition lastcall changes: TTIN and TTOU (ignored, so that lastcall
-/// never stops on terminal I/O) and PIPE (ignored by Rust's runtime). The child gets the
-/// inherited ones back; no other disposition is touched, as lastcall installs no handler.
-pub const CHANGED: [i32; 3] = [libc::SIGTTIN, libc::SIGTTOU, libc::SIGPIPE];
+/// never stops on terminal I/O). The child gets the inherited ones back; no other disposition
+/// is touched, as lastcall installs no handler and skips Rust's runtime start-up (which would
+/// ignore SIGPIPE).
+pub const CHANGED: [i32; 2] = [libc::SIGTTIN, libc::SIGTTOU];
 
 /// The inherited mask and ignored signals, one bit per signal number (bit n-1 for n).
 static INHERITED_MASK: AtomicU64 = AtomicU64::new(0);
@@ -192,8 +193,7 @@ static RECORDED: AtomicBool = AtomicBool::new(false);
 
 /// Records the mask and the [`CHANGED`] dispositions lastcall inherited, and blocks the
 /// signals it takes, in one `sigprocmask`. Runs once: from `.preinit_array` before any
-/// other code of lastcall's (or Rust's runtime, which would set SIGPIPE to ignored), and
-/// again, doing nothing, from [`Signals::open`].
+/// other code of lastcall's, and again, doing nothing, from [`Signals::open`].
 fn record_and_block() {
     if RECORDED.swap(true, Ordering::Relaxed) {
         return;
