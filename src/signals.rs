@@ -1,10 +1,11 @@
 //! Signal numbers, names, and the explicit lists of what lastcall does with each.
 //!
 //! Every signal falls in exactly one class (see [`class`]): taken (a drain trigger, SIGCHLD,
-//! or forwarded to the child), ignored by lastcall itself, or left alone. Taken signals are
-//! blocked before any other code of lastcall's runs and read from one signalfd
-//! ([`Signals`]). The child gets back the mask and dispositions that lastcall inherited:
-//! [`inherited`] says what they were.
+//! or forwarded to the child), ignored by lastcall itself, or left alone. Taken and ignored
+//! signals are blocked before any other code of lastcall's runs; taken ones are read from one
+//! signalfd ([`Signals`]), ignored ones never. lastcall changes no disposition, so the child
+//! has the inherited ones as they were; it gets back the mask lastcall inherited, which
+//! [`inherited`] says.
 
 use std::fmt;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -88,6 +89,8 @@ pub enum Class {
     Forward,
     /// Ignored by lastcall: SIGTTIN and SIGTTOU, which would otherwise stop it (or, with a
     /// handler, loop) when it writes its log to a terminal it does not own in the foreground.
+    /// They are blocked and never read: to the terminal code a blocked SIGTTIN or SIGTTOU is
+    /// an ignored one, and the child's disposition stays untouched.
     Ignore,
     /// Not touched: SIGKILL and SIGSTOP cannot be caught.
     Default,
@@ -168,37 +171,34 @@ fn taken(sig: Sig) -> bool {
     matches!(class(sig), Class::Drain | Class::Child | Class::Forward)
 }
 
-fn taken_set() -> libc::sigset_t {
+fn set_of(wanted: impl Fn(Sig) -> bool) -> libc::sigset_t {
     // SAFETY: plain libc calls on a local sigset_t.
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        for sig in all().filter(|s| taken(*s)) {
+        for sig in all().filter(|s| wanted(*s)) {
             libc::sigaddset(&mut set, sig.0);
         }
         set
     }
 }
 
-/// The signals whose disposition lastcall changes: TTIN and TTOU (ignored, so that lastcall
-/// never stops on terminal I/O). The child gets the inherited ones back; no other disposition
-/// is touched, as lastcall installs no handler and skips Rust's runtime start-up (which would
-/// ignore SIGPIPE).
-pub const CHANGED: [i32; 2] = [libc::SIGTTIN, libc::SIGTTOU];
+fn taken_set() -> libc::sigset_t {
+    set_of(taken)
+}
 
-/// The inherited mask and ignored signals, one bit per signal number (bit n-1 for n).
+/// The inherited mask, one bit per signal number (bit n-1 for n).
 static INHERITED_MASK: AtomicU64 = AtomicU64::new(0);
-static INHERITED_IGNORED: AtomicU64 = AtomicU64::new(0);
 static RECORDED: AtomicBool = AtomicBool::new(false);
 
-/// Records the mask and the [`CHANGED`] dispositions lastcall inherited, and blocks the
-/// signals it takes, in one `sigprocmask`. Runs once: from `.preinit_array` before any
-/// other code of lastcall's, and again, doing nothing, from [`Signals::open`].
+/// Records the mask lastcall inherited and blocks the signals it takes and those it ignores,
+/// in one `sigprocmask`. Runs once: from `.preinit_array` before any other code of
+/// lastcall's, and again, doing nothing, from [`Signals::open`].
 fn record_and_block() {
     if RECORDED.swap(true, Ordering::Relaxed) {
         return;
     }
-    let set = taken_set();
+    let set = set_of(|sig| taken(sig) || class(sig) == Class::Ignore);
     // SAFETY: plain libc calls on local, initialised values; nothing here allocates.
     unsafe {
         let mut old: libc::sigset_t = std::mem::zeroed();
@@ -210,16 +210,6 @@ fn record_and_block() {
             }
         }
         INHERITED_MASK.store(mask, Ordering::Relaxed);
-        let mut ignored = 0u64;
-        for sig in CHANGED {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut action) == 0
-                && action.sa_sigaction == libc::SIG_IGN
-            {
-                ignored |= bit(sig);
-            }
-        }
-        INHERITED_IGNORED.store(ignored, Ordering::Relaxed);
     }
 }
 
@@ -239,21 +229,14 @@ extern "C" fn take_early() {
 #[unsafe(link_section = ".preinit_array")]
 static TAKE_EARLY: extern "C" fn() = take_early;
 
-/// The signal state lastcall was started with, to hand back to the child unchanged.
+/// The signal state lastcall was started with, to hand back to the child unchanged. Only
+/// the mask: lastcall changes no disposition.
 pub struct Inherited {
     /// The signal mask at start-up.
     pub mask: libc::sigset_t,
-    /// Those of [`CHANGED`] that were ignored at start-up.
-    ignored: u64,
 }
 
-impl Inherited {
-    pub fn was_ignored(&self, signo: i32) -> bool {
-        self.ignored & bit(signo) != 0
-    }
-}
-
-/// What lastcall inherited (an empty state if nothing was recorded).
+/// What lastcall inherited (an empty mask if nothing was recorded).
 pub fn inherited() -> Inherited {
     let bits = INHERITED_MASK.load(Ordering::Relaxed);
     // SAFETY: plain libc calls on a local sigset_t.
@@ -265,7 +248,7 @@ pub fn inherited() -> Inherited {
         }
         mask
     };
-    Inherited { mask, ignored: INHERITED_IGNORED.load(Ordering::Relaxed) }
+    Inherited { mask }
 }
 
 /// The one path by which signals reach lastcall: a signalfd over the signals it takes, read
@@ -281,13 +264,8 @@ impl Signals {
     pub fn open() -> std::io::Result<Signals> {
         record_and_block();
         let set = taken_set();
-        // SAFETY: plain libc calls; the new fd is owned below.
-        let fd = unsafe {
-            for sig in [libc::SIGTTIN, libc::SIGTTOU] {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-            libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC)
-        };
+        // SAFETY: plain libc call; the new fd is owned below.
+        let fd = unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) };
         if fd < 0 {
             return Err(std::io::Error::last_os_error());
         }

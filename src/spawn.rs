@@ -1,8 +1,8 @@
 //! Starting the child: the only code that runs between `fork` and `exec`.
 //!
 //! The child is put in its own process group, takes the terminal's foreground if lastcall
-//! had it, and gets back the signal mask and dispositions lastcall inherited, so that it sees
-//! what it would see without lastcall. Each of those steps is a small function below; none of
+//! had it, and gets back the signal mask lastcall inherited (lastcall changes no disposition),
+//! so that it sees what it would see without lastcall. Each of those steps is a small function below; none of
 //! them allocates. An `exec` failure travels back to the parent over a CLOEXEC pipe, so the
 //! parent can tell "not found" (127) from "not executable" (126) from a program that ran.
 //! With `--user`, the child drops root last, just before `exec`; a failure there travels back
@@ -263,7 +263,6 @@ fn child_main(child: Child) -> ! {
         quiet_stdio(fd);
     }
     pass_fds(child.pass_fds);
-    restore_dispositions(child.inherited);
     restore_mask(&child.inherited.mask);
     if let Some((slot, len)) = child.own_pid {
         // SAFETY: the buffer was allocated before the fork with this length, and nothing
@@ -376,21 +375,10 @@ fn own_process_group() {
 }
 
 /// Makes the child's group the terminal's foreground, so that it reads the terminal and gets
-/// Ctrl-C itself. SIGTTOU is still ignored here, so this works from what was a background
+/// Ctrl-C itself. SIGTTOU is still blocked here, so this works from what was a background
 /// group.
 /// Failure (ENOTTY, ENXIO on some platforms) leaves the child without the terminal, as tini does.
 fn take_terminal() {
     // SAFETY: plain libc calls.
     unsafe { libc::tcsetpgrp(0, libc::getpid()) };
-}
-
-/// Hands back the dispositions lastcall changed (it installs no handler, and leaves every
-/// other disposition as it inherited it): ignored stays ignored, the rest goes back to
-/// default.
-fn restore_dispositions(inherited: &Inherited) {
-    for sig in signals::CHANGED {
-        let disposition = if inherited.was_ignored(sig) { libc::SIG_IGN } else { libc::SIG_DFL };
-        // SAFETY: plain libc call with a valid signal number.
-        unsafe { libc::signal(sig, disposition) };
-    }
 }
