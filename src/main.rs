@@ -8,9 +8,11 @@
 //! from /proc/self/maps: 20 system calls, 100k instructions and 8 KiB of memory for handlers
 //! that can never run here, as lastcall blocks both signals from its first instruction and the
 //! kernel resets a blocked fault to its default. What is left of that start-up and matters
-//! to lastcall is done in [`main`]: stdio opened on /dev/null if it was closed.
+//! to lastcall is done in `main`: stdio opened on /dev/null if it was closed. This needs
+//! glibc, which hands argc and argv to `.init_array` functions, which is how
+//! `std::env::args` works without Rust's start-up; elsewhere `main` is Rust's.
 
-#![cfg_attr(not(test), no_main)]
+#![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
 
 mod activity;
 mod checks;
@@ -43,12 +45,19 @@ use cli::Early;
 const USAGE: u8 = 2;
 
 /// The process's entry point, called by the C library's start-up.
-#[cfg(not(test))]
+#[cfg(all(not(test), target_env = "gnu"))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     open_closed_stdio();
     // `exit` flushes stdout (for --help) as returning from Rust's own main would.
     std::process::exit(lastcall().into())
+}
+
+/// Without glibc, Rust's start-up is what finds the arguments.
+#[cfg(all(not(test), not(target_env = "gnu")))]
+fn main() -> std::process::ExitCode {
+    open_closed_stdio();
+    std::process::ExitCode::from(lastcall())
 }
 
 /// Runs lastcall; returns its exit code.
