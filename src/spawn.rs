@@ -1,22 +1,25 @@
-//! Starting the child: the only code that runs between `fork` and `exec`.
+//! Starting the child: the only code that runs between the fork and `exec`.
 //!
 //! The child is put in its own process group, takes the terminal's foreground if lastcall
-//! had it, and gets back the signal mask and dispositions lastcall inherited, so that it sees
-//! what it would see without lastcall. Each of those steps is a small function below; none of
-//! them allocates. An `exec` failure travels back to the parent over a CLOEXEC pipe, so the
-//! parent can tell "not found" (127) from "not executable" (126) from a program that ran.
-//! With `--user`, the child drops root last, just before `exec`; a failure there travels back
-//! the same way.
+//! had it, and gets back the signal mask lastcall inherited (lastcall changes no disposition),
+//! so that it sees what it would see without lastcall. Each of those steps is a small function
+//! below; none of them allocates. With `--user`, the child drops root last, just before
+//! `exec`.
+//!
+//! The fork is a `clone` with `CLONE_VM | CLONE_VFORK`, as `posix_spawn` does it: the child
+//! runs on a stack of its own in lastcall's memory, and lastcall waits until it has exec'd or
+//! exited. No page table is copied and no page is copy-on-write, and a failure (the `exec`,
+//! or a call of the switch to `--user`) is written by the child straight into a [`Report`]
+//! that lastcall reads once the child is gone, so that it can tell "not found" (127) from
+//! "not executable" (126) from a program that ran.
 
 use std::ffi::{CString, OsString};
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 
 use nix::errno::Errno;
-use nix::fcntl::OFlag;
-use nix::unistd::{ForkResult, Pid};
+use nix::unistd::Pid;
 
 use crate::signals::{self, Inherited};
 use crate::users::Credentials;
@@ -28,7 +31,7 @@ pub enum SpawnError {
     Exec { program: String, errno: Errno },
     /// Switching to `--user` failed in the child (`call` is the system call that failed).
     User { user: String, call: &'static str, errno: Errno },
-    /// lastcall itself failed (no pipe, no fork).
+    /// lastcall itself failed (no stack for the child, no fork).
     Os { what: &'static str, errno: Errno },
 }
 
@@ -107,50 +110,104 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
         None
     };
 
-    // Asked before the fork: once the parent has moved the child to its own group, the
-    // child could no longer tell.
+    // Asked before the fork: once the child has moved to its own group, lastcall could no
+    // longer tell.
     let foreground = !options.quiet && had_foreground();
-    let (err_read, err_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(os("pipe"))?;
-    // What the child hands back, prepared here: the child only makes system calls.
-    let inherited = signals::inherited();
-    // SAFETY: lastcall is single-threaded, and the child only runs `child_main`, which makes
-    // system calls and never returns. The signals lastcall takes are blocked (no handler
+    let stack = Stack::new(argv_ptrs.len()).map_err(os("allocating the child's stack"))?;
+    let report = Report { errno: AtomicI32::new(0), call: AtomicI32::new(NONE) };
+    let child = Child {
+        argv: &argv_ptrs,
+        env: env_ptrs.as_deref(),
+        own_pid: own_pid_ptr,
+        null: null.as_ref().map(AsRawFd::as_raw_fd),
+        foreground,
+        pass_fds: &options.pass_fds,
+        user: options.user.as_ref(),
+        report: &report,
+        // What the child hands back, prepared here: the child only makes system calls.
+        inherited: &signals::inherited(),
+    };
+    let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
+    // SAFETY: lastcall is single-threaded and, with CLONE_VFORK, stopped until the child has
+    // exec'd or exited, so nothing else runs in this memory meanwhile. The child runs only
+    // `child_main` on its own stack, which makes system calls, writes only to `report` and
+    // the own-pid slot, and never returns. The signals lastcall takes are blocked (no handler
     // exists), so none is acted on in the child before it restores the inherited mask.
-    let fork = unsafe { nix::unistd::fork() };
-    match fork {
-        Ok(ForkResult::Child) => {
-            let child = Child {
-                argv: &argv_ptrs,
-                env: env_ptrs.as_deref(),
-                own_pid: own_pid_ptr,
-                null: null.as_ref().map(AsRawFd::as_raw_fd),
-                foreground,
-                pass_fds: &options.pass_fds,
-                user: options.user.as_ref(),
-                err_fd: err_write.as_raw_fd(),
-                inherited: &inherited,
-            };
-            child_main(child)
-        }
-        Ok(ForkResult::Parent { child }) => {
-            drop(err_write);
-            // Also done here so the group exists before anyone signals it; the child's own
-            // call makes the order irrelevant. EACCES once the child has exec'd is fine.
-            let _ = nix::unistd::setpgid(child, child);
-            match read_child_error(err_read) {
-                None => Ok(child),
-                Some((errno, FAILED_EXEC)) => {
-                    Err(SpawnError::Exec { program: argv[0].to_string_lossy().into_owned(), errno })
-                }
-                Some((errno, call)) => Err(SpawnError::User {
-                    user: options.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
-                    call: CALLS.get(call as usize).copied().unwrap_or("set*id"),
-                    errno,
-                }),
-            }
-        }
-        Err(errno) => Err(SpawnError::Os { what: "fork", errno }),
+    let pid =
+        unsafe { libc::clone(run_child, stack.top(), flags, (&raw const child).cast_mut().cast()) };
+    drop(stack);
+    if pid < 0 {
+        return Err(SpawnError::Os { what: "fork", errno: Errno::last() });
     }
+    let errno = Errno::from_raw(report.errno.load(Ordering::Relaxed));
+    match report.call.load(Ordering::Relaxed) {
+        NONE => Ok(Pid::from_raw(pid)),
+        FAILED_EXEC => {
+            Err(SpawnError::Exec { program: argv[0].to_string_lossy().into_owned(), errno })
+        }
+        call => Err(SpawnError::User {
+            user: options.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
+            call: CALLS.get(call as usize).copied().unwrap_or("set*id"),
+            errno,
+        }),
+    }
+}
+
+/// What failed in the child, written by it before it exits: an errno and an index in
+/// [`CALLS`], or [`NONE`] when the child exec'd.
+struct Report {
+    errno: AtomicI32,
+    call: AtomicI32,
+}
+
+const NONE: i32 = -1;
+
+/// The child's stack, mapped for one spawn. Its size is `posix_spawn`'s rule: 32 KiB, plus
+/// room for the argument pointers, which `execvp` copies onto the stack to run a script
+/// with the shell; doubled, for the few frames of `child_main` beside it.
+struct Stack {
+    base: *mut libc::c_void,
+    len: usize,
+}
+
+impl Stack {
+    fn new(pointers: usize) -> Result<Stack, Errno> {
+        let len = (64 * 1024 + 2 * pointers * size_of::<usize>()).next_multiple_of(4096);
+        // SAFETY: a fresh private mapping, unmapped in `drop`.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(Errno::last());
+        }
+        Ok(Stack { base, len })
+    }
+
+    /// The stack grows down: the child starts at the top.
+    fn top(&self) -> *mut libc::c_void {
+        // SAFETY: one past the end of the mapping, which is what `clone` takes.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours, and the child no longer runs on it (CLONE_VFORK).
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// The child's entry point, on its own stack.
+extern "C" fn run_child(child: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `spawn` passes a `Child` that outlives the child (lastcall waits for it).
+    child_main(unsafe { &*child.cast::<Child>() })
 }
 
 /// Starts a readiness command: its own process group, quiet, lastcall's environment.
@@ -173,24 +230,6 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
     strings.iter().map(|s| s.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
-/// EOF means `exec` succeeded (the CLOEXEC write end closed); eight bytes are an errno and
-/// what failed.
-fn read_child_error(read_end: OwnedFd) -> Option<(Errno, i32)> {
-    let mut file = std::fs::File::from(read_end);
-    let mut buf = [0u8; 8];
-    let mut got = 0;
-    while got < buf.len() {
-        match file.read(&mut buf[got..]) {
-            Ok(0) => break,
-            Ok(n) => got += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => break,
-        }
-    }
-    let word = |i: usize| i32::from_ne_bytes([buf[i], buf[i + 1], buf[i + 2], buf[i + 3]]);
-    (got == buf.len()).then(|| (Errno::from_raw(word(0)), word(4)))
-}
-
 fn restore_mask(mask: &libc::sigset_t) {
     // SAFETY: `mask` is an initialised sigset_t.
     unsafe {
@@ -209,7 +248,7 @@ struct Child<'a> {
     foreground: bool,
     pass_fds: &'a [RawFd],
     user: Option<&'a Credentials>,
-    err_fd: RawFd,
+    report: &'a Report,
     inherited: &'a Inherited,
 }
 
@@ -253,7 +292,7 @@ fn restore_fd_limit(soft: u64, hard: u64) {
 }
 
 /// Everything the child does before `exec`. Never returns.
-fn child_main(child: Child) -> ! {
+fn child_main(child: &Child) -> ! {
     own_process_group();
     restore_fd_limit(INHERITED_NOFILE.load(Ordering::Relaxed), HARD_NOFILE.load(Ordering::Relaxed));
     if child.foreground {
@@ -263,7 +302,6 @@ fn child_main(child: Child) -> ! {
         quiet_stdio(fd);
     }
     pass_fds(child.pass_fds);
-    restore_dispositions(child.inherited);
     restore_mask(&child.inherited.mask);
     if let Some((slot, len)) = child.own_pid {
         // SAFETY: the buffer was allocated before the fork with this length, and nothing
@@ -273,7 +311,7 @@ fn child_main(child: Child) -> ! {
     if let Some(user) = child.user
         && let Err(call) = switch_user(user)
     {
-        fail(child.err_fd, call, 126);
+        fail(child.report, call, 126);
     }
     // SAFETY: `argv` and `env` are null-terminated arrays of pointers to NUL-terminated
     // strings that outlive this call.
@@ -284,21 +322,15 @@ fn child_main(child: Child) -> ! {
         }
     };
     let code = i32::from(exec_failure_code(Errno::last()));
-    fail(child.err_fd, FAILED_EXEC, code)
+    fail(child.report, FAILED_EXEC, code)
 }
 
-/// Sends errno and what failed to the parent, and leaves.
-fn fail(err_fd: RawFd, what: i32, code: i32) -> ! {
-    let errno = Errno::last_raw();
-    let mut message = [0u8; 8];
-    message[..4].copy_from_slice(&errno.to_ne_bytes());
-    message[4..].copy_from_slice(&what.to_ne_bytes());
-    // SAFETY: writing eight bytes from a local to an fd we own (one write: a pipe takes it
-    // whole), then leaving without running any of the parent's atexit handlers or destructors.
-    unsafe {
-        libc::write(err_fd, message.as_ptr().cast(), message.len());
-        libc::_exit(code)
-    }
+/// Tells the parent errno and what failed, and leaves.
+fn fail(report: &Report, what: i32, code: i32) -> ! {
+    report.errno.store(Errno::last_raw(), Ordering::Relaxed);
+    report.call.store(what, Ordering::Relaxed);
+    // SAFETY: leaving without running any of the parent's atexit handlers or destructors.
+    unsafe { libc::_exit(code) }
 }
 
 /// Drops root for `--user`: groups first, then the gid, then the uid, since each step needs
@@ -376,21 +408,10 @@ fn own_process_group() {
 }
 
 /// Makes the child's group the terminal's foreground, so that it reads the terminal and gets
-/// Ctrl-C itself. SIGTTOU is still ignored here, so this works from what was a background
+/// Ctrl-C itself. SIGTTOU is still blocked here, so this works from what was a background
 /// group.
 /// Failure (ENOTTY, ENXIO on some platforms) leaves the child without the terminal, as tini does.
 fn take_terminal() {
     // SAFETY: plain libc calls.
     unsafe { libc::tcsetpgrp(0, libc::getpid()) };
-}
-
-/// Hands back the dispositions lastcall changed (it installs no handler, and leaves every
-/// other disposition as it inherited it): ignored stays ignored, the rest goes back to
-/// default.
-fn restore_dispositions(inherited: &Inherited) {
-    for sig in signals::CHANGED {
-        let disposition = if inherited.was_ignored(sig) { libc::SIG_IGN } else { libc::SIG_DFL };
-        // SAFETY: plain libc call with a valid signal number.
-        unsafe { libc::signal(sig, disposition) };
-    }
 }
