@@ -516,7 +516,7 @@ impl Machine {
             Phase::Draining { pid, drain, until, .. } if now >= until => {
                 let delay = until.saturating_duration_since(drain.started);
                 if let Some(watch) = &self.watch {
-                    let why = watch.not_idle(&self.probers, self.rule(), now);
+                    let why = watch.not_idle(&self.probers, self.rule(), drain.started, now);
                     let line = format!("preStop delay of {} reached {why}", show::duration(delay));
                     let fields = Fields {
                         phase: Some("draining"),

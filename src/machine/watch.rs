@@ -147,6 +147,44 @@ impl Watch {
         Some(seen)
     }
 
+    /// What the last read shows at `now`, in a drain begun at `started`; `None` before the
+    /// first read.
+    fn look(&self, probers: &Probers, started: Instant, now: Instant) -> Option<Look> {
+        let seen = self.seen?;
+        let (busy, idle) = seen.busy_idle();
+        // Quiet since the last request seen, or since the drain began if none was; a count
+        // from /proc cannot tell.
+        let (quiet_for, request_seen) = match seen {
+            Seen::Sockets(t) => {
+                let since = t.last_request.unwrap_or(started);
+                (Some(now.saturating_duration_since(since)), t.last_request.is_some())
+            }
+            Seen::Count(_) => (None, false),
+        };
+        let (probing, told) = probers.told();
+        let counted = matches!(seen, Seen::Count(_));
+        Some(Look { busy, idle, counted, quiet_for, request_seen, probing, told })
+    }
+
+    /// What holds the drain at `now`, the first of the rule's conditions not met; `None`
+    /// when the load balancers have let go.
+    fn hold(&self, probers: &Probers, rule: Rule, started: Instant, now: Instant) -> Option<Hold> {
+        let Some(look) = self.look(probers, started, now) else {
+            return Some(Hold::NoRead);
+        };
+        if look.busy > 0 {
+            Some(Hold::Busy)
+        } else if look.quiet_for.is_some_and(|q| q < rule.quiet) {
+            Some(Hold::Quiet)
+        } else if look.probing > 0 && look.told < rule.probes {
+            Some(Hold::Probers)
+        } else if now < started + rule.min {
+            Some(Hold::Min)
+        } else {
+            None
+        }
+    }
+
     /// Whether the load balancers have let go at `now`, in a drain begun at `started`: the
     /// line that says why the drain ends, or `None` to keep waiting.
     pub fn idle(
@@ -156,39 +194,28 @@ impl Watch {
         started: Instant,
         now: Instant,
     ) -> Option<String> {
-        let seen = self.seen?;
-        let (busy, idle) = seen.busy_idle();
-        if busy > 0 || now < started + rule.min {
+        if self.hold(probers, rule, started, now).is_some() {
             return None;
         }
-        let (probing, told) = probers.told();
-        if probing > 0 && told < rule.probes {
-            return None;
-        }
+        let look = self.look(probers, started, now)?;
         let mut line = String::from("app idle: ");
-        match seen {
-            Seen::Sockets(totals) => {
-                // Quiet since the last request seen, or since the drain began if none was.
-                let since = now.saturating_duration_since(totals.last_request.unwrap_or(started));
-                if since < rule.quiet {
-                    return None;
-                }
-                let _ = write!(line, "0 busy of {idle} connection{}, ", plural(idle));
-                match totals.last_request {
-                    Some(_) => {
-                        let _ = write!(line, "no request for {}", show::duration(since));
-                    }
-                    None => line.push_str("no request seen"),
+        match look.quiet_for {
+            Some(quiet) => {
+                let _ = write!(line, "0 busy of {} connection{}, ", look.idle, plural(look.idle));
+                if look.request_seen {
+                    let _ = write!(line, "no request for {}", show::duration(quiet));
+                } else {
+                    line.push_str("no request seen");
                 }
             }
-            Seen::Count(_) => line.push_str("no connection open"),
+            None => line.push_str("no connection open"),
         }
         if rule.probes == 0 {
             line.push_str(", probers not waited for");
-        } else if probing == 0 {
+        } else if look.probing == 0 {
             line.push_str(", no prober to tell");
         } else {
-            let _ = write!(line, ", probers told {told} time{}", plural(told as usize));
+            let _ = write!(line, ", probers told {} time{}", look.told, plural(look.told as usize));
         }
         let _ = write!(
             line,
@@ -198,40 +225,69 @@ impl Watch {
         Some(line)
     }
 
-    /// Why the app was not found idle by `now` (the preStop delay is over).
-    pub fn not_idle(&self, probers: &Probers, rule: Rule, now: Instant) -> String {
-        // (A delay shorter than --drain-quiet with no request seen ends here too.)
-        let Some(seen) = self.seen else {
+    /// Why the app was not found idle by `now`, when the preStop delay begun at `started` is
+    /// over.
+    pub fn not_idle(
+        &self,
+        probers: &Probers,
+        rule: Rule,
+        started: Instant,
+        now: Instant,
+    ) -> String {
+        let hold = self.hold(probers, rule, started, now);
+        let Some(look) = self.look(probers, started, now) else {
             return match self.ports.as_deref() {
                 Some([]) => "with no port of the app's to watch".into(),
                 _ => "without a read of the app's connections".into(),
             };
         };
-        let (busy, idle) = seen.busy_idle();
-        if busy > 0 {
-            let kind = if matches!(seen, Seen::Count(_)) { "open" } else { "busy" };
-            return format!("with {busy} {kind} connection{}", plural(busy));
-        }
-        if let Seen::Sockets(Totals { last_request: Some(at), .. }) = seen {
-            let since = now.saturating_duration_since(at);
-            if since < rule.quiet {
-                return format!(
-                    "with 0 busy of {idle} connection{}, last request {} ago",
-                    plural(idle),
-                    show::duration(since)
-                );
+        let (busy, idle) = (look.busy, look.idle);
+        match hold {
+            Some(Hold::Busy) => {
+                let kind = if look.counted { "open" } else { "busy" };
+                format!("with {busy} {kind} connection{}", plural(busy))
             }
-        }
-        let (probing, told) = probers.told();
-        if probing > 0 && told < rule.probes {
-            return format!(
-                "with a prober told {told} of {} time{}",
+            Some(Hold::Quiet) => {
+                let quiet = show::duration(look.quiet_for.unwrap_or_default());
+                let last = if look.request_seen {
+                    format!("last request {quiet} ago")
+                } else {
+                    format!("no request seen in {quiet}")
+                };
+                format!("with 0 busy of {idle} connection{}, {last}", plural(idle))
+            }
+            Some(Hold::Probers) => format!(
+                "with a prober told {} of {} time{}",
+                look.told,
                 rule.probes,
                 plural(rule.probes as usize)
-            );
+            ),
+            Some(Hold::NoRead | Hold::Min) | None => "with the app idle".into(),
         }
-        "with the app idle".into()
     }
+}
+
+/// The last read, as the rule weighs it.
+struct Look {
+    busy: usize,
+    idle: usize,
+    /// Counted from /proc: every connection open is taken as busy.
+    counted: bool,
+    /// How long no request came; `None` when a count cannot tell.
+    quiet_for: Option<Duration>,
+    request_seen: bool,
+    probing: usize,
+    told: u32,
+}
+
+/// The first condition of the rule that is not met yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hold {
+    NoRead,
+    Busy,
+    Quiet,
+    Probers,
+    Min,
 }
 
 fn plural(n: usize) -> &'static str {
