@@ -244,14 +244,19 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-/// The TCP ports on which these processes listen, with `held`: the inodes of listening
-/// sockets lastcall holds for the app (`--socket`), which count as the app's. lastcall's own
-/// endpoint is not among them: it is not in `held`, and the child cannot hold it (CLOEXEC).
-pub fn listening_ports(pids: &[i32], held: &HashSet<u64>) -> Result<Vec<u16>, Error> {
+/// The inodes of the sockets of these processes, with `held`: the sockets lastcall holds for
+/// the app (`--socket`), which count as the app's. lastcall's own endpoint is not among them:
+/// it is not in `held`, and the child cannot hold it (CLOEXEC).
+pub fn app_socket_inodes(pids: &[i32], held: &HashSet<u64>) -> HashSet<u64> {
     let mut inodes = held.clone();
     for pid in pids {
         inodes.extend(socket_inodes(&format!("/proc/{pid}/fd")));
     }
+    inodes
+}
+
+/// The TCP ports on which the listening sockets among `inodes` listen.
+pub fn listening_ports(inodes: &HashSet<u64>) -> Result<Vec<u16>, Error> {
     if inodes.is_empty() {
         return Ok(vec![]);
     }
@@ -276,7 +281,7 @@ pub fn inode_of(fd: RawFd) -> Option<u64> {
 
 /// The socket inodes in a /proc/PID/fd directory; none if it cannot be read (the process is
 /// gone, or is not ours to look at).
-pub fn socket_inodes(dir: &str) -> HashSet<u64> {
+fn socket_inodes(dir: &str) -> HashSet<u64> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return HashSet::new();
     };
@@ -990,16 +995,19 @@ pub(crate) mod tests {
     #[test]
     fn listening_ports_of_this_process() {
         let (v4, v6) = (pair("127.0.0.1"), pair("::1"));
-        let ports = listening_ports(&[std::process::id() as i32], &HashSet::new()).unwrap();
+        let this = app_socket_inodes(&[std::process::id() as i32], &HashSet::new());
+        let ports = listening_ports(&this).unwrap();
         assert!(ports.contains(&v4.port()) && ports.contains(&v6.port()), "{ports:?}");
         // Not the connections, only the listeners: the clients' ports are not there.
         assert!(!ports.contains(&v4.client.local_addr().unwrap().port()));
         // A socket held for the app counts even when no pid holds it.
         let held: HashSet<u64> = [inode_of(v4.listener.as_raw_fd()).unwrap()].into();
-        assert_eq!(listening_ports(&[], &held).unwrap(), [v4.port()]);
-        assert_eq!(listening_ports(&[], &HashSet::new()).unwrap(), []);
+        assert_eq!(listening_ports(&app_socket_inodes(&[], &held)).unwrap(), [v4.port()]);
+        assert_eq!(listening_ports(&HashSet::new()).unwrap(), []);
         // A process that is gone has no ports.
-        assert_eq!(listening_ports(&[i32::MAX], &HashSet::new()).unwrap(), []);
+        let gone = app_socket_inodes(&[i32::MAX], &HashSet::new());
+        assert!(gone.is_empty());
+        assert_eq!(listening_ports(&gone).unwrap(), []);
     }
 
     // --- Where the kernel refuses ---
@@ -1176,7 +1184,8 @@ pub(crate) mod tests {
         assert_eq!(app_count().len(), 0);
         let unfiltered = || dump(CONNECTED, Ports::All, true).unwrap();
         assert!(unfiltered().len() >= 2 * CONNECTIONS);
-        let listeners = || listening_ports(&[std::process::id() as i32], &HashSet::new()).unwrap();
+        let this = app_socket_inodes(&[std::process::id() as i32], &HashSet::new());
+        let listeners = || listening_ports(&this).unwrap();
         assert!(listeners().contains(&port));
         let proc_count = || crate::idle::count(&[port]);
         assert_eq!(proc_count(), 0);

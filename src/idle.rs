@@ -107,16 +107,13 @@ impl Eyes {
             DrainPorts::Auto => {}
         }
         let pids: Vec<i32> = reaper::descendants(Pid::this()).iter().map(|p| p.as_raw()).collect();
+        let inodes = diag::app_socket_inodes(&pids, &self.held);
         if self.lost.is_none() {
-            match diag::listening_ports(&pids, &self.held) {
+            match diag::listening_ports(&inodes) {
                 Ok(ports) => return ports,
                 Err(diag::Error::Unavailable(e)) => self.lost = Some(unavailable(&e)),
                 Err(diag::Error::Failed(e)) => log::debug!("finding the app's ports: {e}"),
             }
-        }
-        let mut inodes = self.held.clone();
-        for pid in pids {
-            inodes.extend(diag::socket_inodes(&format!("/proc/{pid}/fd")));
         }
         listening_in(&tables(), &inodes)
     }
