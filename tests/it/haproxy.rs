@@ -24,12 +24,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::support::{Running, TestDir, python3, required, unix_nanos, wait_until};
+use crate::support::{Crew, Running, TestDir, python3, required, unix_nanos, wait_until};
 
 /// The app: `/` answers at once, `/work?ms=N` after N ms, `/health` is its own readiness.
 /// HTTP/1.0, so every connection carries one request: no idle keep-alive connection keeps
@@ -122,7 +119,7 @@ fn a_rolling_restart_behind_haproxy_drops_no_request() {
 
     let start = Instant::now();
     let mut events = Vec::new();
-    let load = Load::start(front, start);
+    let load = load(front, start);
     std::thread::sleep(SETTLE);
     for round in 0..4 {
         let backend = &mut backends[round % 2];
@@ -371,58 +368,29 @@ impl Request {
 }
 
 /// The load client: threads sending requests through HAProxy until told to stop.
-struct Load {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Vec<Request>>>,
+fn load(port: u16, start: Instant) -> Crew<Request> {
+    let mut crew = Crew::new(start, LOAD_LIMIT);
+    for n in 0..QUICK_CLIENTS + SLOW_CLIENTS {
+        crew.spawn(move |i| {
+            let path = if n < QUICK_CLIENTS {
+                "/".to_string()
+            } else {
+                // 100 to 500 ms, spread evenly, different in every thread.
+                format!("/work?ms={}", 100 + (i * 137 + n * 61) % 401)
+            };
+            let begin = start.elapsed();
+            let outcome = get(port, &path);
+            let pause = if n < QUICK_CLIENTS { QUICK_PAUSE } else { Duration::ZERO };
+            (Request { path, start: begin, end: start.elapsed(), outcome }, pause)
+        });
+    }
+    crew
 }
 
-impl Load {
-    fn start(port: u16, start: Instant) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut threads = Vec::new();
-        for n in 0..QUICK_CLIENTS + SLOW_CLIENTS {
-            let stop = stop.clone();
-            threads.push(std::thread::spawn(move || {
-                let mut done = Vec::new();
-                let mut i: usize = 0;
-                while !stop.load(Ordering::Relaxed) && start.elapsed() < LOAD_LIMIT {
-                    let path = if n < QUICK_CLIENTS {
-                        "/".to_string()
-                    } else {
-                        // 100 to 500 ms, spread evenly, different in every thread.
-                        format!("/work?ms={}", 100 + (i * 137 + n * 61) % 401)
-                    };
-                    let begin = start.elapsed();
-                    let outcome = get(port, &path);
-                    done.push(Request { path, start: begin, end: start.elapsed(), outcome });
-                    if n < QUICK_CLIENTS {
-                        std::thread::sleep(QUICK_PAUSE);
-                    }
-                    i += 1;
-                }
-                done
-            }));
-        }
-        Load { stop, threads }
-    }
-
-    /// Stops the load and returns every request made, in no particular order.
-    fn stop(mut self) -> Vec<Request> {
-        self.stop.store(true, Ordering::Relaxed);
-        let threads = std::mem::take(&mut self.threads);
-        threads.into_iter().flat_map(|t| t.join().expect("a load thread panicked")).collect()
-    }
-}
-
-impl Drop for Load {
-    /// A test that fails half-way stops its load threads too.
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One GET through HAProxy on its own connection: the status code, or the error.
-fn get(port: u16, path: &str) -> String {
+/// One GET through a load balancer on its own connection: the status code when the whole
+/// answer came (the body's length, or a chunked body's last chunk), else what went wrong
+/// (`cut short: 200`, `error: ...`, `no status line in ...`).
+pub fn get(port: u16, path: &str) -> String {
     let attempt = || -> std::io::Result<String> {
         let mut stream = TcpStream::connect(("127.0.0.1", port))?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -435,10 +403,25 @@ fn get(port: u16, path: &str) -> String {
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw)?;
         let text = String::from_utf8_lossy(&raw);
-        Ok(match text.split(' ').nth(1) {
-            Some(code) if text.starts_with("HTTP/1.") => code.to_string(),
-            _ => format!("no status line in {:?}", text.chars().take(80).collect::<String>()),
-        })
+        let (Some(status), true) = (text.split(' ').nth(1), text.starts_with("HTTP/1.")) else {
+            return Ok(format!(
+                "no status line in {:?}",
+                text.chars().take(80).collect::<String>()
+            ));
+        };
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return Ok(format!("error: no complete head in {} bytes", raw.len()));
+        };
+        let head = head.to_ascii_lowercase();
+        let complete = if head.contains("transfer-encoding: chunked") {
+            body.ends_with("0\r\n\r\n")
+        } else {
+            head.lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .is_none_or(|n| body.len() == n)
+        };
+        Ok(if complete { status.to_string() } else { format!("cut short: {status}") })
     };
     attempt().unwrap_or_else(|e| format!("error: {e}"))
 }

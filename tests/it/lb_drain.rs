@@ -26,17 +26,13 @@
 
 use std::fmt::Write as _;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::TcpStream;
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::haproxy::{Stats, quiet_ports};
-use crate::support::{Running, TestDir, python3, required};
+use crate::haproxy::{Stats, get, quiet_ports};
+use crate::support::{Crew, Running, TestDir, python3, required};
 
 /// The app. `/` answers at once, `/work?ms=N` after N ms, `/health` is its own readiness,
 /// `/stream?ms=N` sends a chunk every 250 ms for N ms. With `graceful`, SIGTERM makes it stop
@@ -358,7 +354,7 @@ fn run(scenario: &Scenario, mode: Mode, rounds: usize) -> Option<Figures> {
     for backend in &mut backends {
         backend.wait_up(scenario.lb, &stats, &mut lb);
     }
-    let load = Clients::start(front, scenario.load);
+    let load = clients(front, scenario.load);
     std::thread::sleep(SETTLE);
     let mut drains = Vec::new();
     for round in 0..2 * rounds {
@@ -539,101 +535,36 @@ fn drain_in(line: &str) -> Option<Duration> {
 }
 
 /// The load client threads; each request is recorded as `STATUS PATH` or `error PATH: why`.
-struct Clients {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<Vec<String>>>,
-}
-
-impl Clients {
-    fn start(port: u16, load: Load) -> Clients {
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Instant::now();
-        // (path for the i-th request, pause after it) per thread.
-        type Plan = Box<dyn Fn(usize) -> (String, Duration) + Send>;
-        let mut plans: Vec<Plan> = Vec::new();
-        match load {
-            Load::Busy { slow_ms } => {
-                for _ in 0..3 {
-                    plans.push(Box::new(|_| ("/".into(), Duration::from_millis(10))));
-                }
-                for n in 0..3u64 {
-                    plans.push(Box::new(move |i| {
-                        let ms = 100 + (i as u64 * 137 + n * 61) % (slow_ms - 99);
-                        (format!("/work?ms={ms}"), Duration::ZERO)
-                    }));
-                }
+fn clients(port: u16, load: Load) -> Crew<String> {
+    // (path for the i-th request, pause after it) per thread.
+    type Plan = Box<dyn Fn(usize) -> (String, Duration) + Send>;
+    let mut plans: Vec<Plan> = Vec::new();
+    match load {
+        Load::Busy { slow_ms } => {
+            for _ in 0..3 {
+                plans.push(Box::new(|_| ("/".into(), Duration::from_millis(10))));
             }
-            Load::Low => plans.push(Box::new(|_| ("/".into(), Duration::from_secs(1)))),
-            Load::Stream => {
-                for _ in 0..2 {
-                    plans.push(Box::new(|_| ("/stream?ms=6000".into(), Duration::ZERO)));
-                }
-                plans.push(Box::new(|_| ("/".into(), Duration::from_millis(200))));
+            for n in 0..3u64 {
+                plans.push(Box::new(move |i| {
+                    let ms = 100 + (i as u64 * 137 + n * 61) % (slow_ms - 99);
+                    (format!("/work?ms={ms}"), Duration::ZERO)
+                }));
             }
         }
-        let threads = plans
-            .into_iter()
-            .map(|plan| {
-                let stop = stop.clone();
-                std::thread::spawn(move || {
-                    let mut done = Vec::new();
-                    let mut i = 0;
-                    while !stop.load(Ordering::Relaxed) && start.elapsed() < LOAD_LIMIT {
-                        let (path, pause) = plan(i);
-                        done.push(format!("{} {path}", fetch(port, &path)));
-                        // Pauses end early when the load stops.
-                        let until = Instant::now() + pause;
-                        while Instant::now() < until && !stop.load(Ordering::Relaxed) {
-                            std::thread::sleep(Duration::from_millis(10).min(pause));
-                        }
-                        i += 1;
-                    }
-                    done
-                })
-            })
-            .collect();
-        Clients { stop, threads }
+        Load::Low => plans.push(Box::new(|_| ("/".into(), Duration::from_secs(1)))),
+        Load::Stream => {
+            for _ in 0..2 {
+                plans.push(Box::new(|_| ("/stream?ms=6000".into(), Duration::ZERO)));
+            }
+            plans.push(Box::new(|_| ("/".into(), Duration::from_millis(200))));
+        }
     }
-
-    fn stop(mut self) -> Vec<String> {
-        self.stop.store(true, Ordering::Relaxed);
-        let threads = std::mem::take(&mut self.threads);
-        threads.into_iter().flat_map(|t| t.join().expect("a load thread panicked")).collect()
+    let mut crew = Crew::new(Instant::now(), LOAD_LIMIT);
+    for plan in plans {
+        crew.spawn(move |i| {
+            let (path, pause) = plan(i);
+            (format!("{} {path}", get(port, &path)), pause)
+        });
     }
-}
-
-impl Drop for Clients {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-/// One GET through the load balancer on its own connection: `200` when the whole answer
-/// came (the body's length, or a chunked body's last chunk), else the status or the error.
-fn fetch(port: u16, path: &str) -> String {
-    let attempt = || -> std::io::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-        stream.write_all(request.as_bytes())?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw)?;
-        let text = String::from_utf8_lossy(&raw);
-        let Some((head, body)) = text.split_once("\r\n\r\n") else {
-            return Ok(format!("error: no complete head in {} bytes", raw.len()));
-        };
-        let status = head.split(' ').nth(1).unwrap_or("?").to_string();
-        let head = head.to_ascii_lowercase();
-        let complete = if head.contains("transfer-encoding: chunked") {
-            body.ends_with("0\r\n\r\n")
-        } else {
-            head.lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .and_then(|n| n.trim().parse::<usize>().ok())
-                .is_none_or(|n| body.len() == n)
-        };
-        Ok(if complete { status } else { format!("{status}-cut-short") })
-    };
-    attempt().unwrap_or_else(|e| format!("error: {e}"))
+    crew
 }

@@ -15,7 +15,9 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub const LASTCALL: &str = env!("CARGO_BIN_EXE_lastcall");
@@ -795,4 +797,53 @@ fn unquote(literal: &str) -> String {
         }
     }
     out
+}
+
+/// Load client threads: each repeats its step until the crew is stopped or `limit` has passed
+/// since `start`, and keeps what every step gave. Dropping the crew, as a test that fails
+/// half-way does, stops them too.
+pub struct Crew<T> {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<Vec<T>>>,
+    start: Instant,
+    limit: Duration,
+}
+
+impl<T: Send + 'static> Crew<T> {
+    pub fn new(start: Instant, limit: Duration) -> Crew<T> {
+        Crew { stop: Arc::new(AtomicBool::new(false)), threads: Vec::new(), start, limit }
+    }
+
+    /// A thread that calls `step(0)`, `step(1)`, ...: each gives what it did and how long to
+    /// pause before the next one (a pause ends early when the crew stops).
+    pub fn spawn(&mut self, mut step: impl FnMut(usize) -> (T, Duration) + Send + 'static) {
+        let (stop, start, limit) = (self.stop.clone(), self.start, self.limit);
+        self.threads.push(std::thread::spawn(move || {
+            let mut done = Vec::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) && start.elapsed() < limit {
+                let (what, pause) = step(i);
+                done.push(what);
+                let until = Instant::now() + pause;
+                while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10).min(pause));
+                }
+                i += 1;
+            }
+            done
+        }));
+    }
+
+    /// Stops the threads and returns what every step gave, thread after thread.
+    pub fn stop(mut self) -> Vec<T> {
+        self.stop.store(true, Ordering::Relaxed);
+        let threads = std::mem::take(&mut self.threads);
+        threads.into_iter().flat_map(|t| t.join().expect("a load thread panicked")).collect()
+    }
+}
+
+impl<T> Drop for Crew<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
 }
