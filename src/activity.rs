@@ -312,26 +312,14 @@ fn orphan(s: &Sample) -> bool {
     s.inode == 0 && matches!(s.state, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK)
 }
 
+/// Recorded connections, for the tests of what reads them (here and in the machine).
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::diag::{ESTABLISHED, TcpInfo};
-
-    const IDLE: State = State::Idle;
-    const UNREAD: State = State::Busy(Busy::Unread);
-    const UNSENT: State = State::Busy(Busy::Unsent);
-    const IN_FLIGHT: State = State::Busy(Busy::InFlight);
-    const MOVING: State = State::Busy(Busy::Moving);
-
-    const QUIET: Duration = Duration::from_secs(1);
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
+pub mod testing {
+    use crate::diag::{ESTABLISHED, Sample, TcpInfo};
 
     /// A connection's `tcp_info`: milliseconds since data was last sent and received, bytes
     /// acknowledged and received (as recorded on loopback on this project's machine).
-    fn info(sent: u32, recv: u32, acked: u64, received: u64) -> TcpInfo {
+    pub fn info(sent: u32, recv: u32, acked: u64, received: u64) -> TcpInfo {
         TcpInfo {
             unacked: 0,
             last_data_sent: sent,
@@ -343,7 +331,8 @@ mod tests {
         }
     }
 
-    fn sample(cookie: u64, info: TcpInfo) -> Sample {
+    /// One of the app's connections on 127.0.0.1:8080, established, with `info`.
+    pub fn sample(cookie: u64, info: TcpInfo) -> Sample {
         Sample {
             cookie,
             inode: 1000 + cookie,
@@ -356,6 +345,25 @@ mod tests {
             expires: 0,
             info: Some(info),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{info, sample};
+    use super::*;
+    use crate::diag::TcpInfo;
+
+    const IDLE: State = State::Idle;
+    const UNREAD: State = State::Busy(Busy::Unread);
+    const UNSENT: State = State::Busy(Busy::Unsent);
+    const IN_FLIGHT: State = State::Busy(Busy::InFlight);
+    const MOVING: State = State::Busy(Busy::Moving);
+
+    const QUIET: Duration = Duration::from_secs(1);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
     }
 
     /// A tracker and a clock: `read` takes one socket's sample `after` the start.

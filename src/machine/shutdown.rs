@@ -566,12 +566,11 @@ fn kill_all(pid: Pid) -> [Action; 2] {
 mod tests {
     use log::Level;
 
-    use std::net::SocketAddr;
-
     use super::super::testing::*;
     use super::super::{Input, Policy, Probe};
     use super::*;
-    use crate::diag::{Sample, TcpInfo};
+    use crate::activity::testing::{info, sample};
+    use crate::diag::Sample;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -785,26 +784,7 @@ mod tests {
     /// One of the app's connections on port 8080, as socket diagnostics report it:
     /// milliseconds since data was last sent and received, bytes acknowledged and received.
     fn conn(cookie: u64, sent_ms: u32, recv_ms: u32, acked: u64, received: u64) -> Sample {
-        Sample {
-            cookie,
-            inode: 100 + cookie,
-            uid: 0,
-            state: crate::diag::ESTABLISHED,
-            local: "127.0.0.1:8080".parse().unwrap(),
-            remote: SocketAddr::from(([127, 0, 0, 1], 40000 + cookie as u16)),
-            rqueue: 0,
-            wqueue: 0,
-            expires: 0,
-            info: Some(TcpInfo {
-                unacked: 0,
-                last_data_sent: sent_ms,
-                last_data_recv: recv_ms,
-                bytes_acked: Some(acked),
-                bytes_received: Some(received),
-                notsent_bytes: Some(0),
-                bytes_sent: Some(acked),
-            }),
-        }
+        sample(cookie, info(sent_ms, recv_ms, acked, received))
     }
 
     /// A keep-alive connection a load balancer pooled: its last request was answered 30 s ago.
