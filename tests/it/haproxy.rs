@@ -224,6 +224,19 @@ fn haproxy_config(setup: &Setup, front: u16, stats: &Path, backends: &[Backend])
         };
         let _ = writeln!(servers, "    server {} 127.0.0.1:{} check{port}", b.name, b.app_port);
     }
+    let backend = format!(
+        "    option httpchk GET {check_path}
+    http-check expect status 200
+    default-server inter 100ms fall 1 rise 1
+{servers}"
+    );
+    config(front, stats, 10, &backend)
+}
+
+/// An HAProxy configuration: a frontend on 127.0.0.1:`front` to the round-robin backend `app`,
+/// which `backend`'s lines complete (checks, servers), client and server timeouts of
+/// `timeout` seconds, and the stats socket [`Stats`] reads.
+pub fn config(front: u16, stats: &Path, timeout: u32, backend: &str) -> String {
     format!(
         "global
     nbthread 1
@@ -232,8 +245,8 @@ fn haproxy_config(setup: &Setup, front: u16, stats: &Path, backends: &[Backend])
 defaults
     mode http
     timeout connect 1s
-    timeout client 10s
-    timeout server 10s
+    timeout client {timeout}s
+    timeout server {timeout}s
     timeout check 1s
     retries 3
     option redispatch
@@ -244,10 +257,7 @@ frontend web
 
 backend app
     balance roundrobin
-    option httpchk GET {check_path}
-    http-check expect status 200
-    default-server inter 100ms fall 1 rise 1
-{servers}",
+{backend}",
         stats = stats.display()
     )
 }

@@ -31,7 +31,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::haproxy::{Stats, get, quiet_ports};
+use crate::haproxy::{self, Stats, get, quiet_ports};
 use crate::support::{Crew, Running, TestDir, python3, required};
 
 /// The app. `/` answers at once, `/work?ms=N` after N ms, `/health` is its own readiness,
@@ -393,33 +393,14 @@ fn haproxy_config(
             b.name, b.app_port, b.ready_port
         );
     }
-    format!(
-        "global
-    nbthread 1
-    stats socket {stats} mode 600 level user
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 30s
-    timeout check 1s
-    retries 3
-    option redispatch
-
-frontend web
-    bind 127.0.0.1:{front}
-    default_backend app
-
-backend app
-    balance roundrobin
-    http-reuse always
+    let backend = format!(
+        "    http-reuse always
     option httpchk GET /readyz
     http-check expect status 200
     default-server inter {inter_ms}ms fall {fall} rise 1
-{servers}",
-        stats = stats.display()
-    )
+{servers}"
+    );
+    haproxy::config(front, stats, 30, &backend)
 }
 
 fn nginx_config(front: u16, dir: &Path, backends: &[Backend]) -> String {
