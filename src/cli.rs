@@ -14,14 +14,14 @@ use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use log::LevelFilter;
 
-use crate::checks::{Check, MAX_CHECKS};
-use crate::http::Limits;
-use crate::logger::Format;
+use crate::endpoint::checks::{Check, MAX_CHECKS};
+use crate::endpoint::http::Limits;
+use crate::init::signals::{Class, Sig};
 use crate::machine::{Policy, Prestop};
-use crate::signals::{Class, Sig};
-use crate::sockets::{MAX_SOCKETS, Spec};
-use crate::termination;
-use crate::users::{self, Credentials};
+use crate::platform::logger::Format;
+use crate::platform::sockets::{MAX_SOCKETS, Spec};
+use crate::platform::termination;
+use crate::platform::users::{self, Credentials};
 
 /// The endpoint's address when `--listen` is not given; 9753 is neither a well-known port
 /// nor one of the common exporter ports.
@@ -436,7 +436,7 @@ pub fn parse_stop_signal(text: &str) -> Result<Sig, String> {
 pub fn parse_reload_signal(text: &str) -> Result<Sig, String> {
     let sig: Sig = text.parse()?;
     let crash = [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL, libc::SIGTRAP];
-    match crate::signals::class(sig) {
+    match crate::init::signals::class(sig) {
         Class::Forward if !crash.contains(&sig.0) => Ok(sig),
         Class::Drain => Err(format!("{sig} starts the drain; it cannot also reload (try HUP)")),
         _ => Err(format!("{sig} cannot be the reload signal (try HUP or USR2)")),

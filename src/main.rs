@@ -14,32 +14,21 @@
 
 #![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
 
-mod activity;
-mod checks;
 mod cli;
-mod diag;
-mod http;
-mod idle;
-mod logger;
+mod drain;
+mod endpoint;
+mod init;
 mod machine;
 #[cfg(test)]
 mod manpage;
-mod metrics;
-mod notify;
-mod oom;
-mod reaper;
+mod platform;
 mod show;
-mod signals;
-mod sockets;
-mod spawn;
-mod status;
-mod supervisor;
-mod termination;
-mod users;
 
 use std::io::Write;
 
 use cli::Early;
+use init::supervisor;
+use platform::{logger, termination};
 
 /// Exit status for a bad command line, as clap and most tools use it.
 const USAGE: u8 = 2;

@@ -17,10 +17,10 @@ use log::Level;
 use nix::unistd::Pid;
 
 use super::{Action, Machine, Phase, log};
-use crate::oom::format_bytes;
+use crate::init::signals::{SIGKILL, Sig};
+use crate::init::status::ChildStatus;
+use crate::platform::oom::format_bytes;
 use crate::show;
-use crate::signals::{SIGKILL, Sig};
-use crate::status::ChildStatus;
 
 /// How the main child ended, as the termination message tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -217,7 +217,7 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Input, Policy, Prestop};
     use super::*;
-    use crate::signals::SIGTERM;
+    use crate::init::signals::SIGTERM;
 
     const SIGINT: Sig = Sig(libc::SIGINT);
 

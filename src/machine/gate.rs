@@ -125,7 +125,7 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Input, Phase, Policy};
     use super::*;
-    use crate::signals::SIGTERM;
+    use crate::init::signals::SIGTERM;
 
     fn checked() -> Policy {
         Policy { checks: true, startup_timeout: secs(60), ..Policy::for_tests() }

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use log::Level;
 use nix::unistd::Pid;
 
-use crate::signals::{Class, Sig, class};
-use crate::status::ChildStatus;
+use crate::init::signals::{Class, Sig, class};
+use crate::init::status::ChildStatus;
 
 pub use ending::Ending;
 pub use shutdown::{DrainEnd, Phase};
@@ -494,7 +494,7 @@ impl fmt::Display for Input {
                 write!(f, "reading the app's connections failed: {e}")
             }
             Input::OomKills { new, limit } => {
-                let limit = limit.map_or("none".to_string(), crate::oom::format_bytes);
+                let limit = limit.map_or("none".to_string(), crate::platform::oom::format_bytes);
                 write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")
             }
             Input::Tick => write!(f, "tick"),
@@ -624,7 +624,7 @@ pub mod testing {
 mod tests {
     use super::testing::*;
     use super::*;
-    use crate::signals::{SIGKILL, SIGTERM};
+    use crate::init::signals::{SIGKILL, SIGTERM};
 
     #[test]
     fn forwards_other_signals_in_every_phase_with_the_child() {

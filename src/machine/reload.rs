@@ -8,9 +8,9 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use super::{Action, Machine, Phase, Target, info};
+use crate::init::signals::{SIGKILL, Sig};
+use crate::init::status::ChildStatus;
 use crate::show;
-use crate::signals::{SIGKILL, Sig};
-use crate::status::ChildStatus;
 
 /// The reload sub-state, beside the phase.
 #[derive(Default)]
@@ -192,7 +192,7 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Input, Policy, Prestop};
     use super::*;
-    use crate::signals::SIGTERM;
+    use crate::init::signals::SIGTERM;
 
     const NEW: Pid = Pid::from_raw(43);
     const NEWER: Pid = Pid::from_raw(44);

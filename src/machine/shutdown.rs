@@ -15,9 +15,9 @@ use nix::unistd::Pid;
 
 use super::watch::{Reading, Rule, Watch};
 use super::{Action, Fields, Machine, Prestop, Target, log, step};
+use crate::init::signals::{SIGKILL, SIGTERM, Sig};
+use crate::init::status::ChildStatus;
 use crate::show;
-use crate::signals::{SIGKILL, SIGTERM, Sig};
-use crate::status::ChildStatus;
 
 /// The preStop delay used by `--prestop-delay auto` when a load balancer may be routing to us.
 pub const AUTO_PRESTOP: Duration = Duration::from_secs(5);
@@ -569,8 +569,8 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Input, Policy, Probe};
     use super::*;
-    use crate::activity::testing::{info, sample};
-    use crate::diag::Sample;
+    use crate::drain::activity::testing::{info, sample};
+    use crate::drain::diag::Sample;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

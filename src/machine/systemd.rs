@@ -77,8 +77,8 @@ mod tests {
     use super::super::testing::*;
     use super::super::{Input, Policy, Prestop};
     use super::*;
-    use crate::signals::SIGTERM;
-    use crate::status::ChildStatus;
+    use crate::init::signals::SIGTERM;
+    use crate::init::status::ChildStatus;
 
     fn told(actions: Vec<Action>) -> Vec<String> {
         actions
@@ -117,7 +117,7 @@ mod tests {
             told(r.at(secs(25)).all(Input::Tick)),
             ["STATUS=killing: grace period over, SIGKILL sent"]
         );
-        let exits = vec![(PID, ChildStatus::Signaled(crate::signals::SIGKILL))];
+        let exits = vec![(PID, ChildStatus::Signaled(crate::init::signals::SIGKILL))];
         assert_eq!(
             told(r.all(Input::Reaped { exits, children_left: false })),
             ["STATUS=exiting with 137"]

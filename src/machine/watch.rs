@@ -4,7 +4,7 @@
 //! The preStop phase exists so that load balancers stop routing before the app stops. It can
 //! end early once they have let go, which lastcall sees from both ends:
 //! - the app's side: no connection is busy (a request in flight, an answer on its way, bytes
-//!   moved within `--drain-quiet`; see [`crate::activity`]) and no request bytes arrived on
+//!   moved within `--drain-quiet`; see [`crate::drain::activity`]) and no request bytes arrived on
 //!   the app's ports for `--drain-quiet`. Idle keep-alive connections that a load balancer
 //!   keeps pooled do not count;
 //! - the probers' side: every client that was probing `/readyz` before the drain has been
@@ -21,9 +21,9 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::activity::{Totals, Tracker};
-use crate::diag::Sample;
-pub use crate::http::Probe;
+use crate::drain::activity::{Totals, Tracker};
+use crate::drain::diag::Sample;
+pub use crate::endpoint::http::Probe;
 use crate::show;
 
 /// A client counts as a prober of the drain when it asked `/readyz` at least twice, the last

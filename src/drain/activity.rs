@@ -1,7 +1,7 @@
 //! Which of the app's connections are busy and which are idle, from successive samples.
 //!
 //! The idle-aware drain asks at every count: [`Tracker::update`] takes the app's sockets as
-//! [`crate::diag`] read them and the time of the read, and keeps what it needs of the
+//! [`crate::drain::diag`] read them and the time of the read, and keeps what it needs of the
 //! previous reads. Pure: no syscalls and no clock, so that every case is tested with
 //! recorded `tcp_info` values.
 //!
@@ -80,7 +80,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::diag::{
+use crate::drain::diag::{
     CLOSE_WAIT, CLOSING, FIN_WAIT1, FIN_WAIT2, LAST_ACK, SYN_RECV, Sample, TIME_WAIT,
 };
 
@@ -315,7 +315,7 @@ fn orphan(s: &Sample) -> bool {
 /// Recorded connections, for the tests of what reads them (here and in the machine).
 #[cfg(test)]
 pub mod testing {
-    use crate::diag::{ESTABLISHED, Sample, TcpInfo};
+    use crate::drain::diag::{ESTABLISHED, Sample, TcpInfo};
 
     /// A connection's `tcp_info`: milliseconds since data was last sent and received, bytes
     /// acknowledged and received (as recorded on loopback on this project's machine).
@@ -352,7 +352,7 @@ pub mod testing {
 mod tests {
     use super::testing::{info, sample};
     use super::*;
-    use crate::diag::TcpInfo;
+    use crate::drain::diag::TcpInfo;
 
     const IDLE: State = State::Idle;
     const UNREAD: State = State::Busy(Busy::Unread);
@@ -646,10 +646,10 @@ mod tests {
 
     fn a_real_exchange(ip: &str) {
         use std::io::{Read, Write};
-        let mut p = crate::diag::tests::pair(ip);
+        let mut p = crate::drain::diag::tests::pair(ip);
         let mut tracker = Tracker::new(QUIET);
         // Each read is dated `skip` later than the clock says, to skip quiet windows.
-        let mut read = |p: &crate::diag::tests::Pair, skip: Duration| {
+        let mut read = |p: &crate::drain::diag::tests::Pair, skip: Duration| {
             std::thread::sleep(ms(20)); // the loopback's packets processed
             let now = Instant::now() + skip;
             let s = p.sample();
@@ -696,7 +696,7 @@ mod tests {
     #[test]
     fn a_real_answer_the_client_does_not_read() {
         use std::io::Write;
-        let mut p = crate::diag::tests::pair("127.0.0.1");
+        let mut p = crate::drain::diag::tests::pair("127.0.0.1");
         p.server.set_nonblocking(true).unwrap();
         let chunk = vec![b'x'; 1 << 16];
         while p.server.write(&chunk).is_ok() {}

@@ -3,8 +3,8 @@
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 
-use crate::checks::{Checker, Outcome};
-use crate::http::{HttpCounters, Pages, Reason};
+use crate::endpoint::checks::{Checker, Outcome};
+use crate::endpoint::http::{HttpCounters, Pages, Reason};
 use crate::machine::{DrainEnd, Machine, Phase};
 use crate::show;
 
@@ -260,8 +260,8 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::init::status::ChildStatus;
     use crate::machine::Input;
-    use crate::status::ChildStatus;
 
     /// Checks the text against the exposition format's line grammar: every sample belongs
     /// to a family declared by HELP and TYPE lines before it, and its value is a number.
@@ -289,14 +289,14 @@ mod tests {
     fn exposition_is_well_formed_and_counts() {
         let t0 = Instant::now();
         let mut m = Machine::for_tests(t0);
-        let hup = crate::signals::Sig(libc::SIGHUP);
+        let hup = crate::init::signals::Sig(libc::SIGHUP);
         m.step(Input::Signal(hup), t0);
         m.step(Input::Signal(hup), t0);
         let orphans = (100..103).map(|p| (nix::unistd::Pid::from_raw(p), ChildStatus::Exited(0)));
         m.step(Input::Reaped { exits: orphans.collect(), children_left: true }, t0);
         let mut http = HttpCounters::default();
         http.probes[0][0] = 7;
-        let checker = crate::checks::Checker::none(t0);
+        let checker = crate::endpoint::checks::Checker::none(t0);
         let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_millis(1500) };
         let text = view.render(&http);
         well_formed(&text);
@@ -317,7 +317,7 @@ mod tests {
         }
         assert!(!text.contains("last_drain"), "no shutdown yet");
 
-        m.step(Input::Signal(crate::signals::SIGTERM), t0 + Duration::from_secs(1));
+        m.step(Input::Signal(crate::init::signals::SIGTERM), t0 + Duration::from_secs(1));
         m.step(Input::Tick, t0 + Duration::from_secs(6));
         let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_secs(7) };
         let text = view.render(&http);

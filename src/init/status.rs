@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::signals::Sig;
+use crate::init::signals::Sig;
 
 /// How a process ended, as `waitpid` reports it.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]

@@ -9,8 +9,8 @@ use nix::errno::Errno;
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::signals::{self, Sig};
-use crate::status::ChildStatus;
+use crate::init::signals::{self, Sig};
+use crate::init::status::ChildStatus;
 
 /// What one reaping pass collected.
 #[derive(Debug, Default)]

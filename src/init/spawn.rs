@@ -21,8 +21,8 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
-use crate::signals::{self, Inherited};
-use crate::users::Credentials;
+use crate::init::signals::{self, Inherited};
+use crate::platform::users::Credentials;
 
 /// Why the child could not be started.
 #[derive(Debug)]
@@ -376,7 +376,7 @@ fn set_own_pid(slot: &mut [u8]) {
 /// Puts `fds` at 3, 4, ... without CLOEXEC. They are first copied above every target, so
 /// that placing one never closes another that is still to be placed.
 fn pass_fds(fds: &[RawFd]) {
-    let mut high = [-1; crate::sockets::MAX_SOCKETS];
+    let mut high = [-1; crate::platform::sockets::MAX_SOCKETS];
     let above = 3 + fds.len() as RawFd;
     for (slot, &fd) in high.iter_mut().zip(fds) {
         // SAFETY: plain libc call; the copy is CLOEXEC, so a leftover never leaks.

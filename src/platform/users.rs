@@ -442,7 +442,7 @@ named1000:x:5000:
     }
 
     /// Runs `script` through `spawn` as `user` and returns what it wrote to `$OUT`.
-    fn run_as(user: Credentials, script: &str) -> Result<String, crate::spawn::SpawnError> {
+    fn run_as(user: Credentials, script: &str) -> Result<String, crate::init::spawn::SpawnError> {
         use std::os::unix::fs::PermissionsExt;
         static RUN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -454,13 +454,13 @@ named1000:x:5000:
         let mut env: Vec<OsString> = vec![user.home_env(), "PATH=/usr/bin:/bin".into()];
         env.push(format!("OUT={}", out.display()).into());
         let argv: Vec<OsString> = vec!["sh".into(), "-c".into(), script.into()];
-        let options = crate::spawn::Options {
+        let options = crate::init::spawn::Options {
             env: Some(env),
             quiet: true,
             user: Some(user),
-            ..crate::spawn::Options::default()
+            ..crate::init::spawn::Options::default()
         };
-        let result = crate::spawn::spawn(&argv, &options).map(|pid| {
+        let result = crate::init::spawn::spawn(&argv, &options).map(|pid| {
             // Only this child: other tests' children are theirs to wait for.
             let status = nix::sys::wait::waitpid(pid, None).unwrap();
             assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
@@ -495,7 +495,7 @@ named1000:x:5000:
 
     #[test]
     fn a_failed_switch_names_the_user_and_the_call() {
-        use crate::spawn::SpawnError;
+        use crate::init::spawn::SpawnError;
         // SAFETY: plain libc call.
         if !required("root", unsafe { libc::geteuid() } == 0) {
             return;
@@ -517,16 +517,16 @@ named1000:x:5000:
                 err.to_string(),
                 format!("cannot switch to user 'app': {call}: Invalid argument")
             );
-            assert_eq!(crate::supervisor::Fatal::Spawn(err).exit_code(), 126);
+            assert_eq!(crate::init::supervisor::Fatal::Spawn(err).exit_code(), 126);
         }
         // An exec failure still reads as one.
-        let err = crate::spawn::spawn(
+        let err = crate::init::spawn::spawn(
             &["/nonexistent/program".into()],
-            &crate::spawn::Options { user: Some(valid), quiet: true, ..Default::default() },
+            &crate::init::spawn::Options { user: Some(valid), quiet: true, ..Default::default() },
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "cannot run '/nonexistent/program': No such file or directory");
-        assert_eq!(crate::supervisor::Fatal::Spawn(err).exit_code(), 127);
+        assert_eq!(crate::init::supervisor::Fatal::Spawn(err).exit_code(), 127);
     }
 
     #[test]

@@ -192,7 +192,8 @@ enum Outcome {
 impl Endpoint {
     /// Binds the listener; `first_token` and the tokens after it are the connections'.
     pub fn bind(addr: SocketAddr, limits: Limits, first_token: usize) -> io::Result<Endpoint> {
-        let listener = std::net::TcpListener::from(crate::sockets::bind_tcp(addr, BACKLOG)?);
+        let listener =
+            std::net::TcpListener::from(crate::platform::sockets::bind_tcp(addr, BACKLOG)?);
         listener.set_nonblocking(true)?;
         Ok(Endpoint {
             listener: TcpListener::from_std(listener),

@@ -458,7 +458,7 @@ mod tests {
         let capture = Capture(std::sync::Mutex::new(Vec::new()));
         // The macros check the global level first; no global logger is installed in tests.
         log::set_max_level(LevelFilter::Trace);
-        let sig = crate::signals::Sig(libc::SIGTERM);
+        let sig = crate::init::signals::Sig(libc::SIGTERM);
         log::info!(logger: capture, phase = "draining", pid = 42, signal:% = sig, delay_s = 5.0; "received {sig}");
         let lines = capture.0.lock().unwrap();
         assert_eq!(
@@ -474,7 +474,7 @@ mod tests {
         let fields = Fields {
             phase: Some("stopping"),
             pid: Some(nix::unistd::Pid::from_raw(7465)),
-            signal: Some(crate::signals::Sig(libc::SIGTERM)),
+            signal: Some(crate::init::signals::Sig(libc::SIGTERM)),
             delay: None,
             grace: Some(Duration::from_secs(20)),
             status: Some(143),

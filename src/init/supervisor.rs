@@ -26,21 +26,21 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Registry, Token};
 
-use crate::checks::{self, Checker, MAX_CHECKS};
 use crate::cli::Config;
-use crate::http::{Endpoint, Happened, Snapshot};
-use crate::idle;
+use crate::drain::eyes;
+use crate::endpoint::checks::{self, Checker, MAX_CHECKS};
+use crate::endpoint::http::{Endpoint, Happened, Snapshot};
+use crate::endpoint::metrics::View;
+use crate::init::reaper;
+use crate::init::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
+use crate::init::spawn::{self, SpawnError};
+use crate::init::status::ChildStatus;
 use crate::machine::{Action, Input, Machine, Target};
-use crate::metrics::View;
-use crate::notify::{self, Said};
-use crate::oom::OomWatch;
-use crate::reaper;
-use crate::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
-use crate::sockets::{self, Bound};
-use crate::spawn::{self, SpawnError};
-use crate::status::ChildStatus;
-use crate::termination;
-use crate::users::Credentials;
+use crate::platform::notify::{self, Said};
+use crate::platform::oom::OomWatch;
+use crate::platform::sockets::{self, Bound};
+use crate::platform::termination;
+use crate::platform::users::Credentials;
 
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(2);
@@ -140,7 +140,7 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     claim_orphans(config.subreaper);
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
-    let eyes = idle::Eyes::new(config.drain_ports, &held);
+    let eyes = eyes::Eyes::new(config.drain_ports, &held);
     let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
@@ -346,7 +346,7 @@ struct Supervisor {
     /// systemd's notify socket, when lastcall runs as a `Type=notify` service.
     systemd: Option<notify::Systemd>,
     /// The drain's view of the app's ports and connections.
-    eyes: idle::Eyes,
+    eyes: eyes::Eyes,
     spawner: Spawner,
     /// lastcall's memory cgroup's OOM-kill counter.
     oom: OomWatch,
@@ -545,7 +545,9 @@ impl Supervisor {
                     systemd.send(&message);
                 }
             }
-            Action::Log(level, line, fields) => crate::logger::log_fields(level, &line, &fields),
+            Action::Log(level, line, fields) => {
+                crate::platform::logger::log_fields(level, &line, &fields)
+            }
             Action::Ended(why) => termination::record(self.termination_log.as_deref(), &why),
         }
         None

@@ -21,7 +21,7 @@ use nix::sys::socket::{
 };
 use nix::unistd::Pid;
 
-use crate::reaper;
+use crate::init::reaper;
 
 /// What a child's notify message said that matters to readiness.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

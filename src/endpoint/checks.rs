@@ -17,9 +17,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use nix::unistd::Pid;
 
-use crate::signals::{self, SIGKILL};
-use crate::spawn;
-use crate::status::ChildStatus;
+use crate::init::signals::{self, SIGKILL};
+use crate::init::spawn;
+use crate::init::status::ChildStatus;
 
 /// The most of an HTTP check's answer that is read: enough for the status line and headers.
 const MAX_ANSWER: usize = 8 * 1024;

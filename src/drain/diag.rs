@@ -2,13 +2,13 @@
 //!
 //! The idle-aware drain needs more than a count of connections: each of the app's connected
 //! TCP sockets with its queues and its `struct tcp_info` (byte counters, time since data last
-//! moved), so that [`crate::activity`] can tell a request in flight from an idle keep-alive
+//! moved), so that [`crate::drain::activity`] can tell a request in flight from an idle keep-alive
 //! connection; and, for `--drain-idle-port auto`, the ports the app listens on. Both come
 //! from one `SOCK_DIAG_BY_FAMILY` dump per address family on a `NETLINK_SOCK_DIAG` socket, as
 //! `ss` does, with the ports matched in the kernel by inet_diag bytecode so that thousands of
 //! unrelated sockets in the namespace cost little. Where the kernel will not answer (seccomp,
 //! an LSM, a kernel without inet_diag), [`Error::Unavailable`] says so, and the caller falls
-//! back to /proc/net/tcp ([`crate::idle`]).
+//! back to /proc/net/tcp ([`crate::drain::eyes`]).
 //!
 //! The messages are encoded and decoded here byte by byte, over nix's safe socket calls: the
 //! protocol used is one request and a flat list of answers, and every length the kernel sends
@@ -222,7 +222,7 @@ fn in_states(states: u32, state: u8) -> bool {
 /// The app's connections on `ports`: connected sockets (and those in TIME_WAIT) whose local
 /// port is one of them, less
 /// lastcall's own (`own`, from [`own_socket_inodes`]) and the app's side of connections that
-/// lastcall opened to it (its readiness checks), the rule of [`crate::idle`].
+/// lastcall opened to it (its readiness checks), the rule of [`crate::drain::eyes`].
 pub fn app_connections(ports: &[u16], own: &HashSet<u64>) -> Result<Vec<Sample>, Error> {
     // Remote ports too: lastcall's own connections to the app are how its ends are found.
     // TIME_WAIT too: the trace of a connection the app closed, however short it was.
@@ -1187,7 +1187,7 @@ pub(crate) mod tests {
         let this = app_socket_inodes(&[std::process::id() as i32], &HashSet::new());
         let listeners = || listening_ports(&this).unwrap();
         assert!(listeners().contains(&port));
-        let proc_count = || crate::idle::count(&[port]);
+        let proc_count = || crate::drain::eyes::count(&[port]);
         assert_eq!(proc_count(), 0);
         let proc_read =
             || ["/proc/net/tcp", "/proc/net/tcp6"].map(|p| std::fs::read_to_string(p).unwrap());

@@ -1,6 +1,6 @@
 //! The drain's view of the app: its ports, and its connections on them.
 //!
-//! Read through socket diagnostics ([`crate::diag`]): each connection with its `tcp_info`,
+//! Read through socket diagnostics ([`crate::drain::diag`]): each connection with its `tcp_info`,
 //! for the machine to tell busy from idle. Where the kernel will not answer (seccomp, an
 //! LSM, an old kernel), from /proc/net/tcp and tcp6 instead, for good: they show lastcall's
 //! network namespace, the child's too, but only a connection's state, so every established
@@ -14,9 +14,9 @@ use std::os::fd::RawFd;
 use nix::unistd::Pid;
 
 use crate::cli::DrainPorts;
-use crate::diag;
+use crate::drain::diag;
+use crate::init::reaper;
 use crate::machine::Reading;
-use crate::reaper;
 
 /// `st` of an established connection in /proc/net/tcp.
 const ESTABLISHED: &str = "01";
