@@ -45,6 +45,7 @@ pub enum Field {
     Secs(Duration),
 }
 
+/// Writes lines at `level` and the more severe ones to stderr, in `format`.
 pub struct Logger {
     format: Format,
     level: LevelFilter,

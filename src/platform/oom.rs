@@ -148,7 +148,7 @@ fn find_in(
     has: impl Fn(&Path) -> bool,
 ) -> Option<MemoryCgroup> {
     // Only cgroup mounts are parsed: a container's mountinfo has dozens of others, and
-    // unescaping each one was a fifth of lastcall's start-up instructions.
+    // unescaping them all would cost a fifth of lastcall's start-up instructions.
     let mounts: Vec<Mount> = mountinfo
         .lines()
         .filter(|line| line.contains(" - cgroup"))
