@@ -35,7 +35,8 @@ use crate::init::reaper;
 use crate::init::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
 use crate::init::spawn::{self, SpawnError};
 use crate::init::status::ChildStatus;
-use crate::machine::{Action, Input, Machine, Target};
+use crate::machine::{Action, Fields, Input, Machine, Target};
+use crate::platform::logger::{self, Field};
 use crate::platform::notify::{self, Said};
 use crate::platform::oom::OomWatch;
 use crate::platform::sockets::{self, Bound};
@@ -546,12 +547,29 @@ impl Supervisor {
                 }
             }
             Action::Log(level, line, fields) => {
-                crate::platform::logger::log_fields(level, &line, &fields)
+                logger::log_fields(level, &line, &step_fields(fields))
             }
             Action::Ended(why) => termination::record(self.termination_log.as_deref(), &why),
         }
         None
     }
+}
+
+/// A step's data as its JSON log line's fields, in this order; durations in seconds.
+fn step_fields(fields: Fields) -> Vec<(&'static str, Field)> {
+    let Fields { phase, pid, signal, delay, grace, status, took } = fields;
+    [
+        ("phase", phase.map(|phase| Field::Text(phase.to_string()))),
+        ("pid", pid.map(|pid| Field::Int(pid.as_raw().into()))),
+        ("signal", signal.map(|sig| Field::Text(sig.to_string()))),
+        ("delay_s", delay.map(Field::Secs)),
+        ("grace_s", grace.map(Field::Secs)),
+        ("status", status.map(|status| Field::Int(status.into()))),
+        ("took_s", took.map(Field::Secs)),
+    ]
+    .into_iter()
+    .filter_map(|(key, value)| Some((key, value?)))
+    .collect()
 }
 
 fn checks_input(report: checks::Report) -> Input {
@@ -610,5 +628,34 @@ mod tests {
             err: io::Error::from(io::ErrorKind::AddrInUse),
         };
         assert!(bind.termination_message().starts_with("cannot listen on 127.0.0.1:9753: "));
+    }
+
+    #[test]
+    fn a_steps_fields_are_its_log_lines_fields_in_order() {
+        let fields = Fields {
+            phase: Some("stopping"),
+            pid: Some(nix::unistd::Pid::from_raw(7465)),
+            signal: Some(Sig(libc::SIGTERM)),
+            delay: Some(Duration::from_secs(5)),
+            grace: Some(Duration::from_secs(20)),
+            status: Some(143),
+            took: Some(Duration::from_millis(5_004)),
+        };
+        assert_eq!(
+            step_fields(fields),
+            [
+                ("phase", Field::Text("stopping".into())),
+                ("pid", Field::Int(7465)),
+                ("signal", Field::Text("SIGTERM".into())),
+                ("delay_s", Field::Secs(Duration::from_secs(5))),
+                ("grace_s", Field::Secs(Duration::from_secs(20))),
+                ("status", Field::Int(143)),
+                ("took_s", Field::Secs(Duration::from_millis(5_004))),
+            ]
+        );
+        let some = Fields { delay: None, took: None, pid: None, ..fields };
+        let keys: Vec<&str> = step_fields(some).into_iter().map(|(key, _)| key).collect();
+        assert_eq!(keys, ["phase", "signal", "grace_s", "status"]);
+        assert_eq!(step_fields(Fields::NONE), []);
     }
 }

@@ -19,8 +19,7 @@ use nix::unistd::Pid;
 use super::{Action, Machine, Phase, log};
 use crate::init::signals::{SIGKILL, Sig};
 use crate::init::status::ChildStatus;
-use crate::platform::oom::format_bytes;
-use crate::show;
+use crate::show::{self, format_bytes};
 
 /// How the main child ended, as the termination message tells it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -494,7 +494,7 @@ impl fmt::Display for Input {
                 write!(f, "reading the app's connections failed: {e}")
             }
             Input::OomKills { new, limit } => {
-                let limit = limit.map_or("none".to_string(), crate::platform::oom::format_bytes);
+                let limit = limit.map_or("none".to_string(), crate::show::format_bytes);
                 write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")
             }
             Input::Tick => write!(f, "tick"),

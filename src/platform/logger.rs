@@ -1,23 +1,20 @@
-//! lastcall's log lines on stderr, as text for people or as JSON for log collectors.
+//! lastcall's log lines on stderr: text for people, or JSON for log collectors.
 //!
-//! Text is `lastcall: message` (`lastcall: [DEBUG] message` at debug and trace), byte for
-//! byte what the simplelog setup this module replaced printed. JSON (`--log-format json`) is
-//! one object per line: `ts` (RFC 3339, UTC, milliseconds), `level`, `msg`, then the record's
-//! key-values (the `log` crate's `kv`: `log::info!(pid = 7, signal:% = sig; "...")`) as
-//! fields, integers as JSON integers, floats (durations in seconds) with three decimals,
-//! anything else as a string. Text shows only the message, which must read well on its own.
+//! Text is `lastcall: message` (`lastcall: [DEBUG] message` at debug and trace): only the
+//! message, which must read well on its own. JSON (`--log-format json`) is one object per
+//! line: `ts` (RFC 3339, UTC, milliseconds), `level`, `msg`, then the fields the line was
+//! logged with ([`log_fields`]) in their order: text as strings, integers as integers,
+//! durations as seconds with three decimals.
 //!
-//! Each line goes out in one `write`, so it does not interleave mid-line with the child's
-//! output on the same stderr. The JSON is written by hand: a line is a flat object of
-//! strings and numbers, which escaping per RFC 8259 covers in a few lines. serde_json, built
-//! into the release binary in place of it, added 10,352 bytes as an order-keeping map
-//! (plus indexmap, hashbrown, itoa, ryu, memchr) and 928 bytes used only to escape strings.
+//! Each line goes out in one `write`, so that it does not interleave mid-line with the
+//! child's output on the same stderr. The JSON is written here: a flat object of strings and
+//! numbers needs only RFC 8259's string escaping.
 
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use log::kv::{self, Key, Value, VisitSource, VisitValue};
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,58 +34,43 @@ impl Format {
     }
 }
 
+/// One field of a JSON line, after `ts`, `level` and `msg`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Field {
+    /// A JSON string.
+    Text(String),
+    /// A JSON integer.
+    Int(i64),
+    /// Seconds with three decimals: milliseconds are enough for a log line.
+    Secs(Duration),
+}
+
+/// Writes lines at `level` and the more severe ones to stderr, in `format`.
 pub struct Logger {
     format: Format,
     level: LevelFilter,
 }
 
+/// The process's logger, once [`init`] has run: the `log` macros reach it through the `log`
+/// crate, [`log_fields`] directly.
+static LOGGER: OnceLock<Logger> = OnceLock::new();
+
 /// Installs the logger for the whole process; a second call changes nothing.
 pub fn init(format: Format, level: LevelFilter) {
-    // Leaked once: the logger lives as long as the process.
-    if log::set_logger(Box::leak(Box::new(Logger { format, level }))).is_ok() {
-        log::set_max_level(level);
+    let logger = LOGGER.get_or_init(|| Logger { format, level });
+    if log::set_logger(logger).is_ok() {
+        log::set_max_level(logger.level);
     }
 }
 
-/// Logs `line` at `level` with `fields` as its key-values (what `log::info!(k = v; ...)`
-/// does, for fields known only at run time).
-pub fn log_fields(level: Level, line: &str, fields: &dyn kv::Source) {
-    if level <= log::max_level() {
-        let args = format_args!("{line}");
-        let record = Record::builder()
-            .level(level)
-            .target(module_path!())
-            .args(args)
-            .key_values(fields)
-            .build();
-        log::logger().log(&record);
-    }
-}
-
-/// A shutdown step's data as key-values: each field there is, seconds as floats.
-impl kv::Source for crate::machine::Fields {
-    fn visit<'kvs>(&'kvs self, visitor: &mut dyn VisitSource<'kvs>) -> Result<(), kv::Error> {
-        if let Some(phase) = self.phase {
-            visitor.visit_pair(Key::from("phase"), Value::from(phase))?;
-        }
-        if let Some(pid) = self.pid {
-            visitor.visit_pair(Key::from("pid"), Value::from(i64::from(pid.as_raw())))?;
-        }
-        if let Some(sig) = &self.signal {
-            visitor.visit_pair(Key::from("signal"), Value::from_display(sig))?;
-        }
-        for (key, duration) in [("delay_s", self.delay), ("grace_s", self.grace)] {
-            if let Some(d) = duration {
-                visitor.visit_pair(Key::from(key), Value::from(d.as_secs_f64()))?;
-            }
-        }
-        if let Some(status) = self.status {
-            visitor.visit_pair(Key::from("status"), Value::from(u64::from(status)))?;
-        }
-        if let Some(took) = self.took {
-            visitor.visit_pair(Key::from("took_s"), Value::from(took.as_secs_f64()))?;
-        }
-        Ok(())
+/// Logs `msg` at `level` with `fields` after it (JSON only: text shows the message alone).
+/// The keys are neither `ts`, `level` nor `msg`, and each comes once. Nothing before
+/// [`init`].
+pub fn log_fields(level: Level, msg: &str, fields: &[(&str, Field)]) {
+    if let Some(logger) = LOGGER.get()
+        && level <= logger.level
+    {
+        logger.write(&logger.line(level, format_args!("{msg}"), fields, SystemTime::now()));
     }
 }
 
@@ -99,9 +81,7 @@ impl Log for Logger {
 
     fn log(&self, record: &Record) {
         if self.enabled(record.metadata()) {
-            let line = self.line(record, SystemTime::now());
-            // One write; stderr is unbuffered. Nothing to do if it fails.
-            let _ = std::io::stderr().write_all(line.as_bytes());
+            self.write(&self.line(record.level(), *record.args(), &[], SystemTime::now()));
         }
     }
 
@@ -109,39 +89,62 @@ impl Log for Logger {
 }
 
 impl Logger {
-    /// The record as one line, with its newline.
-    fn line(&self, record: &Record, now: SystemTime) -> String {
+    /// One line, with its newline.
+    fn line(
+        &self,
+        level: Level,
+        msg: fmt::Arguments,
+        fields: &[(&str, Field)],
+        now: SystemTime,
+    ) -> String {
         match self.format {
-            Format::Text => text_line(record),
-            Format::Json => json_line(record, now),
+            Format::Text => text_line(level, msg),
+            Format::Json => json_line(level, msg, fields, now),
         }
+    }
+
+    /// One write; stderr is unbuffered. Nothing to do if it fails.
+    fn write(&self, line: &str) {
+        let _ = std::io::stderr().write_all(line.as_bytes());
     }
 }
 
-fn text_line(record: &Record) -> String {
-    match record.level() {
-        Level::Debug | Level::Trace => {
-            format!("lastcall: [{}] {}\n", record.level(), record.args())
-        }
-        _ => format!("lastcall: {}\n", record.args()),
+fn text_line(level: Level, msg: fmt::Arguments) -> String {
+    match level {
+        Level::Debug | Level::Trace => format!("lastcall: [{level}] {msg}\n"),
+        _ => format!("lastcall: {msg}\n"),
     }
 }
 
-/// The fields every JSON line starts with; a key-value of the same name is left out.
-const RESERVED: [&str; 3] = ["ts", "level", "msg"];
-
-fn json_line(record: &Record, now: SystemTime) -> String {
+fn json_line(
+    level: Level,
+    msg: fmt::Arguments,
+    fields: &[(&str, Field)],
+    now: SystemTime,
+) -> String {
     let mut line = String::with_capacity(128);
     line.push_str("{\"ts\":\"");
     line.push_str(&rfc3339_utc(now));
     line.push_str("\",\"level\":\"");
-    line.push_str(level_name(record.level()));
-    line.push_str("\",\"msg\":");
-    // The message is formatted into the line as it is escaped, without a copy.
+    line.push_str(level_name(level));
+    // The message is escaped as it is formatted into the line, without a copy.
+    line.push_str("\",\"msg\":\"");
+    let _ = write!(Escaper(&mut line), "{msg}");
     line.push('"');
-    let _ = write!(Escaper(&mut line), "{}", record.args());
-    line.push('"');
-    let _ = record.key_values().visit(&mut Fields(&mut line));
+    for (key, value) in fields {
+        line.push(',');
+        push_string(&mut line, key);
+        line.push(':');
+        match value {
+            Field::Text(text) => push_string(&mut line, text),
+            Field::Int(n) => {
+                let _ = write!(line, "{n}");
+            }
+            Field::Secs(d) => {
+                let _ = write!(line, "{:.3}", d.as_secs_f64());
+            }
+        }
+    }
     line.push_str("}\n");
     line
 }
@@ -153,86 +156,6 @@ fn level_name(level: Level) -> &'static str {
         Level::Info => "info",
         Level::Debug => "debug",
         Level::Trace => "trace",
-    }
-}
-
-/// Appends `,"key":value` for each key-value of a record.
-struct Fields<'a>(&'a mut String);
-
-impl<'kvs> VisitSource<'kvs> for Fields<'_> {
-    fn visit_pair(&mut self, key: Key<'kvs>, value: Value<'kvs>) -> Result<(), kv::Error> {
-        if RESERVED.contains(&key.as_str()) {
-            return Ok(());
-        }
-        self.0.push(',');
-        push_string(self.0, key.as_str());
-        self.0.push(':');
-        value.visit(JsonValue(self.0))
-    }
-}
-
-/// Writes one value as JSON: numbers as numbers, the rest as strings.
-struct JsonValue<'a>(&'a mut String);
-
-impl<'v> VisitValue<'v> for JsonValue<'_> {
-    fn visit_any(&mut self, value: Value) -> Result<(), kv::Error> {
-        // A Display or Debug capture (`signal:% = sig`).
-        self.0.push('"');
-        let _ = write!(Escaper(self.0), "{value}");
-        self.0.push('"');
-        Ok(())
-    }
-
-    fn visit_null(&mut self) -> Result<(), kv::Error> {
-        self.0.push_str("null");
-        Ok(())
-    }
-
-    fn visit_u64(&mut self, value: u64) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
-    }
-
-    fn visit_i64(&mut self, value: i64) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
-    }
-
-    fn visit_u128(&mut self, value: u128) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
-    }
-
-    fn visit_i128(&mut self, value: i128) -> Result<(), kv::Error> {
-        let _ = write!(self.0, "{value}");
-        Ok(())
-    }
-
-    /// Floats are durations in seconds: milliseconds are enough. JSON has no NaN or
-    /// infinity.
-    fn visit_f64(&mut self, value: f64) -> Result<(), kv::Error> {
-        match value.is_finite() {
-            true => {
-                let _ = write!(self.0, "{value:.3}");
-            }
-            false => self.0.push_str("null"),
-        }
-        Ok(())
-    }
-
-    fn visit_bool(&mut self, value: bool) -> Result<(), kv::Error> {
-        self.0.push_str(if value { "true" } else { "false" });
-        Ok(())
-    }
-
-    fn visit_str(&mut self, value: &str) -> Result<(), kv::Error> {
-        push_string(self.0, value);
-        Ok(())
-    }
-
-    fn visit_char(&mut self, value: char) -> Result<(), kv::Error> {
-        push_string(self.0, value.encode_utf8(&mut [0; 4]));
-        Ok(())
     }
 }
 
@@ -277,7 +200,7 @@ impl std::fmt::Write for Escaper<'_> {
 
 /// `time` as RFC 3339 in UTC with milliseconds: `2026-12-01T06:03:58.123Z`. Years outside
 /// 0000-9999, which RFC 3339 cannot write, are clamped to its ends.
-pub fn rfc3339_utc(time: SystemTime) -> String {
+fn rfc3339_utc(time: SystemTime) -> String {
     let millis: i128 = match time.duration_since(UNIX_EPOCH) {
         Ok(after) => after.as_millis() as i128,
         Err(before) => -(before.duration().as_millis() as i128),
@@ -320,7 +243,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     fn at(secs: i64, millis: u64) -> SystemTime {
         match secs >= 0 {
@@ -332,103 +254,54 @@ mod tests {
         }
     }
 
-    /// Formats one record with key-values, as the `log` macros would build it.
-    fn json(level: Level, msg: std::fmt::Arguments, kvs: &[(&str, Value)]) -> String {
-        let kvs: Vec<(&str, Value)> = kvs.to_vec();
-        let record = Record::builder().level(level).args(msg).key_values(&kvs).build();
-        let logger = Logger { format: Format::Json, level: LevelFilter::Trace };
-        logger.line(&record, at(1_796_105_038, 123))
+    fn text(level: Level, msg: fmt::Arguments) -> String {
+        Logger { format: Format::Text, level: LevelFilter::Trace }.line(level, msg, &[], UNIX_EPOCH)
     }
 
-    fn text(level: Level, msg: std::fmt::Arguments) -> String {
-        let record = Record::builder().level(level).args(msg).build();
-        Logger { format: Format::Text, level: LevelFilter::Trace }.line(&record, UNIX_EPOCH)
+    fn json(level: Level, msg: fmt::Arguments, fields: &[(&str, Field)]) -> String {
+        let logger = Logger { format: Format::Json, level: LevelFilter::Trace };
+        logger.line(level, msg, fields, at(1_796_105_038, 123))
     }
 
     #[test]
-    fn text_lines_are_as_before() {
+    fn text_lines() {
         assert_eq!(text(Level::Error, format_args!("a")), "lastcall: a\n");
         assert_eq!(text(Level::Warn, format_args!("b {}", 1)), "lastcall: b 1\n");
         assert_eq!(text(Level::Info, format_args!("c")), "lastcall: c\n");
         assert_eq!(text(Level::Debug, format_args!("d")), "lastcall: [DEBUG] d\n");
         assert_eq!(text(Level::Trace, format_args!("e")), "lastcall: [TRACE] e\n");
-    }
-
-    /// The logger this one replaced, configured as src/main.rs configured it, prints the
-    /// same bytes for the same records.
-    #[test]
-    fn text_lines_match_simplelog_byte_for_byte() {
-        use std::sync::{Arc, Mutex};
-        #[derive(Clone, Default)]
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Shared {
-            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(buf);
-                Ok(buf.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        const PREFIX: &[simplelog::FormatItem<'static>] =
-            &[simplelog::FormatItem::StringLiteral("lastcall:")];
-        let config = simplelog::ConfigBuilder::new()
-            .set_time_format_custom(PREFIX)
-            .set_time_level(LevelFilter::Error)
-            .set_max_level(LevelFilter::Debug)
-            .set_thread_level(LevelFilter::Off)
-            .set_target_level(LevelFilter::Off)
-            .set_location_level(LevelFilter::Off)
-            .build();
-        let out = Shared::default();
-        let old = simplelog::WriteLogger::new(
-            LevelFilter::Trace,
-            config,
-            std::io::LineWriter::new(out.clone()),
+        // The message as it is: nothing escaped, nothing trimmed, a newline added.
+        assert_eq!(text(Level::Info, format_args!("")), "lastcall: \n");
+        assert_eq!(text(Level::Info, format_args!("two\nlines")), "lastcall: two\nlines\n");
+        assert_eq!(
+            text(Level::Warn, format_args!("tab\t\"q\" \\ \u{1b}[31m é€𝄞")),
+            "lastcall: tab\t\"q\" \\ \u{1b}[31m é€𝄞\n"
         );
-        let new = Logger { format: Format::Text, level: LevelFilter::Trace };
-        let messages = [
-            "received SIGTERM: draining, /readyz answers 503; preStop delay 5.0s",
-            "",
-            "two\nlines",
-            "tab\tand \"quotes\" and \\ and \u{1b}[31m and é€𝄞",
-            "ends with a newline\n",
-        ];
-        for level in [Level::Error, Level::Warn, Level::Info, Level::Debug, Level::Trace] {
-            for message in messages {
-                let args = format_args!("{message}");
-                let record = Record::builder().level(level).args(args).build();
-                old.log(&record);
-                old.flush();
-                let before = std::mem::take(&mut *out.0.lock().unwrap());
-                assert_eq!(
-                    String::from_utf8(before).unwrap(),
-                    new.line(&record, SystemTime::now()),
-                    "{level} {message:?}"
-                );
-            }
-        }
+        assert_eq!(text(Level::Debug, format_args!("ends\n")), "lastcall: [DEBUG] ends\n\n");
+        // Text shows no fields.
+        let fields = [("pid", Field::Int(7))];
+        let logger = Logger { format: Format::Text, level: LevelFilter::Trace };
+        assert_eq!(
+            logger.line(Level::Info, format_args!("f"), &fields, UNIX_EPOCH),
+            "lastcall: f\n"
+        );
     }
 
     #[test]
-    fn json_lines_have_ts_level_msg_and_fields() {
+    fn json_lines_have_ts_level_msg_and_the_fields_in_order() {
         let sig = "SIGTERM";
         let line = json(
             Level::Info,
             format_args!("sending {sig} to child {}", 7465),
             &[
-                ("phase", Value::from("stopping")),
-                ("pid", Value::from(7465u32)),
-                ("signal", Value::from_display(&sig)),
-                ("delay_s", Value::from(5.0f64)),
-                ("grace_s", Value::from(20.25f64)),
-                ("status", Value::from(-1i64)),
-                ("took_s", Value::from(1.23456f64)),
-                ("ok", Value::from(true)),
-                ("none", Value::null()),
-                ("nan", Value::from(f64::NAN)),
-                ("c", Value::from('"')),
-                ("msg", Value::from("shadowed: left out")),
+                ("phase", Field::Text("stopping".into())),
+                ("pid", Field::Int(7465)),
+                ("signal", Field::Text(sig.into())),
+                ("delay_s", Field::Secs(Duration::from_secs(5))),
+                ("grace_s", Field::Secs(Duration::from_millis(20_250))),
+                ("status", Field::Int(-1)),
+                ("took_s", Field::Secs(Duration::from_micros(1_234_560))),
+                ("c", Field::Text("\"".into())),
             ],
         );
         assert_eq!(
@@ -436,60 +309,37 @@ mod tests {
             "{\"ts\":\"2026-12-01T06:03:58.123Z\",\"level\":\"info\",\
              \"msg\":\"sending SIGTERM to child 7465\",\"phase\":\"stopping\",\"pid\":7465,\
              \"signal\":\"SIGTERM\",\"delay_s\":5.000,\"grace_s\":20.250,\"status\":-1,\
-             \"took_s\":1.235,\"ok\":true,\"none\":null,\"nan\":null,\"c\":\"\\\"\"}\n"
+             \"took_s\":1.235,\"c\":\"\\\"\"}\n"
         );
-        let warn = json(Level::Warn, format_args!("x"), &[]);
-        assert!(warn.contains("\"level\":\"warn\""));
-    }
-
-    #[test]
-    fn the_kv_macros_reach_the_fields() {
-        // What the call sites will write: the log macros' key-value syntax.
-        struct Capture(std::sync::Mutex<Vec<String>>);
-        impl Log for Capture {
-            fn enabled(&self, _: &Metadata) -> bool {
-                true
-            }
-            fn log(&self, record: &Record) {
-                self.0.lock().unwrap().push(json_line(record, UNIX_EPOCH));
-            }
-            fn flush(&self) {}
+        assert_eq!(
+            json(Level::Warn, format_args!("x\ny"), &[]),
+            "{\"ts\":\"2026-12-01T06:03:58.123Z\",\"level\":\"warn\",\"msg\":\"x\\ny\"}\n"
+        );
+        for (level, name) in [
+            (Level::Error, "error"),
+            (Level::Info, "info"),
+            (Level::Debug, "debug"),
+            (Level::Trace, "trace"),
+        ] {
+            assert!(json(level, format_args!(""), &[]).contains(&format!("\"level\":\"{name}\"")));
         }
-        let capture = Capture(std::sync::Mutex::new(Vec::new()));
-        // The macros check the global level first; no global logger is installed in tests.
-        log::set_max_level(LevelFilter::Trace);
-        let sig = crate::init::signals::Sig(libc::SIGTERM);
-        log::info!(logger: capture, phase = "draining", pid = 42, signal:% = sig, delay_s = 5.0; "received {sig}");
-        let lines = capture.0.lock().unwrap();
-        assert_eq!(
-            lines[0],
-            "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"info\",\"msg\":\"received SIGTERM\",\
-             \"phase\":\"draining\",\"pid\":42,\"signal\":\"SIGTERM\",\"delay_s\":5.000}\n"
-        );
     }
 
     #[test]
-    fn a_shutdown_steps_fields_become_json_fields() {
-        use crate::machine::Fields;
-        let fields = Fields {
-            phase: Some("stopping"),
-            pid: Some(nix::unistd::Pid::from_raw(7465)),
-            signal: Some(crate::init::signals::Sig(libc::SIGTERM)),
-            delay: None,
-            grace: Some(Duration::from_secs(20)),
-            status: Some(143),
-            took: Some(Duration::from_millis(5_004)),
-        };
-        let args = format_args!("sending SIGTERM");
-        let record = Record::builder().level(Level::Info).args(args).key_values(&fields).build();
-        assert_eq!(
-            json_line(&record, UNIX_EPOCH),
-            "{\"ts\":\"1970-01-01T00:00:00.000Z\",\"level\":\"info\",\"msg\":\"sending SIGTERM\",\
-             \"phase\":\"stopping\",\"pid\":7465,\"signal\":\"SIGTERM\",\"grace_s\":20.000,\
-             \"status\":143,\"took_s\":5.004}\n"
-        );
-        let record = Record::builder().args(args).key_values(&Fields::NONE).build();
-        assert!(json_line(&record, UNIX_EPOCH).ends_with("\"msg\":\"sending SIGTERM\"}\n"));
+    fn seconds_have_three_decimals() {
+        let secs = |d| json(Level::Info, format_args!(""), &[("s", Field::Secs(d))]);
+        for (d, text) in [
+            (Duration::ZERO, "0.000"),
+            (Duration::from_millis(1), "0.001"),
+            (Duration::from_micros(999_499), "0.999"),
+            (Duration::from_millis(5_004), "5.004"),
+            (Duration::from_secs(86_400), "86400.000"),
+        ] {
+            assert!(secs(d).ends_with(&format!(",\"s\":{text}}}\n")), "{d:?}: {}", secs(d));
+        }
+        let int = |n| json(Level::Info, format_args!(""), &[("n", Field::Int(n))]);
+        assert!(int(i64::MIN).ends_with(",\"n\":-9223372036854775808}\n"));
+        assert!(int(0).ends_with(",\"n\":0}\n"));
     }
 
     #[test]
@@ -500,6 +350,9 @@ mod tests {
         let mut all = String::new();
         push_string(&mut all, &(0u8..0x20).map(char::from).collect::<String>());
         assert!(all.bytes().all(|b| b >= 0x20), "no raw control character is left");
+        // Keys are escaped as well.
+        let line = json(Level::Info, format_args!(""), &[("k\"", Field::Text("v\n".into()))]);
+        assert!(line.ends_with(",\"k\\\"\":\"v\\n\"}\n"), "{line}");
     }
 
     #[test]
@@ -584,11 +437,11 @@ mod tests {
         for (i, message) in messages.iter().enumerate() {
             let t = times[i % times.len()];
             let logger = Logger { format: Format::Json, level: LevelFilter::Trace };
-            let kvs: [(&str, Value); 4] = [
-                ("pid", Value::from(i as u64)),
-                ("took_s", Value::from(i as f64 / 7.0)),
-                ("text", Value::from(message.as_str())),
-                ("status", Value::from(-(i as i64))),
+            let fields = [
+                ("pid", Field::Int(i as i64)),
+                ("took_s", Field::Secs(Duration::from_millis(i as u64 * 7))),
+                ("text", Field::Text(message.clone())),
+                ("status", Field::Int(-(i as i64))),
             ];
             let time = match t >= 0 {
                 true => UNIX_EPOCH + Duration::from_millis(t as u64),
@@ -596,9 +449,7 @@ mod tests {
             };
             input.push_str(&t.to_string());
             input.push(' ');
-            let args = format_args!("{message}");
-            let record = Record::builder().level(Level::Info).args(args).key_values(&kvs).build();
-            input.push_str(&logger.line(&record, time));
+            input.push_str(&logger.line(Level::Info, format_args!("{message}"), &fields, time));
         }
         let script = r#"
 import datetime, json, sys
@@ -618,7 +469,7 @@ for raw in data.split(b"\n")[:-1]:
     assert obj["msg"] == obj["text"]
     assert type(obj["pid"]) is int and type(obj["status"]) is int
     assert type(obj["took_s"]) is float
-    assert round(obj["took_s"], 3) == round(obj["pid"] / 7.0, 3)
+    assert obj["took_s"] == obj["pid"] * 7 / 1000, (obj["took_s"], obj["pid"])
     when = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc) + datetime.timedelta(milliseconds=int(millis))
     expected = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (when.year, when.month, when.day,
         when.hour, when.minute, when.second, when.microsecond // 1000)

@@ -38,6 +38,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::show::format_bytes;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
     V1,
@@ -146,7 +148,7 @@ fn find_in(
     has: impl Fn(&Path) -> bool,
 ) -> Option<MemoryCgroup> {
     // Only cgroup mounts are parsed: a container's mountinfo has dozens of others, and
-    // unescaping each one was a fifth of lastcall's start-up instructions.
+    // unescaping them all would cost a fifth of lastcall's start-up instructions.
     let mounts: Vec<Mount> = mountinfo
         .lines()
         .filter(|line| line.contains(" - cgroup"))
@@ -302,28 +304,6 @@ impl OomWatch {
     /// The cgroup being watched, if any (for a debug line at start).
     pub fn cgroup(&self) -> Option<&MemoryCgroup> {
         self.cgroup.as_ref()
-    }
-}
-
-/// Bytes in binary units with at most one decimal: `512 B`, `32 MiB`, `1.5 GiB`.
-pub fn format_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    // The largest unit that is at most n; then tenths of it, rounded half up. A value that
-    // rounds up to 1024 of a unit is shown in the next one.
-    let mut power = (63 - n.leading_zeros()) as usize / 10;
-    let tenths = |power: usize| (u128::from(n) * 10 + (1u128 << (10 * power)) / 2) >> (10 * power);
-    let mut t = tenths(power);
-    if t >= 10240 && power < UNITS.len() {
-        power += 1;
-        t = tenths(power);
-    }
-    let unit = UNITS[power - 1];
-    match t % 10 {
-        0 => format!("{} {unit}", t / 10),
-        d => format!("{}.{d} {unit}", t / 10),
     }
 }
 
@@ -546,29 +526,6 @@ mod tests {
         if let Some(cgroup) = watch.cgroup() {
             assert!(cgroup.dir.is_dir());
             assert!(cgroup.oom_kills().is_some());
-        }
-    }
-
-    #[test]
-    fn byte_sizes_as_people_write_them() {
-        let cases: [(u64, &str); 14] = [
-            (0, "0 B"),
-            (1023, "1023 B"),
-            (1024, "1 KiB"),
-            (1536, "1.5 KiB"),
-            (32 << 20, "32 MiB"),
-            (256 << 20, "256 MiB"),
-            (1536 << 20, "1.5 GiB"),
-            (1_000_000_000, "953.7 MiB"),
-            ((1 << 30) - 1, "1 GiB"),
-            ((1 << 30) - (60 << 20), "964 MiB"),
-            ((1 << 30) + (50 << 20), "1 GiB"),
-            ((1 << 30) + (52 << 20), "1.1 GiB"),
-            (5 << 40, "5 TiB"),
-            (u64::MAX, "16 EiB"),
-        ];
-        for (n, text) in cases {
-            assert_eq!(format_bytes(n), text, "{n}");
         }
     }
 }

@@ -16,7 +16,7 @@
 //!   not bind the child (the 2022 container-runtime CVEs, CVE-2022-36109 among them).
 //!
 //! Malformed lines are skipped, as the C library skips them; so are NIS `+`/`-` lines and
-//! comments. Only the privilege drop itself (in `spawn.rs`) runs in the child.
+//! comments. Only the privilege drop itself ([`crate::init::spawn`]) runs in the child.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
