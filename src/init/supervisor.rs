@@ -452,12 +452,9 @@ impl Supervisor {
         let mut exits = Vec::new();
         for (pid, status) in reaped.exits {
             match self.checker.on_exit(pid, status) {
-                Some(report) => {
-                    if let Some(report) = report {
-                        self.feed(checks_input(report));
-                    }
-                }
-                None => exits.push((pid, status)),
+                checks::Exit::Mine(Some(report)) => self.feed(checks_input(report)),
+                checks::Exit::Mine(None) => {}
+                checks::Exit::NotMine => exits.push((pid, status)),
             }
         }
         if collected > 0 {
