@@ -121,7 +121,7 @@ fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
 }
 
 /// Supervises `config.command` to the end; returns lastcall's exit code.
-pub fn run(mut config: Config) -> Result<u8, Fatal> {
+pub fn run(config: Config) -> Result<u8, Fatal> {
     let started = Instant::now();
     let fd_limit = spawn::raise_fd_limit();
     warn_if_fds_are_short(&config, fd_limit);
@@ -134,14 +134,12 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         .map_err(setup("watching signals"))?;
     let endpoint = listen(&config, poll.registry())?;
     let child_notify = private_notify(config.policy.notify, poll.registry())?;
-    let systemd = notify::Systemd::from_env();
-    config.policy.systemd = systemd.is_some();
-    config.policy.watchdog = systemd.as_ref().and_then(|s| s.watchdog_every);
     claim_orphans(config.subreaper);
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
     let eyes = eyes::Eyes::new(config.drain_ports, &held);
-    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
+    let options =
+        child_options(child_notify.as_ref(), config.systemd.is_some(), &sockets, config.user);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
@@ -173,7 +171,7 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         endpoint,
         checker,
         child_notify,
-        systemd,
+        systemd: config.systemd,
         eyes,
         spawner,
         oom,
