@@ -1,8 +1,8 @@
 //! Starting the child: the only code that runs between the fork and `exec`.
 //!
 //! The child is put in its own process group, takes the terminal's foreground if lastcall
-//! had it, and gets back the signal mask lastcall inherited (lastcall changes no disposition),
-//! so that it sees what it would see without lastcall. Each of those steps is a small function
+//! had it, and gets back the signal mask and the file-descriptor limit lastcall inherited
+//! (lastcall changes no disposition), so that it sees what it would see without lastcall. Each of those steps is a small function
 //! below; none of them allocates. With `--user`, the child drops root last, just before
 //! `exec`.
 //!
@@ -16,11 +16,12 @@
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use crate::init::fd_limit;
 use crate::init::signals::{self, Inherited};
 use crate::platform::users::Credentials;
 
@@ -126,6 +127,7 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
         report: &report,
         // What the child hands back, prepared here: the child only makes system calls.
         inherited: &signals::inherited(),
+        nofile: fd_limit::inherited(),
     };
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     // SAFETY: lastcall is single-threaded and, with CLONE_VFORK, stopped until the child has
@@ -250,51 +252,23 @@ struct Child<'a> {
     user: Option<&'a Credentials>,
     report: &'a Report,
     inherited: &'a Inherited,
-}
-
-/// The soft file-descriptor limit lastcall inherited, when it raised its own; `u64::MAX`
-/// when it did not. The hard limit, which lastcall leaves as it is, beside it.
-static INHERITED_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
-static HARD_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
-
-/// Raises lastcall's soft RLIMIT_NOFILE to the hard limit, as Go's runtime does, so that its
-/// connections are limited by `--max-connections` and not by a low default; every child gets
-/// the soft limit lastcall inherited back. Returns the limit lastcall now has.
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a local rlimit.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur >= limit.rlim_max {
-            return limit.rlim_cur;
-        }
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            return limit.rlim_cur;
-        }
-        INHERITED_NOFILE.store(limit.rlim_cur, Ordering::Relaxed);
-        HARD_NOFILE.store(limit.rlim_max, Ordering::Relaxed);
-        raised.rlim_cur
-    }
+    /// The file-descriptor limit lastcall inherited, if it raised its own.
+    nofile: Option<libc::rlimit>,
 }
 
 /// Gives the child the soft file-descriptor limit lastcall inherited (one system call: the
 /// hard limit is known).
-fn restore_fd_limit(soft: u64, hard: u64) {
-    if soft == u64::MAX {
-        return;
-    }
-    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-    // SAFETY: plain libc call on a local rlimit.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+fn restore_fd_limit(limit: &libc::rlimit) {
+    // SAFETY: plain libc call on an initialised rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) };
 }
 
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: &Child) -> ! {
     own_process_group();
-    restore_fd_limit(INHERITED_NOFILE.load(Ordering::Relaxed), HARD_NOFILE.load(Ordering::Relaxed));
+    if let Some(limit) = &child.nofile {
+        restore_fd_limit(limit);
+    }
     if child.foreground {
         take_terminal();
     }
