@@ -54,9 +54,10 @@ pub fn options(
 ) -> spawn::Options {
     let environ: Vec<(OsString, OsString)> = environ.into_iter().collect();
     let own_pid = given.own_pid.to_string();
-    let inherited_activation = environ.iter().any(|(key, value)| {
-        key == "LISTEN_PID" && value.to_str().is_some_and(|pid| pid.trim() == own_pid)
-    });
+    // The first LISTEN_PID, as getenv reads it.
+    let listen_pid = environ.iter().find(|(key, _)| key == "LISTEN_PID");
+    let inherited_activation = listen_pid
+        .is_some_and(|(_, value)| value.to_str().is_some_and(|pid| pid.trim() == own_pid));
     let own_sockets = !given.sockets.is_empty();
     let user = given.user;
     let private = given.private_notify;

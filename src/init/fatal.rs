@@ -70,7 +70,7 @@ impl fmt::Display for Fatal {
     }
 }
 
-/// A set-up step's error, named by `what` was being done.
+/// The error of a set-up step, named by `what` lastcall was doing.
 pub fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
     move |err| Fatal::Setup { what, err }
 }

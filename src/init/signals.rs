@@ -311,7 +311,7 @@ impl Signals {
     pub fn read(&mut self, limit: usize, into: &mut Vec<Sig>) -> bool {
         const BATCH: usize = 32;
         const SIZE: usize = std::mem::size_of::<libc::signalfd_siginfo>();
-        // Not zeroed: 4 KiB of memset was two thirds of the instructions of a signal's turn.
+        // Not zeroed: a 4 KiB memset would be two thirds of the instructions of a signal's turn.
         let mut buf = [const { MaybeUninit::<libc::signalfd_siginfo>::uninit() }; BATCH];
         let mut taken = 0;
         while taken < limit {
