@@ -19,6 +19,7 @@ use crate::endpoint::http::Limits;
 use crate::init::signals::{Class, Sig};
 use crate::machine::{Policy, Prestop};
 use crate::platform::logger::Format;
+use crate::platform::notify;
 use crate::platform::sockets::{MAX_SOCKETS, Spec};
 use crate::platform::termination;
 use crate::platform::users::{self, Credentials};
@@ -230,6 +231,9 @@ pub struct Config {
     pub termination_log: Option<PathBuf>,
     /// `--user`, looked up.
     pub user: Option<Credentials>,
+    /// systemd's notify socket (NOTIFY_SOCKET), when lastcall runs as a `Type=notify`
+    /// service; `policy` says the same.
+    pub systemd: Option<notify::Systemd>,
 }
 
 /// Why lastcall stops before supervising anything.
@@ -324,6 +328,8 @@ impl Args {
             Some(TerminationLog::Path(path)) => Some(path),
             None => termination::default_path(),
         };
+        // Read here, as KUBERNETES_SERVICE_HOST is: the policy is whole once it is built.
+        let systemd = notify::Systemd::from_env();
         let policy = Policy {
             prestop: self.prestop_delay,
             grace: self.grace_period,
@@ -341,9 +347,8 @@ impl Args {
             notify: self.ready_notify,
             ready_interval: self.ready_interval,
             startup_timeout: self.startup_timeout,
-            // Known once lastcall looks for systemd's socket.
-            systemd: false,
-            watchdog: None,
+            systemd: systemd.is_some(),
+            watchdog: systemd.as_ref().and_then(|s| s.watchdog_every),
         };
         Ok(Config {
             command: self.command,
@@ -366,6 +371,7 @@ impl Args {
             log_format: self.log_format,
             termination_log,
             user,
+            systemd,
         })
     }
 }
@@ -662,6 +668,10 @@ mod tests {
         assert!(config.policy.notify && !config.policy.checks);
         assert_eq!(config.command, ["app"]);
         assert_eq!(config.listen, Some("0.0.0.0:9753".parse().unwrap()));
+        // The policy is whole: what it says of systemd is what the environment said.
+        assert_eq!(config.policy.systemd, config.systemd.is_some());
+        let watchdog = config.systemd.as_ref().and_then(|s| s.watchdog_every);
+        assert_eq!(config.policy.watchdog, watchdog);
     }
 
     #[test]

@@ -133,6 +133,15 @@ pub struct Report {
     pub failing: Option<String>,
 }
 
+/// Whose a reaped process was, as [`Checker::on_exit`] tells it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Not a check command: the machine's to hear of.
+    NotMine,
+    /// A check command, taken; what the checks say if that changed.
+    Mine(Option<Report>),
+}
+
 pub struct Checker {
     slots: Vec<Slot>,
     first_token: usize,
@@ -285,24 +294,24 @@ impl Checker {
         self.conclude()
     }
 
-    /// Whether `pid` is a check command of ours; if so, takes its exit, and returns what
-    /// the checks say if that changed.
-    pub fn on_exit(&mut self, pid: Pid, status: ChildStatus) -> Option<Option<Report>> {
+    /// A reaped process: if it is a check command of ours, its exit is taken.
+    pub fn on_exit(&mut self, pid: Pid, status: ChildStatus) -> Exit {
         if let Some(i) = self.abandoned.iter().position(|&p| p == pid) {
             self.abandoned.swap_remove(i);
-            return Some(None);
+            return Exit::Mine(None);
         }
-        let slot = self
-            .slots
-            .iter_mut()
-            .find(|s| matches!(s.probe, Some(Probe::Running { pid: p }) if p == pid))?;
+        let running =
+            |s: &&mut Slot| matches!(s.probe, Some(Probe::Running { pid: p }) if p == pid);
+        let Some(slot) = self.slots.iter_mut().find(running) else {
+            return Exit::NotMine;
+        };
         slot.probe = None;
         slot.deadline = None;
         slot.this_round = Some(match status {
             ChildStatus::Exited(0) => Outcome::Pass,
             other => Outcome::Fail(format!("the command {other}")),
         });
-        Some(self.conclude())
+        Exit::Mine(self.conclude())
     }
 
     /// Once every check of the round has a result, takes them; what the checks say, if it
@@ -474,6 +483,43 @@ mod tests {
         assert!(Check::tcp("127.0.0.1:5432").is_ok());
         assert!(Check::tcp("127.0.0.1").is_err());
         assert!(Check::exec("  ").is_err());
+    }
+
+    /// The pid of the command `checker` runs in its first slot.
+    fn running(checker: &Checker) -> Pid {
+        match checker.slots[0].probe {
+            Some(Probe::Running { pid }) => pid,
+            _ => panic!("no command running"),
+        }
+    }
+
+    #[test]
+    fn a_command_exit_is_taken_only_when_it_is_a_check_of_ours() {
+        let poll = mio::Poll::new().unwrap();
+        let now = Instant::now();
+        let second = Duration::from_secs(1);
+        let exec = |cmd| vec![Check::exec(cmd).unwrap()];
+        let mut checker = Checker::new(exec("exit 3"), second, second, 16, now);
+        let first = checker.on_tick(poll.registry(), now);
+        assert!(first.is_some_and(|r| !r.pass), "not checked yet: failing");
+        let pid = running(&checker);
+        // Only this child: other tests' children are theirs to wait for.
+        nix::sys::wait::waitpid(pid, None).unwrap();
+        let other = Pid::from_raw(pid.as_raw() + 1_000_000);
+        assert_eq!(checker.on_exit(other, ChildStatus::Exited(0)), Exit::NotMine);
+        let failing = Some("--ready-exec 'exit 3': the command exited with status 3".to_string());
+        let report = Report { pass: false, failing };
+        assert_eq!(checker.on_exit(pid, ChildStatus::Exited(3)), Exit::Mine(Some(report)));
+        assert_eq!(checker.on_exit(pid, ChildStatus::Exited(3)), Exit::NotMine, "taken once");
+
+        // Stopped in flight: the command is killed, and its exit is still ours, with no word.
+        let mut checker = Checker::new(exec("sleep 60"), second, second, 16, now);
+        checker.on_tick(poll.registry(), now);
+        let pid = running(&checker);
+        checker.stop(poll.registry());
+        nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(checker.on_exit(pid, ChildStatus::Signaled(SIGKILL)), Exit::Mine(None));
+        assert_eq!(checker.on_exit(pid, ChildStatus::Signaled(SIGKILL)), Exit::NotMine);
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! Never here: a decision (that is [`crate::machine`]'s), HTTP, netlink, or a file of the
 //! platform's. The loop holds the other wings and carries out what the machine asks.
 
+pub mod child;
+pub mod fatal;
+pub mod fd_limit;
 pub mod reaper;
 pub mod signals;
 pub mod spawn;

@@ -45,10 +45,25 @@ pub fn reap() -> Reaped {
     }
 }
 
-/// Makes orphaned descendants lastcall's children, so that it reaps them (not PID 1's job
-/// then). Without this, an orphan goes to the real init, and lastcall cannot wait for it.
-pub fn become_subreaper() -> nix::Result<()> {
-    nix::sys::prctl::set_child_subreaper(true)
+/// Orphans of the child's descendants must come to lastcall to be reaped: as PID 1 they do
+/// anyway; otherwise lastcall registers as a child subreaper (without it, an orphan goes to
+/// the real init, and lastcall cannot wait for it).
+pub fn claim_orphans(subreaper: bool) {
+    if std::process::id() == 1 {
+        return;
+    }
+    if !subreaper {
+        log::warn!(
+            "not PID 1 and --no-subreaper given: zombie reaping won't work for orphaned \
+             descendants (they go to the real init)"
+        );
+        return;
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        log::warn!(
+            "cannot become a child subreaper ({e}): orphaned descendants will not be reaped here"
+        );
+    }
 }
 
 /// Sends `sig` to every process under lastcall. As PID 1 of a PID namespace that is

@@ -5,13 +5,16 @@
 //! signals are blocked before any other code of lastcall's runs; taken ones are read from one
 //! signalfd ([`Signals`]), ignored ones never. lastcall changes no disposition, so the child
 //! has the inherited ones as they were; it gets back the mask lastcall inherited, which
-//! [`inherited`] says.
+//! [`inherited`] says. Signals go out through [`deliver`], to where the machine says.
 
 use std::fmt;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crate::init::reaper;
+use crate::machine::Target;
 
 /// A signal number. Not `nix::sys::signal::Signal`, which cannot name real-time signals.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -77,6 +80,29 @@ pub fn send(pid: i32, sig: Sig) -> Result<(), nix::errno::Errno> {
     // SAFETY: plain libc call.
     let rc = unsafe { libc::kill(pid, sig.0) };
     nix::errno::Errno::result(rc).map(drop)
+}
+
+/// Sends `sig` where the machine said; a failure is logged, as the target may be gone.
+pub fn deliver(sig: Sig, to: Target) {
+    let result = match to {
+        Target::Child(pid) => send(pid.as_raw(), sig),
+        Target::Group(pid) => {
+            let group = send(-pid.as_raw(), sig);
+            // The child may have left its group (setsid, setpgid): it gets the signal too.
+            match nix::unistd::getpgid(Some(pid)) {
+                Ok(pgid) if pgid == pid => group,
+                _ => send(pid.as_raw(), sig),
+            }
+        }
+        Target::Descendants => {
+            reaper::signal_descendants(sig);
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => log::debug!("sent {sig} to {to}"),
+        Err(e) => log::debug!("sending {sig} to {to} failed: {e}"),
+    }
 }
 
 /// What lastcall does with a signal it receives.
@@ -285,7 +311,7 @@ impl Signals {
     pub fn read(&mut self, limit: usize, into: &mut Vec<Sig>) -> bool {
         const BATCH: usize = 32;
         const SIZE: usize = std::mem::size_of::<libc::signalfd_siginfo>();
-        // Not zeroed: 4 KiB of memset was two thirds of the instructions of a signal's turn.
+        // Not zeroed: a 4 KiB memset would be two thirds of the instructions of a signal's turn.
         let mut buf = [const { MaybeUninit::<libc::signalfd_siginfo>::uninit() }; BATCH];
         let mut taken = 0;
         while taken < limit {

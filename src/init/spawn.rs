@@ -1,8 +1,8 @@
 //! Starting the child: the only code that runs between the fork and `exec`.
 //!
 //! The child is put in its own process group, takes the terminal's foreground if lastcall
-//! had it, and gets back the signal mask lastcall inherited (lastcall changes no disposition),
-//! so that it sees what it would see without lastcall. Each of those steps is a small function
+//! had it, and gets back the signal mask and the file-descriptor limit lastcall inherited
+//! (lastcall changes no disposition), so that it sees what it would see without lastcall. Each of those steps is a small function
 //! below; none of them allocates. With `--user`, the child drops root last, just before
 //! `exec`.
 //!
@@ -16,11 +16,12 @@
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use nix::errno::Errno;
 use nix::unistd::Pid;
 
+use crate::init::fd_limit;
 use crate::init::signals::{self, Inherited};
 use crate::platform::users::Credentials;
 
@@ -126,6 +127,7 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
         report: &report,
         // What the child hands back, prepared here: the child only makes system calls.
         inherited: &signals::inherited(),
+        nofile: fd_limit::inherited(),
     };
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD;
     // SAFETY: lastcall is single-threaded and, with CLONE_VFORK, stopped until the child has
@@ -250,51 +252,23 @@ struct Child<'a> {
     user: Option<&'a Credentials>,
     report: &'a Report,
     inherited: &'a Inherited,
-}
-
-/// The soft file-descriptor limit lastcall inherited, when it raised its own; `u64::MAX`
-/// when it did not. The hard limit, which lastcall leaves as it is, beside it.
-static INHERITED_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
-static HARD_NOFILE: AtomicU64 = AtomicU64::new(u64::MAX);
-
-/// Raises lastcall's soft RLIMIT_NOFILE to the hard limit, as Go's runtime does, so that its
-/// connections are limited by `--max-connections` and not by a low default; every child gets
-/// the soft limit lastcall inherited back. Returns the limit lastcall now has.
-pub fn raise_fd_limit() -> u64 {
-    // SAFETY: plain libc calls on a local rlimit.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return 0;
-        }
-        if limit.rlim_cur >= limit.rlim_max {
-            return limit.rlim_cur;
-        }
-        let raised = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
-            return limit.rlim_cur;
-        }
-        INHERITED_NOFILE.store(limit.rlim_cur, Ordering::Relaxed);
-        HARD_NOFILE.store(limit.rlim_max, Ordering::Relaxed);
-        raised.rlim_cur
-    }
+    /// The file-descriptor limit lastcall inherited, if it raised its own.
+    nofile: Option<libc::rlimit>,
 }
 
 /// Gives the child the soft file-descriptor limit lastcall inherited (one system call: the
 /// hard limit is known).
-fn restore_fd_limit(soft: u64, hard: u64) {
-    if soft == u64::MAX {
-        return;
-    }
-    let limit = libc::rlimit { rlim_cur: soft, rlim_max: hard };
-    // SAFETY: plain libc call on a local rlimit.
-    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
+fn restore_fd_limit(limit: &libc::rlimit) {
+    // SAFETY: plain libc call on an initialised rlimit.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, limit) };
 }
 
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: &Child) -> ! {
     own_process_group();
-    restore_fd_limit(INHERITED_NOFILE.load(Ordering::Relaxed), HARD_NOFILE.load(Ordering::Relaxed));
+    if let Some(limit) = &child.nofile {
+        restore_fd_limit(limit);
+    }
     if child.foreground {
         take_terminal();
     }
@@ -414,4 +388,193 @@ fn own_process_group() {
 fn take_terminal() {
     // SAFETY: plain libc calls.
     unsafe { libc::tcsetpgrp(0, libc::getpid()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::AtomicUsize;
+
+    use nix::sys::wait::{WaitStatus, waitpid};
+
+    use super::*;
+
+    /// Runs `script` with `/bin/sh -c`, started by [`spawn`] with `options` made quiet (the
+    /// terminal is the test runner's), waits for that child only (other tests' children are
+    /// theirs), and returns its pid and what the script wrote on its stdout.
+    fn run(script: &str, options: Options) -> (Pid, String) {
+        static RUN: AtomicUsize = AtomicUsize::new(0);
+        let n = RUN.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("lastcall-spawn-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Writable by a child that dropped root.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = dir.join("out");
+        let script = format!("exec >'{}'; {script}", out.display());
+        let argv: Vec<OsString> = vec!["/bin/sh".into(), "-c".into(), script.into()];
+        let pid = spawn(&argv, &Options { quiet: true, ..options }).expect("spawned");
+        assert_eq!(waitpid(pid, None), Ok(WaitStatus::Exited(pid, 0)));
+        let text = std::fs::read_to_string(&out).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        (pid, text)
+    }
+
+    /// The fields after `key:` in `/proc/<pid>/status`-like text.
+    fn field<'a>(text: &'a str, key: &str) -> Vec<&'a str> {
+        let line = text.lines().find(|l| l.split(':').next() == Some(key));
+        line.expect(key).split_once(':').unwrap().1.split_whitespace().collect()
+    }
+
+    /// `path` opened as lastcall opens everything, CLOEXEC, at 100 or above: clear of 3, 4 and
+    /// whatever else the test runner holds.
+    fn high_fd(path: &str) -> OwnedFd {
+        let file = std::fs::File::open(path).unwrap();
+        // SAFETY: plain libc call; the copy is owned below.
+        let fd = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) };
+        assert!(fd >= 100, "{}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just opened and is not owned elsewhere.
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    }
+
+    #[test]
+    fn passed_fds_are_at_3_onward_and_no_cloexec_fd_is_inherited() {
+        let (full, zero, kept) =
+            (high_fd("/dev/full"), high_fd("/dev/zero"), high_fd("/dev/random"));
+        let [full, zero, kept] = [&full, &zero, &kept].map(|fd| fd.as_raw_fd());
+        let options = Options { pass_fds: vec![full, zero], ..Options::default() };
+        let script = format!(
+            r#"for fd in 0 2 3 4 {full} {zero} {kept}; do echo "$fd $(readlink /proc/$$/fd/$fd)"; done"#
+        );
+        let (_, out) = run(&script, options);
+        let expected = format!(
+            "0 /dev/null\n2 /dev/null\n3 /dev/full\n4 /dev/zero\n{full} \n{zero} \n{kept} \n"
+        );
+        assert_eq!(out, expected, "in order at 3 onward; the CLOEXEC originals stay behind");
+    }
+
+    #[test]
+    fn the_child_gets_the_environment_given_with_its_own_pid_and_leads_its_group() {
+        let given = ["PATH=/usr/bin:/bin", "A=1", "B=two words"];
+        let env = Some(given.iter().map(OsString::from).collect());
+        let options = Options { env, own_pid_var: Some("LISTEN_PID"), ..Options::default() };
+        let (pid, out) = run("env; cat /proc/$$/stat", options);
+        let mut lines: Vec<&str> = out.lines().collect();
+        let stat = lines.pop().unwrap();
+        // The shell adds PWD of its own.
+        let mut seen: Vec<String> =
+            lines.into_iter().filter(|l| !l.starts_with("PWD=")).map(String::from).collect();
+        let mut expected: Vec<String> = given.iter().map(|v| v.to_string()).collect();
+        expected.push(format!("LISTEN_PID={pid}"));
+        seen.sort();
+        expected.sort();
+        assert_eq!(seen, expected);
+        // The fields after the command's name: state, parent, process group.
+        let after_name: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+        assert_eq!(after_name[2], pid.to_string(), "its own process group");
+
+        // No environment given: lastcall's own.
+        let (_, out) = run("env", Options::default());
+        let path = std::env::var("PATH").unwrap_or_default();
+        assert!(out.lines().any(|l| l == format!("PATH={path}")), "{out}");
+    }
+
+    /// The signal mask in `/proc/<pid>/status` form: bit n-1 for signal n.
+    fn bits(mask: &libc::sigset_t) -> u64 {
+        // SAFETY: plain libc call on an initialised sigset_t.
+        let member = |sig: i32| unsafe { libc::sigismember(mask, sig) } == 1;
+        (1..=64).filter(|&sig| member(sig)).map(|sig| 1u64 << (sig - 1)).sum()
+    }
+
+    #[test]
+    fn the_child_gets_the_inherited_signal_mask_not_lastcalls() {
+        // A thread of its own: a mask set here is this thread's alone, and the child's start.
+        std::thread::spawn(|| {
+            // SAFETY: plain libc calls on local sigset_t values.
+            let mine = unsafe {
+                let mut winch: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut winch);
+                libc::sigaddset(&mut winch, libc::SIGWINCH);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &winch, std::ptr::null_mut());
+                // Records the inherited mask (if no test did before) and blocks lastcall's.
+                let _signals = signals::Signals::open().unwrap();
+                let mut mine: libc::sigset_t = std::mem::zeroed();
+                libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mine);
+                bits(&mine)
+            };
+            let inherited = bits(&signals::inherited().mask);
+            assert_ne!(mine, inherited, "lastcall blocks what it takes");
+            assert!(mine & (1 << (libc::SIGTERM - 1)) != 0);
+            let (_, status) = run("exec cat /proc/self/status", Options::default());
+            let blocked = u64::from_str_radix(field(&status, "SigBlk")[0], 16).unwrap();
+            assert_eq!(blocked, inherited, "{blocked:x} != {inherited:x}");
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn the_child_gets_back_the_fd_limit_lastcall_inherited() {
+        // SAFETY: plain libc calls on a local rlimit.
+        let limit = |set: Option<libc::rlimit>| unsafe {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if let Some(new) = set {
+                assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &new), 0);
+            }
+            assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+            (limit.rlim_cur, limit.rlim_max)
+        };
+        let (soft, hard) = limit(None);
+        if hard == libc::RLIM_INFINITY {
+            eprintln!("skipped: an unlimited hard RLIMIT_NOFILE is not one lastcall raises to");
+            return;
+        }
+        // Below the hard limit, as a container's 1024 is, so that there is one to give back.
+        let inherited = match soft < hard {
+            true => soft,
+            false => limit(Some(libc::rlimit { rlim_cur: hard - 1, rlim_max: hard })).0,
+        };
+        assert_eq!(fd_limit::raise(), hard);
+        assert_eq!(limit(None), (hard, hard), "lastcall's own, raised");
+        let (_, limits) = run("exec cat /proc/self/limits", Options::default());
+        let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+        let numbers: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+        assert_eq!(numbers, [inherited.to_string(), hard.to_string()]);
+    }
+
+    #[test]
+    fn the_child_runs_with_the_users_credentials() {
+        // SAFETY: plain libc call.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only root can switch to another user");
+            return;
+        }
+        let user = Credentials {
+            uid: 65534,
+            gid: 65533,
+            groups: vec![65533, 4242, 4343],
+            home: None,
+            name: "nobody".into(),
+        };
+        let options = Options { user: Some(user), ..Options::default() };
+        let (_, status) = run("exec cat /proc/self/status", options);
+        // Real, effective, saved and filesystem ids alike; root's groups are gone.
+        assert_eq!(field(&status, "Uid"), ["65534"; 4]);
+        assert_eq!(field(&status, "Gid"), ["65533"; 4]);
+        assert_eq!(field(&status, "Groups"), ["4242", "4343", "65533"], "as the kernel sorts them");
+    }
+
+    #[test]
+    fn an_exec_failure_says_which() {
+        // The failed child is left unreaped (its pid is not known here), as a zombie until
+        // the test binary exits: reaping any child could take another test's.
+        let exec = |program: &str| match spawn_check(&[program.into()]) {
+            Err(SpawnError::Exec { program, errno }) => (program, errno),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(exec("/no/such/program"), ("/no/such/program".into(), Errno::ENOENT));
+        assert_eq!(exec("/etc/passwd"), ("/etc/passwd".into(), Errno::EACCES));
+        assert_eq!(exec_failure_code(Errno::ENOENT), 127);
+        assert_eq!(exec_failure_code(Errno::EACCES), 126);
+    }
 }

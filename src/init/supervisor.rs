@@ -16,10 +16,7 @@
 //! and the queue is empty before the next step of the turn: no recursion.
 
 use std::collections::VecDeque;
-use std::ffi::OsString;
-use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -31,17 +28,18 @@ use crate::drain::eyes;
 use crate::endpoint::checks::{self, Checker, MAX_CHECKS};
 use crate::endpoint::http::{Endpoint, Happened, Snapshot};
 use crate::endpoint::metrics::View;
+use crate::init::child::{self, Spawner};
+use crate::init::fatal::{Fatal, setup};
+use crate::init::fd_limit;
 use crate::init::reaper;
 use crate::init::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
-use crate::init::spawn::{self, SpawnError};
 use crate::init::status::ChildStatus;
-use crate::machine::{Action, Fields, Input, Machine, Target};
+use crate::machine::{Action, Fields, Input, Machine};
 use crate::platform::logger::{self, Field};
 use crate::platform::notify::{self, Said};
 use crate::platform::oom::OomWatch;
 use crate::platform::sockets::{self, Bound};
 use crate::platform::termination;
-use crate::platform::users::Credentials;
 
 const SIGNALS: Token = Token(0);
 const LISTENER: Token = Token(2);
@@ -54,78 +52,10 @@ const NOTIFY_PER_TURN: usize = 64;
 const FIRST_CHECK: usize = 16;
 const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
 
-/// A failure that stops lastcall before or instead of supervising.
-#[derive(Debug)]
-pub enum Fatal {
-    Spawn(SpawnError),
-    Bind {
-        addr: SocketAddr,
-        err: io::Error,
-    },
-    /// A `--socket` could not be bound (the message names it).
-    Sockets(String),
-    Setup {
-        what: &'static str,
-        err: io::Error,
-    },
-}
-
-impl Fatal {
-    /// 126/127 when the command cannot be run, as a shell says it; 125 when lastcall itself
-    /// failed, as `env` and `timeout` say it.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Fatal::Spawn(SpawnError::Exec { errno, .. }) => spawn::exec_failure_code(*errno),
-            Fatal::Spawn(SpawnError::User { .. }) => 126,
-            Fatal::Spawn(SpawnError::Os { .. })
-            | Fatal::Bind { .. }
-            | Fatal::Sockets(_)
-            | Fatal::Setup { .. } => 125,
-        }
-    }
-}
-
-impl Fatal {
-    /// The termination message (`--termination-log`) for a run that never got going: `exec
-    /// failed: /app/server: not found`, or what went wrong, as the log line says it.
-    pub fn termination_message(&self) -> String {
-        match self {
-            Fatal::Spawn(SpawnError::Exec { program, errno }) => {
-                let why = match errno {
-                    nix::errno::Errno::ENOENT | nix::errno::Errno::ENOTDIR => "not found".into(),
-                    nix::errno::Errno::EACCES => "permission denied".into(),
-                    other => other.desc().to_lowercase(),
-                };
-                format!("exec failed: {program}: {why}")
-            }
-            other => other.to_string(),
-        }
-    }
-}
-
-impl fmt::Display for Fatal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Fatal::Spawn(e) => write!(f, "{e}"),
-            Fatal::Bind { addr, err } => write!(
-                f,
-                "cannot listen on {addr}: {err} (choose another with --listen, or --listen off)"
-            ),
-            Fatal::Sockets(text) => write!(f, "{text}"),
-            Fatal::Setup { what, err } => write!(f, "{what}: {err}"),
-        }
-    }
-}
-
-fn setup(what: &'static str) -> impl FnOnce(io::Error) -> Fatal {
-    move |err| Fatal::Setup { what, err }
-}
-
 /// Supervises `config.command` to the end; returns lastcall's exit code.
-pub fn run(mut config: Config) -> Result<u8, Fatal> {
+pub fn run(config: Config) -> Result<u8, Fatal> {
     let started = Instant::now();
-    let fd_limit = spawn::raise_fd_limit();
-    warn_if_fds_are_short(&config, fd_limit);
+    fd_limit::warn_if_short(&config, fd_limit::raise());
     // Bound before the child starts; failing to is fatal, like the endpoint's address.
     let sockets = sockets::bind_all(&config.sockets).map_err(Fatal::Sockets)?;
     let signals = Signals::open().map_err(setup("taking signals"))?;
@@ -135,29 +65,23 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         .map_err(setup("watching signals"))?;
     let endpoint = listen(&config, poll.registry())?;
     let child_notify = private_notify(config.policy.notify, poll.registry())?;
-    let systemd = notify::Systemd::from_env();
-    config.policy.systemd = systemd.is_some();
-    config.policy.watchdog = systemd.as_ref().and_then(|s| s.watchdog_every);
-    claim_orphans(config.subreaper);
+    reaper::claim_orphans(config.subreaper);
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
     let eyes = eyes::Eyes::new(config.drain_ports, &held);
-    let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
-    let spawner = Spawner { command: config.command, options, _sockets: sockets };
+    let given = child::Given {
+        own_pid: std::process::id(),
+        private_notify: child_notify.as_ref().map(|p| p.env_value.as_str()),
+        lastcall_notifies: config.systemd.is_some(),
+        sockets: &sockets,
+        user: config.user,
+    };
+    let options = child::options(std::env::vars_os(), given);
+    let spawner = Spawner::new(config.command, options, sockets);
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
     log::debug!("started child {pid}");
-    // Kills before this are not this run's. Read once the child runs, not before: it is not
-    // worth delaying the child's start, and a child killed within the microseconds before
-    // this read would only go unclaimed (never be wrongly claimed).
-    let oom = OomWatch::start();
-    match oom.cgroup() {
-        Some(cgroup) => log::debug!(
-            "watching OOM kills in {} (memory limit {})",
-            cgroup.dir.display(),
-            oom.limit_text().as_deref().unwrap_or("none")
-        ),
-        None => log::debug!("no memory cgroup to watch for OOM kills"),
-    }
+    let oom = watch_oom();
+
     let checker = Checker::new(
         config.checks,
         config.policy.ready_interval,
@@ -174,7 +98,7 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
         endpoint,
         checker,
         child_notify,
-        systemd,
+        systemd: config.systemd,
         eyes,
         spawner,
         oom,
@@ -183,22 +107,21 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     supervisor.supervise().map_err(setup("waiting for events"))
 }
 
-/// File descriptors lastcall needs besides its connections: stdio, the event loop, signals,
-/// the listener and its spare, the notify sockets, checks, `--socket`s, with room to spare.
-const FDS_BESIDES_CONNECTIONS: u64 = 64 + MAX_CHECKS as u64;
-
-/// `--max-connections` beyond what the file-descriptor limit allows is said at start: past
-/// the limit, new connections are turned away (or, out of descriptors, make room by eviction).
-fn warn_if_fds_are_short(config: &Config, limit: u64) {
-    let wanted = config.limits.max_connections as u64;
-    let room = limit.saturating_sub(FDS_BESIDES_CONNECTIONS + config.sockets.len() as u64);
-    if config.listen.is_some() && wanted > room {
-        log::warn!(
-            "--max-connections {wanted} is more than the file-descriptor limit allows ({limit}, \
-             room for about {room} connections); raise the hard limit (ulimit -Hn) or lower \
-             --max-connections"
-        );
+/// Starts counting the OOM kills in lastcall's memory cgroup: kills before this are not this
+/// run's. Called once the child runs, not before: it is not worth delaying the child's start,
+/// and a child killed within the microseconds before this read would only go unclaimed
+/// (never be wrongly claimed).
+fn watch_oom() -> OomWatch {
+    let oom = OomWatch::start();
+    match oom.cgroup() {
+        Some(cgroup) => log::debug!(
+            "watching OOM kills in {} (memory limit {})",
+            cgroup.dir.display(),
+            oom.limit_text().as_deref().unwrap_or("none")
+        ),
+        None => log::debug!("no memory cgroup to watch for OOM kills"),
     }
+    oom
 }
 
 fn listen(config: &Config, registry: &Registry) -> Result<Option<Endpoint>, Fatal> {
@@ -220,102 +143,6 @@ fn private_notify(wanted: bool, registry: &Registry) -> Result<Option<notify::Pr
         .register(private.source(), CHILD_NOTIFY, Interest::READABLE)
         .map_err(setup("watching the notify socket"))?;
     Ok(Some(private))
-}
-
-/// Orphans of the child's descendants must come to lastcall to be reaped: as PID 1 they do
-/// anyway; otherwise lastcall registers as a child subreaper.
-fn claim_orphans(subreaper: bool) {
-    if std::process::id() == 1 {
-        return;
-    }
-    if !subreaper {
-        log::warn!(
-            "not PID 1 and --no-subreaper given: zombie reaping won't work for orphaned \
-             descendants (they go to the real init)"
-        );
-        return;
-    }
-    if let Err(e) = reaper::become_subreaper() {
-        log::warn!(
-            "cannot become a child subreaper ({e}): orphaned descendants will not be reaped here"
-        );
-    }
-}
-
-/// The child's environment: lastcall's own, with NOTIFY_SOCKET pointing at the private socket
-/// (`--ready-notify`) or removed when it is lastcall's to use (WATCHDOG_USEC and WATCHDOG_PID
-/// with it: the watchdog is lastcall's then); the socket-activation variables
-/// for `--socket`, or LISTEN_PID rewritten to the child's pid when systemd's fds were meant for
-/// lastcall.
-/// With `--user`, HOME is the user's (as gosu and su-exec set it), not root's.
-fn child_options(
-    private: Option<&notify::Private>,
-    lastcall_notifies: bool,
-    sockets: &[Bound],
-    user: Option<Credentials>,
-) -> spawn::Options {
-    let inherited_activation =
-        std::env::var("LISTEN_PID").is_ok_and(|pid| pid.trim() == std::process::id().to_string());
-    let own_sockets = !sockets.is_empty();
-    if private.is_none()
-        && !lastcall_notifies
-        && !inherited_activation
-        && !own_sockets
-        && user.is_none()
-    {
-        return spawn::Options::default();
-    }
-    let drop_notify = private.is_some() || lastcall_notifies;
-    let mut env: Vec<OsString> = std::env::vars_os()
-        .filter(|(key, _)| {
-            let listen = key == "LISTEN_PID"
-                || (own_sockets && (key == "LISTEN_FDS" || key == "LISTEN_FDNAMES"));
-            // systemd's notify socket and watchdog are lastcall's when it uses them.
-            let watchdog = key == "WATCHDOG_USEC" || key == "WATCHDOG_PID";
-            let lastcalls =
-                (watchdog && lastcall_notifies) || (key == "NOTIFY_SOCKET" && drop_notify);
-            let home = key == "HOME" && user.is_some();
-            !lastcalls && !home && !(listen && (own_sockets || inherited_activation))
-        })
-        .map(|(key, value)| {
-            let mut pair = key;
-            pair.push("=");
-            pair.push(value);
-            pair
-        })
-        .collect();
-    if let Some(private) = private {
-        env.push(format!("NOTIFY_SOCKET={}", private.env_value).into());
-    }
-    if let Some(user) = &user {
-        env.push(user.home_env());
-    }
-    if own_sockets {
-        for (key, value) in sockets::env(sockets) {
-            env.push(format!("{key}={value}").into());
-        }
-    }
-    spawn::Options {
-        env: Some(env),
-        own_pid_var: (inherited_activation || own_sockets).then_some("LISTEN_PID"),
-        quiet: false,
-        pass_fds: sockets.iter().map(Bound::fd).collect(),
-        user,
-    }
-}
-
-/// How a child is started: the first one, and a reload's new one, the same way.
-struct Spawner {
-    command: Vec<OsString>,
-    options: spawn::Options,
-    /// Held for the children: a reload's new child gets the same sockets.
-    _sockets: Vec<Bound>,
-}
-
-impl Spawner {
-    fn spawn(&self) -> Result<nix::unistd::Pid, SpawnError> {
-        spawn::spawn(&self.command, &self.options)
-    }
 }
 
 /// What woke the loop, sorted in one pass over the events.
@@ -384,15 +211,7 @@ impl Supervisor {
         let timeout = if carried {
             Some(Duration::ZERO)
         } else {
-            deadline.map(|d| {
-                let left = d.saturating_duration_since(Instant::now());
-                // epoll_wait may sleep past its timeout by 0.1% (the kernel's slack for it, up to
-                // 100 ms), and mio rounds up to whole milliseconds: ask for that much less. The
-                // turn that wakes early finds nothing due and waits out the rest, short enough to
-                // be on time.
-                let slack = left / 1000 + Duration::from_millis(1);
-                if left > slack * 2 { left - slack } else { left }
-            })
+            deadline.map(|d| sleep_for(d.saturating_duration_since(Instant::now())))
         };
         let mut woke = std::mem::take(&mut self.more);
         match self.poll.poll(&mut self.events, timeout) {
@@ -453,12 +272,9 @@ impl Supervisor {
         let mut exits = Vec::new();
         for (pid, status) in reaped.exits {
             match self.checker.on_exit(pid, status) {
-                Some(report) => {
-                    if let Some(report) = report {
-                        self.feed(checks_input(report));
-                    }
-                }
-                None => exits.push((pid, status)),
+                checks::Exit::Mine(Some(report)) => self.feed(checks_input(report)),
+                checks::Exit::Mine(None) => {}
+                checks::Exit::NotMine => exits.push((pid, status)),
             }
         }
         if collected > 0 {
@@ -531,7 +347,7 @@ impl Supervisor {
     /// Carries out one action; some bring an input back.
     fn execute(&mut self, action: Action) -> Option<Input> {
         match action {
-            Action::Signal { sig, to } => deliver(sig, to),
+            Action::Signal { sig, to } => signals::deliver(sig, to),
             Action::SpawnNew => {
                 return Some(match self.spawner.spawn() {
                     Ok(pid) => Input::Spawned(pid),
@@ -572,62 +388,37 @@ fn step_fields(fields: Fields) -> Vec<(&'static str, Field)> {
     .collect()
 }
 
+/// How long to ask the poll to sleep when the next deadline is `left` away.
+fn sleep_for(left: Duration) -> Duration {
+    // epoll_wait may sleep past its timeout by 0.1% (the kernel's slack for it, up to
+    // 100 ms), and mio rounds up to whole milliseconds: ask for that much less. The
+    // turn that wakes early finds nothing due and waits out the rest, short enough to
+    // be on time.
+    let slack = left / 1000 + Duration::from_millis(1);
+    if left > slack * 2 { left - slack } else { left }
+}
+
 fn checks_input(report: checks::Report) -> Input {
     Input::Checks { pass: report.pass, failing: report.failing }
 }
 
-fn deliver(sig: Sig, to: Target) {
-    let result = match to {
-        Target::Child(pid) => signals::send(pid.as_raw(), sig),
-        Target::Group(pid) => {
-            let group = signals::send(-pid.as_raw(), sig);
-            // The child may have left its group (setsid, setpgid): it gets the signal too.
-            match nix::unistd::getpgid(Some(pid)) {
-                Ok(pgid) if pgid == pid => group,
-                _ => signals::send(pid.as_raw(), sig),
-            }
-        }
-        Target::Descendants => {
-            reaper::signal_descendants(sig);
-            Ok(())
-        }
-    };
-    match result {
-        Ok(()) => log::debug!("sent {sig} to {to}"),
-        Err(e) => log::debug!("sending {sig} to {to} failed: {e}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use nix::errno::Errno;
-
     use super::*;
 
     #[test]
-    fn a_run_that_never_got_going_says_why_in_the_termination_message() {
-        let exec = |errno| Fatal::Spawn(SpawnError::Exec { program: "/app/server".into(), errno });
-        assert_eq!(
-            exec(Errno::ENOENT).termination_message(),
-            "exec failed: /app/server: not found"
-        );
-        assert_eq!(
-            exec(Errno::ENOTDIR).termination_message(),
-            "exec failed: /app/server: not found"
-        );
-        assert_eq!(
-            exec(Errno::EACCES).termination_message(),
-            "exec failed: /app/server: permission denied"
-        );
-        assert_eq!(
-            exec(Errno::ENOEXEC).termination_message(),
-            "exec failed: /app/server: exec format error"
-        );
-        let bind = Fatal::Bind {
-            addr: "127.0.0.1:9753".parse().unwrap(),
-            err: io::Error::from(io::ErrorKind::AddrInUse),
-        };
-        assert!(bind.termination_message().starts_with("cannot listen on 127.0.0.1:9753: "));
+    fn the_poll_is_asked_for_less_than_the_deadline_by_the_kernels_slack() {
+        let ms = Duration::from_millis;
+        // 0.1% and the millisecond mio may add, taken off.
+        assert_eq!(sleep_for(Duration::from_secs(10)), ms(10_000 - 10 - 1));
+        assert_eq!(sleep_for(ms(100)), ms(100) - Duration::from_micros(1_100));
+        // Too short to shorten: asked as it is, and on time either way.
+        assert_eq!(sleep_for(ms(2)), ms(2));
+        assert_eq!(sleep_for(Duration::ZERO), Duration::ZERO);
+        for left in [ms(3), ms(50), ms(999), Duration::from_secs(3600)] {
+            let asked = sleep_for(left);
+            assert!(asked <= left && left - asked <= left / 1000 + ms(1), "{left:?}: {asked:?}");
+        }
     }
 
     #[test]

@@ -517,7 +517,7 @@ named1000:x:5000:
                 err.to_string(),
                 format!("cannot switch to user 'app': {call}: Invalid argument")
             );
-            assert_eq!(crate::init::supervisor::Fatal::Spawn(err).exit_code(), 126);
+            assert_eq!(crate::init::fatal::Fatal::Spawn(err).exit_code(), 126);
         }
         // An exec failure still reads as one.
         let err = crate::init::spawn::spawn(
@@ -526,7 +526,7 @@ named1000:x:5000:
         )
         .unwrap_err();
         assert_eq!(err.to_string(), "cannot run '/nonexistent/program': No such file or directory");
-        assert_eq!(crate::init::supervisor::Fatal::Spawn(err).exit_code(), 127);
+        assert_eq!(crate::init::fatal::Fatal::Spawn(err).exit_code(), 127);
     }
 
     #[test]
