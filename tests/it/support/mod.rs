@@ -6,6 +6,7 @@
 //! through marker files in `$DIR`, the test's temp dir.
 
 pub mod apps;
+pub mod lb;
 
 use std::collections::HashMap;
 use std::fmt;
