@@ -68,14 +68,12 @@ fn sigterm_turns_unready_and_waits_out_the_prestop_delay() {
 #[test]
 fn sigint_drains_and_the_child_gets_sigint() {
     let dir = TestDir::new("sigint");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s"])
         .sh("trap 'rec INT; exit 7' INT; trap 'rec TERM; exit 8' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
-    lastcall.signal(libc::SIGINT);
-    let out = lastcall.wait();
+        .spawn_marked("ready");
+    let out = lastcall.signal_and_wait(libc::SIGINT);
     out.assert_code(7)
         .check(dir.got() == ["INT"], "the child gets SIGINT and nothing else")
         .assert_stderr_has("lastcall: received SIGINT: draining");
@@ -84,14 +82,12 @@ fn sigint_drains_and_the_child_gets_sigint() {
 #[test]
 fn stop_signal_replaces_the_signal_passed_on() {
     let dir = TestDir::new("stop_signal");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s", "--stop-signal", "USR2"])
         .sh("trap 'rec USR2; exit 5' USR2; trap 'rec TERM; exit 6' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+        .spawn_marked("ready");
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(5)
         .check(dir.got() == ["USR2"], "the child gets SIGUSR2 and not SIGTERM")
         .assert_stderr_has("sending SIGUSR2 to child");
@@ -100,14 +96,15 @@ fn stop_signal_replaces_the_signal_passed_on() {
 #[test]
 fn a_second_sigterm_skips_the_rest_of_the_prestop_delay() {
     let dir = TestDir::new("second_term");
-    let mut lastcall =
-        dir.lastcall().args(["--listen", "off", "--prestop-delay", "60s"]).sh(DIES_ON_TERM).spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+    let mut lastcall = dir
+        .lastcall()
+        .args(["--listen", "off", "--prestop-delay", "60s"])
+        .sh(DIES_ON_TERM)
+        .spawn_marked("ready");
     let first = Instant::now();
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("preStop delay 60.0s");
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGTERM)
         .check(first.elapsed() < Duration::from_secs(30), "the delay was not cut short")
         .check(dir.got_has("TERM"), "the child got the stop signal")
@@ -121,15 +118,13 @@ fn a_second_sigterm_during_the_grace_period_is_passed_on() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s", "--grace-period", "60s"])
         .sh("trap 'rec TERM' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_until("the child got the stop signal", || dir.got().len() == 1);
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_until("the child got the second SIGTERM", || dir.got().len() == 2);
     let third = Instant::now();
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGKILL)
         .check(dir.got() == ["TERM", "TERM"], "the child gets SIGTERM twice")
         .check(third.elapsed() < Duration::from_secs(5), "the third SIGTERM kills at once")
@@ -143,15 +138,13 @@ fn a_third_sigterm_kills_at_once() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "60s", "--grace-period", "60s"])
         .sh("trap '' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("draining");
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("sending SIGTERM to child");
     let third = Instant::now();
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGKILL)
         .check(third.elapsed() < Duration::from_secs(5), "the third SIGTERM kills at once")
         .assert_stderr_has("received SIGTERM a third time")
@@ -161,15 +154,13 @@ fn a_third_sigterm_kills_at_once() {
 #[test]
 fn the_grace_period_ends_in_sigkill() {
     let dir = TestDir::new("grace");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s", "--grace-period", "1s"])
         .sh("trap '' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     let sent = Instant::now();
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     let took = sent.elapsed();
     out.assert_code(128 + libc::SIGKILL)
         .check(
@@ -187,8 +178,7 @@ fn a_child_ending_during_the_prestop_delay_ends_lastcall_promptly() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "60s"])
         .sh("trap 'rec TERM' TERM; mark ready; await go; exit 9")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("draining");
     let go = Instant::now();
@@ -227,8 +217,7 @@ fn auto_prestop_delay_depends_on_probes_and_kubernetes() {
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr(&log("5.0s (auto: /readyz has been probed)"));
     assert!(dir.got().is_empty(), "the stop signal came during the delay");
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGTERM).check(
         first.elapsed() < Duration::from_secs(5),
         "the second SIGTERM must cut the delay short",
@@ -236,11 +225,10 @@ fn auto_prestop_delay_depends_on_probes_and_kubernetes() {
 
     // Never probed: none.
     reset(&dir);
-    let mut lastcall = dir.lastcall().args(["--listen", "127.0.0.1:0"]).sh(DIES_ON_TERM).spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
-    lastcall.signal(libc::SIGTERM);
+    let lastcall =
+        dir.lastcall().args(["--listen", "127.0.0.1:0"]).sh(DIES_ON_TERM).spawn_marked("ready");
     lastcall
-        .wait()
+        .signal_and_wait(libc::SIGTERM)
         .assert_code(128 + libc::SIGTERM)
         .assert_stderr_has(&log("0ms (auto: not in Kubernetes and /readyz never probed)"));
 
@@ -251,12 +239,10 @@ fn auto_prestop_delay_depends_on_probes_and_kubernetes() {
         .env("KUBERNETES_SERVICE_HOST", "10.0.0.1")
         .args(["--listen", "off"])
         .sh(DIES_ON_TERM)
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr(&log("5.0s (auto: KUBERNETES_SERVICE_HOST is set)"));
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// Ignores SIGTERM and leaves its own process group for one a helper made, while another
@@ -289,15 +275,13 @@ fn a_child_that_left_its_process_group_is_still_killed() {
         return;
     }
     let dir = TestDir::new("escape");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s", "--grace-period", "1s"])
         .args(["--", "python3", "-c", ESCAPES_ITS_GROUP])
-        .spawn();
-    lastcall.wait_until("the child left its group", || dir.exists("escaped"));
+        .spawn_marked("escaped");
     let sent = Instant::now();
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGKILL).check(
         sent.elapsed() < Duration::from_secs(5),
         "lastcall must end everything soon after the 1s grace period",

@@ -34,8 +34,7 @@ fn the_endpoint_answers_probes() {
     let length = format!("\r\nContent-Length: {}", get.body.len());
     assert!(head.head.contains(&length), "HEAD says GET's length: {head:?}");
 
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 #[test]

@@ -77,8 +77,7 @@ fn probes_get_through_a_flood_of_idle_connections() {
     }
     assert!(lastcall.try_wait().is_none(), "lastcall exited");
     drop(flood);
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// A burst of 1,000 connects while both CPUs are busy completes: the listen backlog holds
@@ -118,8 +117,7 @@ fn a_burst_of_connects_on_busy_cpus_completes() {
     assert!(failed.is_empty(), "{} of 1000 connects failed: {:?}", failed.len(), &failed[..]);
     drop(results);
     assert_eq!(probe(port, "/readyz", Duration::from_secs(1)), Some(200));
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// lastcall raises its own soft file-descriptor limit to the hard one; the child gets the
@@ -132,13 +130,11 @@ fn the_child_gets_the_file_descriptor_limit_lastcall_inherited() {
         .args(["--listen", "off"])
         .sh(r#"echo "$(ulimit -Sn) $(ulimit -Hn)" > "$DIR/limits"; mark ready; exec sleep 600"#);
     let cmd = with_fd_limit(cmd, 1024, 4096);
-    let mut lastcall = cmd.spawn();
-    lastcall.wait_until("the child wrote its limits", || dir.exists("ready"));
+    let lastcall = cmd.spawn_marked("ready");
     assert_eq!(dir.read("limits").trim(), "1024 4096", "the child's soft and hard limits");
     let own = std::fs::read_to_string(format!("/proc/{}/limits", lastcall.pid())).unwrap();
     let line = own.lines().find(|l| l.starts_with("Max open files")).expect("Max open files");
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[3..5], ["4096", "4096"], "lastcall's own: {line}");
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }

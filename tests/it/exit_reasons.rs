@@ -20,15 +20,13 @@ fn is_root() -> bool {
 fn a_clean_stop_is_told_with_the_drain_and_the_stop() {
     let dir = TestDir::new("termination_clean");
     let log = dir.join("termination-log");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "300ms"])
         .args(["--termination-log", log.to_str().unwrap()])
         .sh("trap 'exit 0' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+        .spawn_marked("ready");
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(0);
     let message = dir.read("termination-log");
     // `child exited 0 after SIGTERM (drain 300ms, stopped 12ms later)`; the times vary.
@@ -54,15 +52,13 @@ fn millis(shown: &str) -> Option<u64> {
 fn an_escalation_to_sigkill_is_told_as_such() {
     let dir = TestDir::new("termination_kill");
     let log = dir.join("termination-log");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s", "--grace-period", "500ms"])
         .args(["--termination-log", log.to_str().unwrap()])
         .sh("trap '' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+        .spawn_marked("ready");
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(137);
     let message = dir.read("termination-log");
     out.check(
@@ -136,8 +132,7 @@ fn every_json_line_of_a_full_drain_parses_with_the_steps_fields() {
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("\"phase\":\"stopping\"");
     lastcall.wait_stderr("\"phase\":\"reaping\"");
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(0);
     let lines = parse_json_lines(&out.stderr);
     out.check(lines.len() >= 6, "expected the drain's lines");

@@ -200,14 +200,18 @@ impl Client {
     fn expect_end(&mut self, within: Duration) -> End {
         self.stream.set_read_timeout(Some(within)).expect("read timeout");
         let mut chunk = [0; 4096];
-        let end = match self.stream.read(&mut chunk) {
-            Ok(0) => End::Eof,
-            Ok(n) => panic!(
-                "expected the connection to end, got {:?}",
-                String::from_utf8_lossy(&chunk[..n])
-            ),
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => End::Reset,
-            Err(e) => panic!("expected the connection to end within {within:?}: {e}"),
+        let end = loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => break End::Eof,
+                Ok(n) => panic!(
+                    "expected the connection to end, got {:?}",
+                    String::from_utf8_lossy(&chunk[..n])
+                ),
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break End::Reset,
+                // A signal to the test process is not the end of the connection.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => panic!("expected the connection to end within {within:?}: {e}"),
+            }
         };
         assert!(self.buf.is_empty(), "unread bytes: {:?}", String::from_utf8_lossy(&self.buf));
         end
@@ -226,6 +230,7 @@ fn read_to_end_or_reset(client: &mut Client, what: &str) -> End {
             Ok(0) => return End::Eof,
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return End::Reset,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => panic!("{what}: the connection did not end: {e}"),
         }
     }

@@ -53,8 +53,7 @@ fn ready_from_a_sender_gone_before_it_is_read_is_dropped() {
     lastcall.signal(libc::SIGCONT);
     lastcall.wait_stderr("dropped");
     assert_eq!(readyz(port), 503, "READY=1 from a sender that was gone was heard");
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// A process in another PID namespace (a sidecar sharing the pod's network, and so the
@@ -72,8 +71,7 @@ fn ready_from_another_pid_namespace_is_dropped() {
         .args(["--listen", &format!("127.0.0.1:{port}"), "--ready-notify", "--log-level", "debug"])
         .args(["--prestop-delay", "0s", "--", "python3", "-c"])
         .arg(format!("{}{QUIET}", crate::support::apps::PY_PRELUDE))
-        .spawn();
-    lastcall.wait_until("the child wrote its NOTIFY_SOCKET", || dir.exists("notify_socket"));
+        .spawn_marked("notify_socket");
     let sidecar = UnixDatagram::unbound().expect("a datagram socket");
     sidecar.send_to_addr(b"READY=1", &notify_addr(&dir)).expect("sending READY=1");
     lastcall.wait_stderr("dropped");
@@ -108,8 +106,7 @@ fn systemd_notify_from_a_shell_app_is_heard() {
     assert_eq!(readyz(port), 503);
     dir.write("go", "");
     wait_readyz(&mut lastcall, port, 200);
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// Floods the notify socket from three grandchildren: 4 KiB datagrams of `READY=1` lines,

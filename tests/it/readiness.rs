@@ -123,8 +123,7 @@ fn a_tcp_check_gates_readyz_until_the_port_opens() {
     assert!(after.contains(&format!("{gauge} 1")), "expected {gauge} 1 in:\n{after}");
     assert!(verbose(port).contains(&format!("check {check}: pass")));
 
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGTERM)
         .assert_stderr_has("lastcall: the app is ready (")
         .check(
@@ -170,8 +169,7 @@ fn an_http_check_turns_unready_and_ready_again() {
     wait_readyz(&mut lastcall, port, 200);
     lastcall.wait_stderr("lastcall: the app is ready again");
 
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGTERM);
     for line in ["the app is ready (", "the app is not ready: ", "the app is ready again"] {
         out.check(out.stderr.matches(line).count() == 1, format!("{line:?} is logged once"));
@@ -215,8 +213,7 @@ fn an_http_check_that_gets_no_answer_turns_unready() {
     fs::remove_file(dir.join("hang")).expect("removing $DIR/hang");
     wait_readyz(&mut lastcall, port, 200);
     lastcall.wait_stderr("lastcall: the app is ready again");
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// One process under lastcall, from /proc.
@@ -348,8 +345,7 @@ fn a_hung_exec_check_is_killed_and_reaped() {
     let gauge = metrics(port);
 
     let term = Instant::now();
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGTERM)
         .check(term.elapsed() < Duration::from_secs(5), "lastcall took long to exit")
         .assert_stderr_has("lastcall: sending SIGTERM to child")
@@ -443,6 +439,5 @@ fn notify_ready_and_stopping_from_the_child_only() {
     wait_readyz(&mut lastcall, port, 503);
     lastcall.wait_stderr("lastcall: the app is not ready: --ready-notify:");
 
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }

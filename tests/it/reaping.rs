@@ -141,11 +141,10 @@ fn as_pid_1_sigterm_drains_through_the_child() {
         return;
     }
     let dir = TestDir::new("pid1_term");
-    let mut running = unshare(&dir)
+    let running = unshare(&dir)
         .args(["--listen", "off", "--prestop-delay", "0s"])
         .sh("trap 'rec TERM; trap - TERM; kill -TERM $$' TERM; mark ready \"$$ $PPID\"; idle")
-        .spawn();
-    running.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     assert_eq!(dir.read("ready").trim(), "2 1", "the child's pid and parent pid in the namespace");
     // lastcall's pid out here: the one child of `unshare`.
     let unshare_pid = running.pid();

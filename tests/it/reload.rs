@@ -157,8 +157,7 @@ fn reloads_in_a_row(notify: bool) {
     }
     // The client stops first: once lastcall exits, the socket is closed for good.
     let (ok, failed, pids) = client.finish();
-    lastcall.signal(libc::SIGTERM);
-    let finished = lastcall.wait();
+    let finished = lastcall.signal_and_wait(libc::SIGTERM);
     finished.check(finished.code() == Some(0), "the last child exits 0 on SIGTERM");
     writeln_stderr(&format!("5 reloads: {ok} requests, {} failed, pids {pids:?}", failed.len()));
     assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok);
@@ -219,8 +218,7 @@ fn a_failed_reload_keeps_the_old_child_serving() {
     assert_eq!(metric(admin, "lastcall_reloads_total"), 0);
     assert_eq!(http(admin, "GET", "/readyz").status, 200, "still ready");
     lastcall.wait_stderr("reload failed: the new child exited with status 3");
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(0);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(0);
 }
 
 #[test]

@@ -38,8 +38,7 @@ fn signals_are_forwarded_to_the_child() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s"])
         .sh(&format!("{traps}trap 'rec TERM; exit 0' TERM\nmark ready\nidle"))
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     // One at a time: a second standard signal sent before the first was handled merges
     // with it.
     let mut expected = Vec::new();
@@ -48,8 +47,7 @@ fn signals_are_forwarded_to_the_child() {
         lastcall.wait_until(&format!("the child got {name}"), || dir.got_has(&name));
         expected.push(name);
     }
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(0);
     expected.push("TERM".to_string());
     out.check(dir.got() == expected, format!("expected the child to get exactly {expected:?}"));
@@ -62,8 +60,7 @@ fn signals_are_forwarded_while_draining_and_stopping() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "60s", "--grace-period", "60s"])
         .sh("trap 'rec USR1' USR1; trap 'rec USR2' USR2; trap 'rec TERM' TERM; mark ready; idle")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
 
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("draining");
@@ -76,8 +73,7 @@ fn signals_are_forwarded_while_draining_and_stopping() {
     lastcall.signal(libc::SIGUSR2);
     lastcall.wait_until("the child got USR2 during the grace period", || dir.got_has("USR2"));
 
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGKILL);
     out.check(dir.got() == ["USR1", "TERM", "USR2"], "expected USR1, TERM, USR2 in that order");
 }
@@ -103,14 +99,12 @@ fn group_sends_forwarded_and_stop_signals_to_the_whole_group() {
         .lastcall()
         .args(["--listen", "off", "--group", "--prestop-delay", "0s", "--grace-period", "10s"])
         .sh(FAMILY)
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     lastcall.signal(libc::SIGUSR1);
     lastcall.wait_until("both got USR1", || dir.got_has("child USR1") && dir.got_has("grand USR1"));
     // The grandchild ends on TERM, so the child's trap finishes: a clean exit, well before
     // the grace period would end in SIGKILL (137).
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(0);
     out.check(
         dir.got_has("grand TERM") && dir.got_has("child TERM"),
@@ -125,8 +119,7 @@ fn without_group_only_the_child_gets_signals() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s", "--grace-period", "1s"])
         .sh(FAMILY)
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     let grand: i32 = dir.read("grand").trim().parse().expect("the grandchild's pid");
     lastcall.signal(libc::SIGUSR1);
     lastcall.wait_until("the child got USR1", || dir.got_has("child USR1"));
@@ -137,8 +130,7 @@ fn without_group_only_the_child_gets_signals() {
     assert!(!dir.got_has("grand USR1"), "USR1 went to the grandchild too: {:?}", dir.got());
     // The stop signal too goes to the child alone: its trap waits for the grandchild, which
     // never gets TERM, until the grace period ends in SIGKILL.
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(128 + libc::SIGKILL);
     out.check(!dir.got_has("grand TERM"), "the grandchild must not get the stop signal");
 }
@@ -154,8 +146,7 @@ fn fault_signals_sent_by_a_process_are_forwarded() {
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s"])
         .sh(&format!("{traps} trap 'exit 0' TERM; mark started; idle"))
-        .spawn();
-    lastcall.wait_until("the child set its traps", || dir.exists("started"));
+        .spawn_marked("started");
     let signals = [
         libc::SIGSEGV,
         libc::SIGFPE,
@@ -169,8 +160,7 @@ fn fault_signals_sent_by_a_process_are_forwarded() {
         lastcall.signal(sig);
         lastcall.wait_until(&format!("the child got {name}"), || dir.got_has(name));
     }
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(0);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(0);
 }
 
 /// lastcall writing its log to a pipe nobody reads raises SIGPIPE in lastcall itself: that
@@ -180,7 +170,7 @@ fn lastcalls_own_sigpipe_is_not_forwarded() {
     let dir = TestDir::new("own-sigpipe");
     let (read, write) = nix::unistd::pipe().expect("a pipe");
     drop(read);
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "off", "--prestop-delay", "0s"])
         .sh("trap 'rec PIPE' PIPE; trap 'rec TERM; exit 0' TERM; mark started; idle")
@@ -189,11 +179,9 @@ fn lastcalls_own_sigpipe_is_not_forwarded() {
             std::process::Stdio::null(),
             std::process::Stdio::from(write),
         )
-        .spawn();
-    lastcall.wait_until("the child started", || dir.exists("started"));
+        .spawn_marked("started");
     // The drain's log lines go to the broken pipe.
-    lastcall.signal(libc::SIGTERM);
-    let finished = lastcall.wait();
+    let finished = lastcall.signal_and_wait(libc::SIGTERM);
     assert!(dir.got_has("TERM"), "the child got the stop signal: {:?}", dir.got());
     assert!(!dir.got_has("PIPE"), "lastcall's own SIGPIPE reached the child: {:?}", dir.got());
     finished.assert_code(0);
@@ -254,8 +242,7 @@ fn a_burst_of_real_time_signals_is_forwarded_one_for_one() {
     lastcall.wait_until("lastcall forwarded the burst and the one after it", || {
         metric(port, &series(1)) == Some(sent as f64) && metric(port, &series(2)) == Some(1.0)
     });
-    lastcall.signal(libc::SIGTERM);
-    let out = lastcall.wait();
+    let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(0);
     let counts = dir.read("counts");
     out.check(

@@ -69,8 +69,7 @@ fn ready_only_once_ready_then_stopping_at_the_drain() {
         .args(["--listen", "off", "--prestop-delay", "0s", "--ready-interval", "50ms"])
         .args(["--ready-exec", "test -e \"$DIR/ok\""])
         .sh(r#"env > "$DIR/env"; trap 'rec TERM; exit 0' TERM; mark started; idle"#)
-        .spawn();
-    lastcall.wait_until("the child started", || dir.exists("started"));
+        .spawn_marked("started");
     // The check fails for a while: systemd hears no READY=1, whatever else it hears.
     let until = Instant::now() + Duration::from_millis(300);
     while Instant::now() < until {
@@ -115,8 +114,7 @@ fn an_abstract_notify_socket_works() {
         .sh("idle")
         .spawn();
     systemd.wait_for(&mut lastcall, "READY=1");
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 #[test]
@@ -145,8 +143,7 @@ fn watchdog_pings_at_half_the_interval_while_the_child_lives() {
     // 2 s at one ping per 200 ms is 10; the bounds leave room for a loaded machine, and
     // still fail a ping per interval (5) or a busy loop.
     assert!((7..=13).contains(&pings), "{pings} pings in 2 s, expected about 10");
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 #[test]
@@ -168,8 +165,7 @@ fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
         systemd.drain();
     }
     assert_eq!(systemd.count("WATCHDOG=1"), 0, "{:?}", systemd.got);
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// lastcall started the way systemd starts a socket-activated service: the listening socket

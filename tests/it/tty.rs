@@ -58,9 +58,14 @@ fn spawn_on_terminal(dir: &TestDir, script: &str) -> Option<(Running, PtyMaster)
 /// What the terminal shows so far (lastcall's log included).
 fn screen(master: &mut PtyMaster, seen: &mut String) -> String {
     let mut buf = [0u8; 4096];
-    // EAGAIN: nothing more for now; EIO: every slave end is closed.
-    while let Ok(n @ 1..) = master.read(&mut buf) {
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    loop {
+        match master.read(&mut buf) {
+            Ok(n @ 1..) => seen.push_str(&String::from_utf8_lossy(&buf[..n])),
+            // A signal to the test process: read on.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            // EAGAIN: nothing more for now; EIO: every slave end is closed.
+            Ok(0) | Err(_) => break,
+        }
     }
     seen.clone()
 }

@@ -20,12 +20,11 @@ fn switches(pid: i32) -> u64 {
 #[test]
 fn an_idle_lastcall_does_not_wake_up() {
     let dir = TestDir::new("idle");
-    let mut lastcall = dir
+    let lastcall = dir
         .lastcall()
         .args(["--listen", "127.0.0.1:0", "--prestop-delay", "0s"])
         .sh("mark ready; exec sleep 100")
-        .spawn();
-    lastcall.wait_until("the child is ready", || dir.exists("ready"));
+        .spawn_marked("ready");
     let pid = lastcall.pid();
     // Start-up must be over first: wait until the count holds still for 100ms.
     let mut last = switches(pid);
@@ -40,8 +39,7 @@ fn an_idle_lastcall_does_not_wake_up() {
     let after = switches(pid);
     assert_eq!(after, before, "lastcall woke up {} times in 500ms while idle", after - before);
 
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
 
 /// Accepts connections and never answers them, for about a minute.
@@ -89,6 +87,5 @@ fn a_check_slower_than_its_interval_does_not_spin() {
         used < window / 10,
         "lastcall used {used:?} of CPU in {window:?} while a check was in flight"
     );
-    lastcall.signal(libc::SIGTERM);
-    lastcall.wait().assert_code(128 + libc::SIGTERM);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }

@@ -6,6 +6,7 @@
 //! through marker files in `$DIR`, the test's temp dir.
 
 pub mod apps;
+pub mod lb;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -217,6 +218,15 @@ impl Cmd {
         Running { child: Some(child), shown, dir: self.dir, started: Instant::now() }
     }
 
+    /// Starts the command and waits until its child has created `$DIR/MARKER` (`mark
+    /// MARKER` in a script): a test's usual start, with its options still at the call site.
+    pub fn spawn_marked(self, marker: &str) -> Running {
+        let file = self.dir.join(marker);
+        let mut running = self.spawn();
+        running.wait_until(&format!("the child marks $DIR/{marker}"), || file.exists());
+        running
+    }
+
     /// Runs to the end, within [`TIMEOUT`].
     pub fn run(self) -> Finished {
         self.spawn().wait()
@@ -248,6 +258,12 @@ impl Running {
     /// Sends `sig` to the process.
     pub fn signal(&self, sig: i32) {
         send(self.pid(), sig);
+    }
+
+    /// Sends `sig` to the process, then waits for its end within [`TIMEOUT`].
+    pub fn signal_and_wait(self, sig: i32) -> Finished {
+        self.signal(sig);
+        self.wait()
     }
 
     /// Waits until `cond` holds; on timeout the test fails with everything known so far.
