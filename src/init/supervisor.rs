@@ -140,7 +140,7 @@ pub fn run(mut config: Config) -> Result<u8, Fatal> {
     claim_orphans(config.subreaper);
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
-    let eyes = eyes::Eyes::new(config.drain_ports, &held);
+    let eyes = eyes::Eyes::new(config.drain_ports, &held, config.policy.drain_quiet);
     let options = child_options(child_notify.as_ref(), systemd.is_some(), &sockets, config.user);
     let spawner = Spawner { command: config.command, options, _sockets: sockets };
     let pid = spawner.spawn().map_err(Fatal::Spawn)?;
@@ -537,8 +537,8 @@ impl Supervisor {
                     Err(e) => Input::SpawnFailed(e.to_string()),
                 });
             }
-            Action::FindAppPorts => return Some(Input::AppPorts(self.eyes.ports())),
-            Action::ReadApp(ports) => return Some(Input::AppConnections(self.eyes.read(&ports))),
+            Action::FindAppPorts => return Some(Input::AppPorts(self.eyes.find_ports())),
+            Action::ReadApp => return Some(Input::AppRead(self.eyes.read(Instant::now()))),
             Action::StopChecks => self.checker.stop(self.poll.registry()),
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {
