@@ -453,8 +453,8 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::procfs::inode_of;
     use super::*;
-    use crate::drain::procfs::inode_of;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;

@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::RawFd;
 
-use crate::drain::diag::{ESTABLISHED, LISTEN};
+use super::diag::{ESTABLISHED, LISTEN};
 
 /// One row of /proc/net/tcp{,6}.
 #[derive(Debug, PartialEq, Eq)]
@@ -164,9 +164,9 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsRawFd;
 
+    use super::super::diag::tests::pair;
+    use super::super::diag::{CONNECTED, LISTENING, Ports, Sample, TIME_WAIT, dump};
     use super::*;
-    use crate::drain::diag::tests::pair;
-    use crate::drain::diag::{CONNECTED, LISTENING, Ports, Sample, TIME_WAIT, dump};
 
     const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
 
