@@ -14,6 +14,7 @@ use clap::builder::BoolishValueParser;
 use clap::error::ErrorKind;
 use log::LevelFilter;
 
+use crate::drain::eyes::DrainPorts;
 use crate::endpoint::checks::{Check, MAX_CHECKS};
 use crate::endpoint::http::Limits;
 use crate::init::signals::{Class, Sig};
@@ -469,15 +470,6 @@ pub enum DrainPort {
     Auto,
     Off,
     Port(u16),
-}
-
-/// What `--drain-idle-port` says as a whole.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DrainPorts {
-    Off,
-    /// The ports the app listens on when the drain starts.
-    Auto,
-    Ports(Vec<u16>),
 }
 
 pub fn parse_drain_port(text: &str) -> Result<DrainPort, String> {

@@ -203,18 +203,6 @@ impl Tracker {
         Totals { busy, idle: self.sockets.len() - busy, last_request: self.last_request }
     }
 
-    /// A socket's state at the last read, by cookie; `None` if it was not in it.
-    #[cfg(test)]
-    pub fn state(&self, cookie: u64) -> Option<State> {
-        self.sockets.get(&cookie).map(|t| t.state)
-    }
-
-    /// Every socket of the last read, by cookie.
-    #[cfg(test)]
-    pub fn states(&self) -> impl Iterator<Item = (u64, State)> + '_ {
-        self.sockets.iter().map(|(cookie, t)| (*cookie, t.state))
-    }
-
     fn judge(&mut self, s: &Sample, before: Option<Track>, now: Instant) -> Track {
         let Some(info) = s.info else {
             return Track { state: without_info(s), ..Track::new(now) };
@@ -312,14 +300,14 @@ fn orphan(s: &Sample) -> bool {
     s.inode == 0 && matches!(s.state, FIN_WAIT1 | FIN_WAIT2 | CLOSING | LAST_ACK)
 }
 
-/// Recorded connections, for the tests of what reads them (here and in the machine).
 #[cfg(test)]
-pub mod testing {
-    use crate::drain::diag::{ESTABLISHED, Sample, TcpInfo};
+mod tests {
+    use super::*;
+    use crate::drain::diag::{ESTABLISHED, TcpInfo};
 
     /// A connection's `tcp_info`: milliseconds since data was last sent and received, bytes
     /// acknowledged and received (as recorded on loopback on this project's machine).
-    pub fn info(sent: u32, recv: u32, acked: u64, received: u64) -> TcpInfo {
+    fn info(sent: u32, recv: u32, acked: u64, received: u64) -> TcpInfo {
         TcpInfo {
             unacked: 0,
             last_data_sent: sent,
@@ -332,7 +320,7 @@ pub mod testing {
     }
 
     /// One of the app's connections on 127.0.0.1:8080, established, with `info`.
-    pub fn sample(cookie: u64, info: TcpInfo) -> Sample {
+    fn sample(cookie: u64, info: TcpInfo) -> Sample {
         Sample {
             cookie,
             inode: 1000 + cookie,
@@ -346,13 +334,11 @@ pub mod testing {
             info: Some(info),
         }
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::testing::{info, sample};
-    use super::*;
-    use crate::drain::diag::TcpInfo;
+    /// A socket's state at the last read, by cookie; `None` if it was not in it.
+    fn state(t: &Tracker, cookie: u64) -> Option<State> {
+        t.sockets.get(&cookie).map(|t| t.state)
+    }
 
     const IDLE: State = State::Idle;
     const UNREAD: State = State::Busy(Busy::Unread);
@@ -381,7 +367,7 @@ mod tests {
         fn read(&mut self, after: Duration, s: Sample) -> State {
             let cookie = s.cookie;
             self.tracker.update(&[s], self.t0 + after);
-            self.tracker.state(cookie).unwrap()
+            state(&self.tracker, cookie).unwrap()
         }
     }
 
@@ -472,7 +458,7 @@ mod tests {
         for (at, info) in &reads[..3] {
             r.read(ms(*at), sample(1, *info));
         }
-        assert_eq!(r.tracker.state(1), Some(IDLE));
+        assert_eq!(state(&r.tracker, 1), Some(IDLE));
     }
 
     #[test]
@@ -546,8 +532,9 @@ mod tests {
         assert_eq!(totals.last_request, Some(t0), "the in-flight request, 0 ms ago");
         let totals = tracker.update(&[idle], t0 + ms(100));
         assert_eq!((totals.busy, totals.idle, totals.last_request), (0, 1, Some(t0)));
-        assert_eq!(tracker.state(1), None);
-        assert_eq!(tracker.states().collect::<Vec<_>>(), [(2, IDLE)]);
+        assert_eq!(state(&tracker, 1), None);
+        assert_eq!(tracker.sockets.keys().collect::<Vec<_>>(), [&2]);
+        assert_eq!(state(&tracker, 2), Some(IDLE));
         let totals = tracker.update(&[], t0 + ms(200));
         assert_eq!((totals.busy, totals.idle, totals.last_request), (0, 0, Some(t0)));
     }
@@ -587,7 +574,7 @@ mod tests {
         let wild = sample(3, info(u32::MAX, 0, u64::MAX, u64::MAX));
         let mut t = Tracker::new(Duration::MAX);
         t.update(&[wild], Instant::now());
-        assert_eq!(t.state(3), Some(IN_FLIGHT));
+        assert_eq!(state(&t, 3), Some(IN_FLIGHT));
     }
 
     #[test]
@@ -654,7 +641,7 @@ mod tests {
             let now = Instant::now() + skip;
             let s = p.sample();
             tracker.update(std::slice::from_ref(&s), now);
-            (tracker.state(s.cookie).unwrap(), tracker.totals(), now)
+            (state(&tracker, s.cookie).unwrap(), tracker.totals(), now)
         };
         let (state, _, t0) = read(&p, Duration::ZERO);
         assert_eq!(state, IDLE, "a fresh connection");
@@ -705,7 +692,7 @@ mod tests {
         assert!(s.wqueue > 0 && s.info.unwrap().notsent_bytes.unwrap() > 0, "{s:?}");
         let mut tracker = Tracker::new(Duration::ZERO);
         tracker.update(std::slice::from_ref(&s), Instant::now());
-        assert_eq!(tracker.state(s.cookie), Some(UNSENT));
+        assert_eq!(state(&tracker, s.cookie), Some(UNSENT));
     }
 
     #[test]

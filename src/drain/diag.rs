@@ -1,25 +1,26 @@
-//! The app's TCP sockets as the kernel sees them, through socket diagnostics (netlink).
+//! The app's TCP sockets as the kernel sees them, through socket diagnostics (netlink): the
+//! codec, and nothing about whose sockets they are.
 //!
 //! The idle-aware drain needs more than a count of connections: each of the app's connected
 //! TCP sockets with its queues and its `struct tcp_info` (byte counters, time since data last
-//! moved), so that [`crate::drain::activity`] can tell a request in flight from an idle keep-alive
-//! connection; and, for `--drain-idle-port auto`, the ports the app listens on. Both come
+//! moved), so that [`crate::drain::activity`] can tell a request in flight from an idle
+//! keep-alive connection; and, for `--drain-idle-port auto`, the listening sockets. Both come
 //! from one `SOCK_DIAG_BY_FAMILY` dump per address family on a `NETLINK_SOCK_DIAG` socket, as
 //! `ss` does, with the ports matched in the kernel by inet_diag bytecode so that thousands of
 //! unrelated sockets in the namespace cost little. Where the kernel will not answer (seccomp,
 //! an LSM, a kernel without inet_diag), [`Error::Unavailable`] says so, and the caller falls
-//! back to /proc/net/tcp ([`crate::drain::eyes`]).
+//! back to /proc/net/tcp ([`crate::drain::procfs`]).
 //!
 //! The messages are encoded and decoded here byte by byte, over nix's safe socket calls: the
 //! protocol used is one request and a flat list of answers, and every length the kernel sends
 //! is checked, so a shorter `tcp_info` from an older kernel leaves fields `None` instead of
-//! misreading them, and a malformed answer is an error instead of a panic.
+//! misreading them, and a malformed answer is an error instead of a panic. `bench/diag.rs`
+//! measures a dump against /proc in a busy namespace.
 
-use std::collections::HashSet;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -160,19 +161,20 @@ impl From<Errno> for Error {
 #[derive(Clone, Copy, Debug)]
 pub enum Ports<'a> {
     All,
-    /// Those whose local port is one of these.
-    #[cfg_attr(not(test), allow(dead_code))] // the drain reads both ends
-    Local(&'a [u16]),
-    /// Those whose local or remote port is one of these.
-    LocalOrRemote(&'a [u16]),
+    /// Those whose local port is in `list`; with `remote`, also those whose remote port is.
+    Of {
+        list: &'a [u16],
+        remote: bool,
+    },
 }
 
 impl Ports<'_> {
     fn keeps(&self, s: &Sample) -> bool {
-        match self {
+        match *self {
             Ports::All => true,
-            Ports::Local(p) => p.contains(&s.local.port()),
-            Ports::LocalOrRemote(p) => p.contains(&s.local.port()) || p.contains(&s.remote.port()),
+            Ports::Of { list, remote } => {
+                list.contains(&s.local.port()) || (remote && list.contains(&s.remote.port()))
+            }
         }
     }
 }
@@ -182,8 +184,7 @@ impl Ports<'_> {
 pub fn dump(states: u32, ports: Ports, info: bool) -> Result<Vec<Sample>, Error> {
     let (list, remote) = match ports {
         Ports::All => (&[][..], false),
-        Ports::Local(p) => (p, false),
-        Ports::LocalOrRemote(p) => (p, true),
+        Ports::Of { list, remote } => (list, remote),
     };
     let mut list = list.to_vec();
     list.sort_unstable();
@@ -217,83 +218,6 @@ pub fn dump(states: u32, ports: Ports, info: bool) -> Result<Vec<Sample>, Error>
 /// Whether `state` is in the mask; a state the kernel should not send is not.
 fn in_states(states: u32, state: u8) -> bool {
     1u32.checked_shl(u32::from(state)).is_some_and(|bit| states & bit != 0)
-}
-
-/// The app's connections on `ports`: connected sockets (and those in TIME_WAIT) whose local
-/// port is one of them, less
-/// lastcall's own (`own`, from [`own_socket_inodes`]) and the app's side of connections that
-/// lastcall opened to it (its readiness checks), the rule of [`crate::drain::eyes`].
-pub fn app_connections(ports: &[u16], own: &HashSet<u64>) -> Result<Vec<Sample>, Error> {
-    // Remote ports too: lastcall's own connections to the app are how its ends are found.
-    // TIME_WAIT too: the trace of a connection the app closed, however short it was.
-    let all = dump(CONNECTED | 1 << TIME_WAIT, Ports::LocalOrRemote(ports), true)?;
-    Ok(app_side(all, ports, own))
-}
-
-fn app_side(all: Vec<Sample>, ports: &[u16], own: &HashSet<u64>) -> Vec<Sample> {
-    let own_ends: HashSet<SocketAddr> =
-        all.iter().filter(|s| own.contains(&s.inode)).map(|s| canonical(s.local)).collect();
-    all.into_iter()
-        .filter(|s| ports.contains(&s.local.port()))
-        .filter(|s| !own.contains(&s.inode) && !own_ends.contains(&canonical(s.remote)))
-        .collect()
-}
-
-/// An IPv4 client of a dual-stack listener shows as `::ffff:a.b.c.d` on the app's side.
-fn canonical(addr: SocketAddr) -> SocketAddr {
-    SocketAddr::new(addr.ip().to_canonical(), addr.port())
-}
-
-/// The inodes of the sockets of these processes, with `held`: the sockets lastcall holds for
-/// the app (`--socket`), which count as the app's. lastcall's own endpoint is not among them:
-/// it is not in `held`, and the child cannot hold it (CLOEXEC).
-pub fn app_socket_inodes(pids: &[i32], held: &HashSet<u64>) -> HashSet<u64> {
-    let mut inodes = held.clone();
-    for pid in pids {
-        inodes.extend(socket_inodes(&format!("/proc/{pid}/fd")));
-    }
-    inodes
-}
-
-/// The TCP ports on which the listening sockets among `inodes` listen.
-pub fn listening_ports(inodes: &HashSet<u64>) -> Result<Vec<u16>, Error> {
-    if inodes.is_empty() {
-        return Ok(vec![]);
-    }
-    let listeners = dump(LISTENING, Ports::All, false)?;
-    let mut ports: Vec<u16> =
-        listeners.iter().filter(|s| inodes.contains(&s.inode)).map(|s| s.local.port()).collect();
-    ports.sort_unstable();
-    ports.dedup();
-    Ok(ports)
-}
-
-/// The inodes of lastcall's own sockets, from /proc/self/fd.
-pub fn own_socket_inodes() -> HashSet<u64> {
-    socket_inodes("/proc/self/fd")
-}
-
-/// The inode of a socket this process holds, as [`Sample::inode`] shows it (for `--socket`s).
-pub fn inode_of(fd: RawFd) -> Option<u64> {
-    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).ok()?;
-    socket_inode(target.to_str()?)
-}
-
-/// The socket inodes in a /proc/PID/fd directory; none if it cannot be read (the process is
-/// gone, or is not ours to look at).
-fn socket_inodes(dir: &str) -> HashSet<u64> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return HashSet::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_link(e.path()).ok())
-        .filter_map(|target| socket_inode(target.to_str()?))
-        .collect()
-}
-
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
 }
 
 // --- The wire format: include/uapi/linux/{netlink,sock_diag,inet_diag,tcp}.h ---
@@ -529,6 +453,7 @@ fn u64_at(b: &[u8], at: usize) -> Option<u64> {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::super::procfs::inode_of;
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
@@ -854,7 +779,8 @@ pub(crate) mod tests {
 
         /// The server's side, as the kernel shows it now.
         pub fn sample(&self) -> Sample {
-            let samples = dump(CONNECTED, Ports::Local(&[self.port()]), true).unwrap();
+            let samples =
+                dump(CONNECTED, Ports::Of { list: &[self.port()], remote: false }, true).unwrap();
             let client = self.client.local_addr().unwrap();
             let mine: Vec<Sample> = samples.into_iter().filter(|s| s.remote == client).collect();
             assert_eq!(mine.len(), 1, "{mine:?}");
@@ -925,10 +851,12 @@ pub(crate) mod tests {
     #[test]
     fn the_dump_keeps_only_the_ports_asked_for() {
         let (a, b) = (pair("127.0.0.1"), pair("::1"));
-        let local = dump(CONNECTED, Ports::Local(&[a.port(), b.port()]), false).unwrap();
+        let local =
+            dump(CONNECTED, Ports::Of { list: &[a.port(), b.port()], remote: false }, false)
+                .unwrap();
         assert_eq!(local.len(), 2, "{local:?}");
         assert!(local.iter().all(|s| s.info.is_none()));
-        let either = dump(CONNECTED, Ports::LocalOrRemote(&[a.port()]), true).unwrap();
+        let either = dump(CONNECTED, Ports::Of { list: &[a.port()], remote: true }, true).unwrap();
         let mut ports: Vec<(u16, u16)> =
             either.iter().map(|s| (s.local.port(), s.remote.port())).collect();
         ports.sort();
@@ -936,8 +864,9 @@ pub(crate) mod tests {
         let mut expected = vec![(a.port(), client), (client, a.port())];
         expected.sort();
         assert_eq!(ports, expected);
-        assert!(dump(CONNECTED, Ports::Local(&[]), true).unwrap().is_empty());
-        let listeners = dump(LISTENING, Ports::Local(&[a.port()]), false).unwrap();
+        assert!(dump(CONNECTED, Ports::Of { list: &[], remote: false }, true).unwrap().is_empty());
+        let listeners =
+            dump(LISTENING, Ports::Of { list: &[a.port()], remote: false }, false).unwrap();
         assert_eq!(listeners.len(), 1);
         assert_eq!(listeners[0].inode, inode_of(a.listener.as_raw_fd()).unwrap());
     }
@@ -947,13 +876,13 @@ pub(crate) mod tests {
         let a = pair("127.0.0.1");
         let mut ports: Vec<u16> = (1..=MAX_FILTERED_PORTS as u16 + 5).collect();
         ports.push(a.port());
-        let samples = dump(CONNECTED, Ports::Local(&ports), false).unwrap();
+        let samples = dump(CONNECTED, Ports::Of { list: &ports, remote: false }, false).unwrap();
         assert!(samples.iter().any(|s| s.local.port() == a.port()));
         assert!(samples.iter().all(|s| ports.contains(&s.local.port())));
         // The largest filter sent, local or remote: the kernel takes it.
         let most = &ports[ports.len() - MAX_FILTERED_PORTS..];
         assert!(most.contains(&a.port()));
-        let samples = dump(CONNECTED, Ports::LocalOrRemote(most), false).unwrap();
+        let samples = dump(CONNECTED, Ports::Of { list: most, remote: true }, false).unwrap();
         let ends =
             samples.iter().filter(|s| s.local.port() == a.port() || s.remote.port() == a.port());
         assert_eq!(ends.count(), 2, "both ends: {samples:?}");
@@ -964,55 +893,7 @@ pub(crate) mod tests {
         );
     }
 
-    #[test]
-    fn lastcalls_own_connections_to_the_app_are_not_the_apps() {
-        // The client plays lastcall's readiness check; a second client is a real user.
-        let p = pair("127.0.0.1");
-        let user = TcpStream::connect(p.listener.local_addr().unwrap()).unwrap();
-        let (_served, _) = p.listener.accept().unwrap();
-        let own: HashSet<u64> = [inode_of(p.client.as_raw_fd()).unwrap()].into();
-        assert!(own.is_subset(&own_socket_inodes()));
-        let app = app_connections(&[p.port()], &own).unwrap();
-        assert_eq!(app.len(), 1, "{app:?}");
-        assert_eq!(app[0].remote, user.local_addr().unwrap());
-        // Without knowing lastcall's sockets, both count.
-        assert_eq!(app_connections(&[p.port()], &HashSet::new()).unwrap().len(), 2);
-    }
-
-    #[test]
-    fn an_ipv4_client_of_a_dual_stack_listener_is_recognised_as_lastcalls() {
-        let Ok(listener) = TcpListener::bind("[::]:0") else {
-            return; // no IPv6 here
-        };
-        let port = listener.local_addr().unwrap().port();
-        let check = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let (_app_side, peer) = listener.accept().unwrap();
-        assert!(matches!(peer.ip(), IpAddr::V6(ip) if ip.to_ipv4_mapped().is_some()));
-        let own: HashSet<u64> = [inode_of(check.as_raw_fd()).unwrap()].into();
-        assert_eq!(app_connections(&[port], &own).unwrap(), []);
-    }
-
-    #[test]
-    fn listening_ports_of_this_process() {
-        let (v4, v6) = (pair("127.0.0.1"), pair("::1"));
-        let this = app_socket_inodes(&[std::process::id() as i32], &HashSet::new());
-        let ports = listening_ports(&this).unwrap();
-        assert!(ports.contains(&v4.port()) && ports.contains(&v6.port()), "{ports:?}");
-        // Not the connections, only the listeners: the clients' ports are not there.
-        assert!(!ports.contains(&v4.client.local_addr().unwrap().port()));
-        // A socket held for the app counts even when no pid holds it.
-        let held: HashSet<u64> = [inode_of(v4.listener.as_raw_fd()).unwrap()].into();
-        assert_eq!(listening_ports(&app_socket_inodes(&[], &held)).unwrap(), [v4.port()]);
-        assert_eq!(listening_ports(&HashSet::new()).unwrap(), []);
-        // A process that is gone has no ports.
-        let gone = app_socket_inodes(&[i32::MAX], &HashSet::new());
-        assert!(gone.is_empty());
-        assert_eq!(listening_ports(&gone).unwrap(), []);
-    }
-
     // --- Where the kernel refuses ---
-
-    const SECCOMP: &str = "LASTCALL_DIAG_SECCOMP";
 
     /// Makes `socket(AF_NETLINK, ...)` fail with EPERM in this thread from now on, as a
     /// container runtime's seccomp profile may.
@@ -1041,182 +922,19 @@ pub(crate) mod tests {
         assert_eq!(rc, 0, "seccomp: {}", io::Error::last_os_error());
     }
 
-    /// Not a test: `a_seccomp_refusal_is_unavailable` runs it in a child process, with
-    /// `LASTCALL_DIAG_SECCOMP` set, to dump under a seccomp filter.
-    #[test]
-    #[ignore]
-    fn dump_under_seccomp() {
-        if std::env::var_os(SECCOMP).is_none() {
-            return;
-        }
-        forbid_netlink_sockets();
-        match dump(CONNECTED, Ports::All, true) {
-            Err(Error::Unavailable(e)) => println!("unavailable: {e}"),
-            other => println!("not unavailable: {other:?}"),
-        }
-    }
-
     #[test]
     fn a_seccomp_refusal_is_unavailable() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "diag::tests::dump_under_seccomp", "--ignored", "--nocapture"])
-            .env(SECCOMP, "1")
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(stdout.contains("unavailable: Operation not permitted"), "{stdout}");
-    }
-
-    // --- How long one count takes in a busy namespace ---
-
-    const HOLD: &str = "LASTCALL_DIAG_HOLD";
-
-    /// Raises this process's soft RLIMIT_NOFILE to `want`, and the hard one if it must (which
-    /// needs CAP_SYS_RESOURCE).
-    fn raise_nofile(want: u64) {
-        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes one rlimit, into a struct this function owns.
-        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) }, 0);
-        let raised = libc::rlimit { rlim_cur: want, rlim_max: limit.rlim_max.max(want) };
-        // SAFETY: setrlimit only reads the struct.
-        let rc = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
-        assert_eq!(rc, 0, "RLIMIT_NOFILE {want} over a hard limit of {}", limit.rlim_max);
-    }
-
-    /// Not a test: `diag_speed` runs it in a child process, with `LASTCALL_DIAG_HOLD=N`, to
-    /// hold N loopback connections (2N sockets) until its stdin closes.
-    #[test]
-    #[ignore]
-    fn connection_holder() {
-        let Some(n) = std::env::var(HOLD).ok().and_then(|n| n.parse::<usize>().ok()) else {
-            return;
-        };
-        raise_nofile(2 * n as u64 + 64);
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let mut held = Vec::with_capacity(2 * n);
-        // Reset on close, so that no TIME_WAIT sockets are left to skew the next run.
-        let reset = libc::linger { l_onoff: 1, l_linger: 0 };
-        for _ in 0..n {
-            let client = TcpStream::connect(addr).unwrap();
-            setsockopt(&client, sockopt::Linger, &reset).unwrap();
-            held.push(client);
-            held.push(listener.accept().unwrap().0);
-        }
-        println!("holding {} sockets on port {}", held.len(), addr.port());
-        let _ = std::io::stdin().read(&mut [0]);
-    }
-
-    /// The median, fastest and slowest of `runs` calls of `f`, in microseconds.
-    fn time(runs: usize, f: &mut dyn FnMut()) -> (u128, u128, u128) {
-        let mut took: Vec<u128> = (0..runs)
-            .map(|_| {
-                let start = std::time::Instant::now();
-                f();
-                start.elapsed().as_micros()
-            })
-            .collect();
-        took.sort_unstable();
-        (took[runs / 2], took[0], took[runs - 1])
-    }
-
-    /// `cargo test --release diag_speed -- --ignored --nocapture`: one count of the app's
-    /// connections with 20,000 other TCP sockets in the namespace, sock_diag against /proc.
-    #[test]
-    #[ignore]
-    fn diag_speed() {
-        // In two other processes, 10,000 sockets each: this one's /proc/self/fd stays small,
-        // as lastcall's is, and each stays under a hard RLIMIT_NOFILE of 20,000.
-        const CONNECTIONS: usize = 10_000;
-        const HOLDERS: usize = 2;
-        const RUNS: usize = 51;
-        // Ends a holder however this test ends.
-        struct Reap(std::process::Child);
-        impl Drop for Reap {
-            fn drop(&mut self) {
-                drop(self.0.stdin.take());
-                let _ = self.0.kill();
-                let _ = self.0.wait();
-            }
-        }
-        let mut holders = vec![];
-        for _ in 0..HOLDERS {
-            let mut holder = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["--exact", "diag::tests::connection_holder", "--ignored", "--nocapture"])
-                .env(HOLD, (CONNECTIONS / HOLDERS).to_string())
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut lines = std::io::BufReader::new(holder.stdout.take().unwrap());
-            let holder = Reap(holder);
-            let mut line = String::new();
-            while !line.starts_with("holding") {
-                line.clear();
-                let n = std::io::BufRead::read_line(&mut lines, &mut line).unwrap();
-                assert!(n > 0, "a holder ended early");
-            }
-            println!("helper {}: {}", holder.0.id(), line.trim());
-            holders.push(holder);
-        }
-
-        // The app: a listener and 10 clients, plus lastcall's own readiness check.
-        let app = pair("127.0.0.1");
-        let port = app.port();
-        let clients: Vec<(TcpStream, TcpStream)> = (0..9)
-            .map(|_| {
-                let c = TcpStream::connect(app.listener.local_addr().unwrap()).unwrap();
-                (c, app.listener.accept().unwrap().0)
-            })
-            .collect();
-        let rows = ["/proc/net/tcp", "/proc/net/tcp6"]
-            .map(|p| std::fs::read_to_string(p).unwrap().lines().count() - 1);
-        println!("TCP sockets in the namespace: {} IPv4 + {} IPv6", rows[0], rows[1]);
-
-        let filtered = || dump(CONNECTED, Ports::Local(&[port]), true).unwrap();
-        assert_eq!(filtered().len(), 1 + clients.len());
-        // With app.client as lastcall's readiness check, the others are the app's.
-        let check: HashSet<u64> = [inode_of(app.client.as_raw_fd()).unwrap()].into();
-        assert_eq!(app_connections(&[port], &check).unwrap().len(), clients.len());
-        // As lastcall counts; this process holds both ends, so all are its own, here as in
-        // idle::count: the work is the same.
-        let app_count = || app_connections(&[port], &own_socket_inodes()).unwrap();
-        assert_eq!(app_count().len(), 0);
-        let unfiltered = || dump(CONNECTED, Ports::All, true).unwrap();
-        assert!(unfiltered().len() >= 2 * CONNECTIONS);
-        let this = app_socket_inodes(&[std::process::id() as i32], &HashSet::new());
-        let listeners = || listening_ports(&this).unwrap();
-        assert!(listeners().contains(&port));
-        let proc_count = || crate::drain::eyes::count(&[port]);
-        assert_eq!(proc_count(), 0);
-        let proc_read =
-            || ["/proc/net/tcp", "/proc/net/tcp6"].map(|p| std::fs::read_to_string(p).unwrap());
-
-        println!("{RUNS} runs each, microseconds: median (fastest..slowest)");
-        use std::hint::black_box;
-        let cases: [(&str, &mut dyn FnMut()); 6] = [
-            ("sock_diag, port filter in the kernel, tcp_info", &mut || {
-                black_box(filtered());
-            }),
-            ("sock_diag, app_connections + own_socket_inodes", &mut || {
-                black_box(app_count());
-            }),
-            ("sock_diag, no filter (20,000+ sockets)", &mut || {
-                black_box(unfiltered());
-            }),
-            ("sock_diag, listening_ports of this process", &mut || {
-                black_box(listeners());
-            }),
-            ("/proc/net/tcp + tcp6, idle::count", &mut || {
-                black_box(proc_count());
-            }),
-            ("/proc/net/tcp + tcp6, reading only", &mut || {
-                black_box(proc_read());
-            }),
-        ];
-        for (name, f) in cases {
-            let (median, min, max) = time(RUNS, f);
-            println!("{name:<50} {median:>7} ({min}..{max})");
+        // A filter binds only the thread that installs it (no TSYNC): a thread of its own
+        // keeps it from the other tests.
+        let refused = std::thread::spawn(|| {
+            forbid_netlink_sockets();
+            dump(CONNECTED, Ports::All, true)
+        })
+        .join()
+        .unwrap();
+        match refused {
+            Err(Error::Unavailable(e)) => assert_eq!(e.raw_os_error(), Some(libc::EPERM)),
+            other => panic!("not unavailable: {other:?}"),
         }
     }
 }

@@ -1,204 +1,214 @@
-//! The drain's view of the app: its ports, and its connections on them.
+//! The drain's eyes on the app, the one face of the drain wing that the loop sees: the app's
+//! ports, and a summary of its connections on them at each read.
 //!
-//! Read through socket diagnostics ([`crate::drain::diag`]): each connection with its `tcp_info`,
-//! for the machine to tell busy from idle. Where the kernel will not answer (seccomp, an
-//! LSM, an old kernel), from /proc/net/tcp and tcp6 instead, for good: they show lastcall's
-//! network namespace, the child's too, but only a connection's state, so every established
-//! connection counts as busy. Either way, only connections whose local port is one of the
-//! app's count: not lastcall's own sockets (its endpoint, its readiness checks), and not the
-//! app's side of a connection that lastcall itself opened.
+//! Read through socket diagnostics ([`crate::drain::diag`]): each connection with its
+//! `tcp_info`, which the activity [`Tracker`] turns into busy or idle across reads. Where the
+//! kernel will not answer (seccomp, an LSM, an old kernel), from /proc/net/tcp and tcp6
+//! instead ([`crate::drain::procfs`]), for good, and said once at warn: they show only a
+//! connection's state, so every established connection counts as busy. Either way, which
+//! connections are the app's is [`procfs::the_apps`]'s rule.
 
 use std::collections::HashSet;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
 
 use nix::unistd::Pid;
 
-use crate::cli::DrainPorts;
-use crate::drain::diag;
+use crate::drain::activity::Tracker;
+use crate::drain::diag::{self, CONNECTED, LISTENING, Ports, TIME_WAIT};
+use crate::drain::procfs;
 use crate::init::reaper;
-use crate::machine::Reading;
 
-/// `st` of an established connection in /proc/net/tcp.
-const ESTABLISHED: &str = "01";
-/// `st` of a listening socket.
-const LISTEN: &str = "0A";
-
-/// One row of /proc/net/tcp{,6}: local and remote (address, port) as printed, and inode.
-#[derive(Debug, PartialEq, Eq)]
-struct Row<'a> {
-    local: (&'a str, u16),
-    remote: (&'a str, u16),
-    state: &'a str,
-    inode: u64,
+/// What `--drain-idle-port` says as a whole.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainPorts {
+    Off,
+    /// The ports the app listens on when the drain starts.
+    Auto,
+    Ports(Vec<u16>),
 }
 
-fn parse_endpoint(text: &str) -> Option<(&str, u16)> {
-    let (addr, port) = text.split_once(':')?;
-    Some((addr, u16::from_str_radix(port, 16).ok()?))
+/// The app's connections at one read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppSummary {
+    pub busy: usize,
+    pub idle: usize,
+    /// When request bytes last arrived on any connection seen in this drain, gone ones
+    /// included; `None` if none was seen, or if the read cannot tell.
+    pub last_request: Option<Instant>,
+    pub by: ReadBy,
 }
 
-fn parse_row(line: &str) -> Option<Row<'_>> {
-    let mut fields = line.split_whitespace();
-    let _slot = fields.next()?;
-    let local = parse_endpoint(fields.next()?)?;
-    let remote = parse_endpoint(fields.next()?)?;
-    let state = fields.next()?;
-    // tx_queue:rx_queue, tr:tm->when, retrnsmt, uid, timeout, then the inode.
-    let inode = fields.nth(5)?.parse().ok()?;
-    Some(Row { local, remote, state, inode })
+/// How the app's connections were read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBy {
+    /// By socket diagnostics: each connection busy or idle, and the last request dated.
+    Sockets,
+    /// Counted from /proc/net/tcp: every open connection is busy, and no request is dated.
+    Counted,
 }
 
-/// Counts the connections to `ports` in the tables' text, leaving out lastcall's own.
-fn count_in(tables: &[String], ports: &[u16], own_inodes: &HashSet<u64>) -> usize {
-    let rows: Vec<Row> =
-        tables.iter().flat_map(|t| t.lines().skip(1)).filter_map(parse_row).collect();
-    // Where lastcall's own sockets are: the app's side of those connections is ours too.
-    let own_ends: HashSet<(&str, u16)> =
-        rows.iter().filter(|r| own_inodes.contains(&r.inode)).map(|r| r.local).collect();
-    rows.iter()
-        .filter(|r| r.state == ESTABLISHED && ports.contains(&r.local.1))
-        .filter(|r| !own_inodes.contains(&r.inode) && !own_ends.contains(&r.remote))
-        .count()
+/// Whether socket diagnostics can be used: once they cannot, they never will.
+#[derive(Debug)]
+enum Diag {
+    Usable,
+    /// Why not, and whether that was said.
+    Lost {
+        why: String,
+        told: bool,
+    },
 }
 
-/// The ports of the listening sockets among `inodes`, in the tables' text.
-fn listening_in(tables: &[String], inodes: &HashSet<u64>) -> Vec<u16> {
-    let mut ports: Vec<u16> = tables
-        .iter()
-        .flat_map(|t| t.lines().skip(1))
-        .filter_map(parse_row)
-        .filter(|r| r.state == LISTEN && inodes.contains(&r.inode))
-        .map(|r| r.local.1)
-        .collect();
-    ports.sort_unstable();
-    ports.dedup();
-    ports
-}
+impl Diag {
+    fn lose(&mut self, e: &std::io::Error) {
+        let why = format!("socket diagnostics are unavailable ({e})");
+        *self = Diag::Lost { why, told: false };
+    }
 
-fn tables() -> Vec<String> {
-    ["/proc/net/tcp", "/proc/net/tcp6"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .collect()
+    /// What to warn of when the fallback counts, the first time only.
+    fn first_count(&mut self) -> Option<String> {
+        let Diag::Lost { why, told: told @ false } = self else {
+            return None;
+        };
+        *told = true;
+        Some(format!(
+            "{why}: the drain counts the app's connections from /proc/net/tcp, where an idle \
+             keep-alive connection holds it like a busy one"
+        ))
+    }
 }
 
 /// The drain's eyes on the app.
 pub struct Eyes {
-    ports: DrainPorts,
+    choice: DrainPorts,
     /// The inodes of the `--socket`s lastcall holds for the app: they are the app's.
     held: HashSet<u64>,
-    /// Why socket diagnostics cannot be used, once they could not.
-    lost: Option<String>,
+    /// The ports of this drain, from [`Eyes::find_ports`].
+    ports: Vec<u16>,
+    diag: Diag,
+    /// `--drain-quiet`, for the tracker.
+    quiet: Duration,
+    tracker: Tracker,
 }
 
 impl Eyes {
-    pub fn new(ports: DrainPorts, held: &[RawFd]) -> Eyes {
-        let held = held.iter().filter_map(|fd| diag::inode_of(*fd)).collect();
-        Eyes { ports, held, lost: None }
+    pub fn new(choice: DrainPorts, held: &[RawFd], quiet: Duration) -> Eyes {
+        let held = held.iter().filter_map(|fd| procfs::inode_of(*fd)).collect();
+        let (ports, diag, tracker) = (vec![], Diag::Usable, Tracker::new(quiet));
+        Eyes { choice, held, ports, diag, quiet, tracker }
     }
 
-    /// The app's ports: those given, or those on which lastcall's descendants and its
-    /// `--socket`s listen now (lastcall's own endpoint is not among them: the child cannot
-    /// hold it, as it is close-on-exec).
-    pub fn ports(&mut self) -> Vec<u16> {
-        match &self.ports {
-            DrainPorts::Ports(ports) => return ports.clone(),
-            DrainPorts::Off => return vec![],
-            DrainPorts::Auto => {}
-        }
+    /// A drain begins: the app's ports, which [`Eyes::read`] watches from now on. Those
+    /// given, or those on which lastcall's descendants and its `--socket`s listen now
+    /// (lastcall's own endpoint is not among them: the child cannot hold it, as it is
+    /// close-on-exec).
+    pub fn find_ports(&mut self) -> Vec<u16> {
+        self.tracker = Tracker::new(self.quiet);
+        self.ports = match &self.choice {
+            DrainPorts::Ports(ports) => ports.clone(),
+            DrainPorts::Off => vec![],
+            DrainPorts::Auto => self.listening(),
+        };
+        self.ports.clone()
+    }
+
+    fn listening(&mut self) -> Vec<u16> {
         let pids: Vec<i32> = reaper::descendants(Pid::this()).iter().map(|p| p.as_raw()).collect();
-        let inodes = diag::app_socket_inodes(&pids, &self.held);
-        if self.lost.is_none() {
-            match diag::listening_ports(&inodes) {
-                Ok(ports) => return ports,
-                Err(diag::Error::Unavailable(e)) => self.lost = Some(unavailable(&e)),
+        let inodes = procfs::app_socket_inodes(&pids, &self.held);
+        if inodes.is_empty() {
+            return vec![];
+        }
+        if let Diag::Usable = self.diag {
+            match diag::dump(LISTENING, Ports::All, false) {
+                Ok(listeners) => {
+                    let listeners = listeners.iter().map(|s| (s.inode, s.local.port()));
+                    return procfs::ports_of(listeners, &inodes);
+                }
+                Err(diag::Error::Unavailable(e)) => self.diag.lose(&e),
                 Err(diag::Error::Failed(e)) => log::debug!("finding the app's ports: {e}"),
             }
         }
-        listening_in(&tables(), &inodes)
+        procfs::listening_in(&procfs::tables(), &inodes)
     }
 
-    /// The app's connections on `ports` now.
-    pub fn read(&mut self, ports: &[u16]) -> Reading {
-        let own = diag::own_socket_inodes();
-        if self.lost.is_none() {
-            match diag::app_connections(ports, &own) {
-                Ok(samples) => return Reading::Sockets(samples),
-                Err(diag::Error::Unavailable(e)) => self.lost = Some(unavailable(&e)),
-                Err(diag::Error::Failed(e)) => return Reading::Failed(e.to_string()),
+    /// The app's connections on its ports, read at `now`; why not, if this read failed (the
+    /// next one may not).
+    pub fn read(&mut self, now: Instant) -> Result<AppSummary, String> {
+        let own = procfs::own_socket_inodes();
+        if let Diag::Usable = self.diag {
+            // Remote ports too: lastcall's own connections to the app are how its ends are
+            // found. TIME_WAIT too: the trace of a connection the app closed, however short.
+            let ports = Ports::Of { list: &self.ports, remote: true };
+            match diag::dump(CONNECTED | 1 << TIME_WAIT, ports, true) {
+                Ok(all) => {
+                    let app =
+                        procfs::the_apps(all, |s| (s.inode, s.local, s.remote), &self.ports, &own);
+                    let t = self.tracker.update(&app, now);
+                    let (busy, idle, last_request) = (t.busy, t.idle, t.last_request);
+                    return Ok(AppSummary { busy, idle, last_request, by: ReadBy::Sockets });
+                }
+                Err(diag::Error::Unavailable(e)) => self.diag.lose(&e),
+                Err(diag::Error::Failed(e)) => return Err(e.to_string()),
             }
         }
-        let lost = self.lost.clone().unwrap_or_default();
-        Reading::Count { n: count_in(&tables(), ports, &own), lost }
+        if let Some(warning) = self.diag.first_count() {
+            log::warn!("{warning}");
+        }
+        let busy = procfs::established(&procfs::tables(), &self.ports, &own);
+        Ok(AppSummary { busy, idle: 0, last_request: None, by: ReadBy::Counted })
     }
-}
-
-/// The app's established connections on `ports` now, from /proc.
-#[cfg(test)]
-pub fn count(ports: &[u16]) -> usize {
-    count_in(&tables(), ports, &diag::own_socket_inodes())
-}
-
-fn unavailable(e: &std::io::Error) -> String {
-    format!("socket diagnostics are unavailable ({e})")
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::TcpListener;
+    use std::os::fd::AsRawFd;
+
     use super::*;
 
-    const HEADER: &str = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode";
+    const QUIET: Duration = Duration::from_secs(1);
 
-    fn row(local: &str, remote: &str, st: &str, inode: u64) -> String {
-        format!(
-            "   0: {local} {remote} {st} 00000000:00000000 00:00000000 00000000     0        0 {inode} 1 0000000000000000 20 4 0 10 -1"
-        )
+    #[test]
+    fn the_fallback_is_told_once() {
+        let mut diag = Diag::Usable;
+        assert_eq!(diag.first_count(), None, "nothing lost");
+        diag.lose(&std::io::Error::from_raw_os_error(libc::EPERM));
+        assert_eq!(
+            diag.first_count().as_deref(),
+            Some(
+                "socket diagnostics are unavailable (Operation not permitted (os error 1)): the \
+                 drain counts the app's connections from /proc/net/tcp, where an idle \
+                 keep-alive connection holds it like a busy one"
+            )
+        );
+        assert_eq!(diag.first_count(), None, "once");
     }
 
     #[test]
-    fn counts_only_the_apps_established_connections() {
-        let app = "0100007F:1F90"; // 127.0.0.1:8080
-        let table = [
-            HEADER.to_string(),
-            row("00000000:1F90", "00000000:0000", "0A", 1), // the listener
-            row(app, "0100007F:D431", "01", 2),             // a client
-            row(app, "0100007F:D432", "01", 3),             // another client
-            row(app, "0100007F:D433", "06", 4),             // TIME_WAIT
-            row("0100007F:2611", "0100007F:D440", "01", 5), // another port (9745)
-            row("0100007F:D450", app, "01", 6),             // lastcall's check, client side
-            row(app, "0100007F:D450", "01", 7),             // ... and the app's side of it
-        ]
-        .join("\n");
-        let own: HashSet<u64> = [6].into();
-        let tables = [table];
-        assert_eq!(count_in(&tables, &[8080], &own), 2);
-        assert_eq!(count_in(&tables, &[8080], &HashSet::new()), 3);
-        assert_eq!(count_in(&tables, &[8080, 9745], &own), 3);
+    fn the_ports_are_those_given_none_or_the_apps_listeners() {
+        let given = DrainPorts::Ports(vec![8080, 9090]);
+        assert_eq!(Eyes::new(given, &[], QUIET).find_ports(), [8080, 9090]);
+        assert_eq!(Eyes::new(DrainPorts::Off, &[], QUIET).find_ports(), []);
+        // A socket held for the app (`--socket`) is the app's.
+        let held = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = held.local_addr().unwrap().port();
+        let mut eyes = Eyes::new(DrainPorts::Auto, &[held.as_raw_fd()], QUIET);
+        assert!(eyes.find_ports().contains(&port));
+        // lastcall's own listener is not.
+        let own = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(!eyes.find_ports().contains(&own.local_addr().unwrap().port()));
     }
 
     #[test]
-    fn finds_the_listening_ports_of_the_apps_sockets() {
-        let table = [
-            HEADER.to_string(),
-            row("00000000:1F90", "00000000:0000", "0A", 1), // the app's listener, 8080
-            row("0100007F:2611", "00000000:0000", "0A", 2), // another's listener, 9745
-            row("0100007F:1F90", "0100007F:D431", "01", 3), // a connection to 8080
-            row("00000000:1F90", "00000000:0000", "0A", 4), // a second listener on 8080
-        ]
-        .join("\n");
-        let tables = [table];
-        assert_eq!(listening_in(&tables, &[1, 3, 4].into()), vec![8080]);
-        assert_eq!(listening_in(&tables, &[1, 2].into()), vec![8080, 9745]);
-        assert_eq!(listening_in(&tables, &HashSet::new()), Vec::<u16>::new());
-    }
-
-    #[test]
-    fn parses_rows() {
-        let line = row("0100007F:1F90", "0100007F:D431", "01", 42);
-        let parsed = parse_row(&line).unwrap();
-        assert_eq!(parsed.local, ("0100007F", 8080));
-        assert_eq!(parsed.remote.1, 0xD431);
-        assert_eq!(parsed.inode, 42);
-        assert_eq!(parse_row("garbage"), None);
+    fn a_read_sums_up_the_apps_connections() {
+        // This process holds both ends: lastcall's own connection, not the app's.
+        let p = crate::drain::diag::tests::pair("127.0.0.1");
+        let mut eyes = Eyes::new(DrainPorts::Ports(vec![p.port()]), &[], QUIET);
+        eyes.find_ports();
+        let read = eyes.read(Instant::now()).unwrap();
+        assert_eq!((read.busy, read.idle, read.by), (0, 0, ReadBy::Sockets));
+        let mut none = Eyes::new(DrainPorts::Off, &[], QUIET);
+        none.find_ports();
+        assert_eq!(none.read(Instant::now()).map(|r| r.busy + r.idle), Ok(0));
     }
 }

@@ -153,7 +153,7 @@ impl View<'_> {
                 "gauge",
                 "The app's connections at the last read of the drain, busy or idle.",
             );
-            let (busy, idle) = seen.busy_idle();
+            let (busy, idle) = (seen.busy, seen.idle);
             let _ = writeln!(out, "lastcall_app_connections{{state=\"busy\"}} {busy}");
             let _ = writeln!(out, "lastcall_app_connections{{state=\"idle\"}} {idle}");
         }
@@ -229,7 +229,7 @@ impl View<'_> {
         }
         let last = self.machine.last_shutdown();
         if let Some(seen) = last.seen {
-            let (busy, idle) = seen.busy_idle();
+            let (busy, idle) = (seen.busy, seen.idle);
             let _ = writeln!(text, "app connections: {busy} busy, {idle} idle");
         }
         if let Some(ended) = last.ended {

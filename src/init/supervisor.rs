@@ -68,7 +68,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     reaper::claim_orphans(config.subreaper);
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
-    let eyes = eyes::Eyes::new(config.drain_ports, &held);
+    let eyes = eyes::Eyes::new(config.drain_ports, &held, config.policy.drain_quiet);
     let given = child::Given {
         own_pid: std::process::id(),
         private_notify: child_notify.as_ref().map(|p| p.env_value.as_str()),
@@ -354,8 +354,8 @@ impl Supervisor {
                     Err(e) => Input::SpawnFailed(e.to_string()),
                 });
             }
-            Action::FindAppPorts => return Some(Input::AppPorts(self.eyes.ports())),
-            Action::ReadApp(ports) => return Some(Input::AppConnections(self.eyes.read(&ports))),
+            Action::FindAppPorts => return Some(Input::AppPorts(self.eyes.find_ports())),
+            Action::ReadApp => return Some(Input::AppRead(self.eyes.read(Instant::now()))),
             Action::StopChecks => self.checker.stop(self.poll.registry()),
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {

@@ -7,8 +7,9 @@
 //! SIGKILL of lastcall's own (after the grace period, or a third signal) is never taken for
 //! the kernel's: in those phases, new kills are reported as other processes'.
 //!
-//! When the main child ends, the machine keeps an [`Ending`]; when lastcall exits, it says
-//! it in one line ([`Action::Ended`]) for `--termination-log`.
+//! When the main child ends, one match on the phase it ended in ([`ChildEnd`]) gives both
+//! the log line's words and the [`Ending`] the machine keeps; when lastcall exits, it says
+//! that in one line ([`Action::Ended`]) for `--termination-log`.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -93,12 +94,25 @@ impl fmt::Display for Ending {
     }
 }
 
+/// The main child's end as the phase it ended in tells it.
+pub(super) struct ChildEnd {
+    /// The termination message's end (an OOM kill of the child overrides it).
+    pub ending: Ending,
+    /// The log line's: `child exited with status 0 2.0s after the stop signal (7.0s of drain)`.
+    pub shown: String,
+    /// How long the child took to end once asked: after the stop signal, after SIGKILL, or
+    /// the drain so far; `None` when it was not asked.
+    pub took: Option<Duration>,
+    /// When the processes left behind get SIGKILL; `None`: at once.
+    pub kill_at: Option<Instant>,
+}
+
 /// What the OOM-kill counter said, and what is made of it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Oom {
     /// Kills read for the coming reaping pass, not yet laid on a process.
     pending: u64,
-    limit: Option<u64>,
+    pub(super) limit: Option<u64>,
     /// Every kill read since start: `lastcall_oom_kills_total`.
     pub(super) total: u64,
     /// The main child was one of them.
@@ -168,30 +182,78 @@ impl Machine {
         }
     }
 
-    /// How the main child's end reads, from the phase it ended in.
-    pub(super) fn ending_of(&self, status: ChildStatus, now: Instant) -> Ending {
-        if self.oom.main {
-            return Ending::Oom { limit: self.oom.limit };
-        }
+    /// The main child's end, read once from the phase it ended in: the termination message
+    /// and the log line say the same end.
+    pub(super) fn child_end(&self, status: ChildStatus, now: Instant) -> ChildEnd {
+        let d = show::duration;
+        let since = |at: Instant| now.saturating_duration_since(at);
         match self.phase {
-            Phase::Draining { drain, .. } => Ending::DuringDrain {
-                status,
-                drained: now.saturating_duration_since(drain.started),
+            Phase::Running { .. } => ChildEnd {
+                ending: Ending::Own(status),
+                shown: format!("child {status}"),
+                took: None,
+                kill_at: Some(now + self.policy.grace),
             },
-            Phase::Stopping { since, drain, .. } => Ending::AfterStop {
-                status,
-                stop: self.stop_signal(Some(drain.trigger)),
-                drained: since.saturating_duration_since(drain.started),
-                took: now.saturating_duration_since(since),
-            },
-            Phase::Killing { drain, .. } if status == ChildStatus::Signaled(SIGKILL) => {
-                match drain.signals >= 3 {
-                    true => Ending::Hurried { sig: drain.trigger },
-                    false => Ending::GraceExpired { grace: self.policy.grace },
+            Phase::Draining { drain, .. } => {
+                let drained = since(drain.started);
+                ChildEnd {
+                    ending: Ending::DuringDrain { status, drained },
+                    shown: format!(
+                        "child {status} during the preStop delay ({} of drain)",
+                        d(drained)
+                    ),
+                    took: Some(drained),
+                    kill_at: Some(now + self.policy.grace),
                 }
             }
-            Phase::Killing { .. } => Ending::AfterKill { status },
-            _ => Ending::Own(status),
+            Phase::Stopping { since: stopped, deadline, drain, .. } => {
+                let took = since(stopped);
+                ChildEnd {
+                    ending: Ending::AfterStop {
+                        status,
+                        stop: self.stop_signal(Some(drain.trigger)),
+                        drained: stopped.saturating_duration_since(drain.started),
+                        took,
+                    },
+                    shown: format!(
+                        "child {status} {} after the stop signal ({} of drain)",
+                        d(took),
+                        d(since(drain.started))
+                    ),
+                    took: Some(took),
+                    // The shutdown as a whole keeps the bound it was given.
+                    kill_at: Some(deadline),
+                }
+            }
+            Phase::Killing { since: killed, drain, .. } => {
+                let took = since(killed);
+                let ending = match status {
+                    ChildStatus::Signaled(SIGKILL) if drain.signals >= 3 => {
+                        Ending::Hurried { sig: drain.trigger }
+                    }
+                    ChildStatus::Signaled(SIGKILL) => {
+                        Ending::GraceExpired { grace: self.policy.grace }
+                    }
+                    _ => Ending::AfterKill { status },
+                };
+                ChildEnd {
+                    ending,
+                    shown: format!(
+                        "child {status} {} after SIGKILL ({} of drain)",
+                        d(took),
+                        d(since(drain.started))
+                    ),
+                    took: Some(took),
+                    kill_at: None,
+                }
+            }
+            // The child is gone in these: not its end.
+            Phase::Reaping { .. } | Phase::Exited { .. } => ChildEnd {
+                ending: Ending::Own(status),
+                shown: format!("child {status}"),
+                took: None,
+                kill_at: None,
+            },
         }
     }
 

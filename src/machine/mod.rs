@@ -10,7 +10,8 @@
 //! - [`gate`]: whether the app is ready (checks, the child's own word), and what to log of it;
 //! - [`reload`]: a new child on the same sockets, and the old ones being stopped;
 //! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog);
-//! - [`watch`]: what a request-aware drain watches, the app's connections and the probers.
+//! - [`watch`]: when a request-aware drain may end: the app's connections, as the drain wing
+//!   sums up each read ([`AppSummary`]), and the clients probing `/readyz`;
 //! - [`ending`]: the termination message, and which deaths by SIGKILL were OOM kills.
 
 mod ending;
@@ -31,7 +32,7 @@ use crate::init::status::ChildStatus;
 
 pub use ending::Ending;
 pub use shutdown::{DrainEnd, Phase};
-pub use watch::{Probe, Reading, Seen};
+pub use watch::{AppSummary, Probe, ReadBy};
 
 /// `--prestop-delay`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -102,8 +103,8 @@ pub enum Input {
     /// The app's TCP ports to watch during the drain: those of `--drain-idle-port`, or for
     /// `auto` those its processes listen on (none found: empty).
     AppPorts(Vec<u16>),
-    /// The app's connections on those ports, as read.
-    AppConnections(Reading),
+    /// The app's connections on those ports at one read, in sum; or why the read failed.
+    AppRead(Result<AppSummary, String>),
     /// lastcall's memory cgroup counted `new` more OOM kills since the last look (read when
     /// a process that died of SIGKILL is reaped, just before that [`Input::Reaped`]), and
     /// the memory limit that applies, in bytes, if there is one.
@@ -129,11 +130,10 @@ pub enum Action {
         sig: Sig,
         to: Target,
     },
-    /// Find the app's ports and report them as [`Input::AppPorts`].
+    /// A drain begins: find the app's ports and report them as [`Input::AppPorts`].
     FindAppPorts,
-    /// Read the app's connections on those ports and report them as
-    /// [`Input::AppConnections`].
-    ReadApp(Vec<u16>),
+    /// Read the app's connections on those ports and report them as [`Input::AppRead`].
+    ReadApp,
     /// Start a new child on the same sockets; report it as [`Input::Spawned`] or
     /// [`Input::SpawnFailed`].
     SpawnNew,
@@ -232,7 +232,7 @@ pub struct LastShutdown {
     /// From the stop signal to the child's exit.
     pub grace: Option<Duration>,
     /// The app's connections at the last read of a request-aware drain.
-    pub seen: Option<Seen>,
+    pub seen: Option<AppSummary>,
     /// Why the drain ended.
     pub ended: Option<DrainEnd>,
 }
@@ -247,11 +247,8 @@ pub struct Machine {
     systemd: Option<systemd::Report>,
     last: LastShutdown,
     stats: Stats,
+    /// The clients probing `/readyz`, known before any drain.
     probers: watch::Probers,
-    /// The request-aware drain's watch on the app, from the drain's start.
-    watch: Option<watch::Watch>,
-    /// The fallback to /proc/net/tcp was logged.
-    told_fallback: bool,
     oom: ending::Oom,
     /// How the main child ended, once it has.
     ending: Option<Ending>,
@@ -269,8 +266,6 @@ impl Machine {
             last: LastShutdown::default(),
             stats: Stats::new(),
             probers: watch::Probers::default(),
-            watch: None,
-            told_fallback: false,
             oom: ending::Oom::default(),
             ending: None,
             policy,
@@ -301,7 +296,7 @@ impl Machine {
             }
             Input::Notify { ready, from } => self.on_notify(ready, from, now, &mut out),
             Input::AppPorts(ports) => self.on_app_ports(ports, &mut out),
-            Input::AppConnections(reading) => self.on_app_connections(reading, now, &mut out),
+            Input::AppRead(read) => self.on_app_read(read, now, &mut out),
             Input::OomKills { new, limit } => self.oom.on_kills(new, limit),
             Input::Tick => {
                 self.on_tick(now, &mut out);
@@ -484,15 +479,14 @@ impl fmt::Display for Input {
             }
             Input::Notify { ready, from } => write!(f, "notify ready={ready} from under {from}"),
             Input::AppPorts(ports) => write!(f, "the app's ports: {ports:?}"),
-            Input::AppConnections(Reading::Sockets(s)) => {
-                write!(f, "{} app connection(s) read", s.len())
+            Input::AppRead(Ok(read)) => {
+                let n = read.busy + read.idle;
+                match read.by {
+                    ReadBy::Sockets => write!(f, "{n} app connection(s) read"),
+                    ReadBy::Counted => write!(f, "{n} app connection(s) counted"),
+                }
             }
-            Input::AppConnections(Reading::Count { n, .. }) => {
-                write!(f, "{n} app connection(s) counted")
-            }
-            Input::AppConnections(Reading::Failed(e)) => {
-                write!(f, "reading the app's connections failed: {e}")
-            }
+            Input::AppRead(Err(e)) => write!(f, "reading the app's connections failed: {e}"),
             Input::OomKills { new, limit } => {
                 let limit = limit.map_or("none".to_string(), crate::show::format_bytes);
                 write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")

@@ -6,15 +6,16 @@
 //! ```
 //!
 //! Each phase carries its own data: a pid only where the child lives, the drain's
-//! bookkeeping only where there is a drain.
+//! bookkeeping only where there is a drain, the watch on the app only while draining. Each
+//! step's log data names the phase the step leaves the machine in ([`Phase::name`]).
 
 use std::time::{Duration, Instant};
 
 use log::Level;
 use nix::unistd::Pid;
 
-use super::watch::{Reading, Rule, Watch};
-use super::{Action, Fields, Machine, Prestop, Target, log, step};
+use super::watch::{AppSummary, Rule, Watch};
+use super::{Action, Ending, Fields, Machine, Prestop, Target, log, step};
 use crate::init::signals::{SIGKILL, SIGTERM, Sig};
 use crate::init::status::ChildStatus;
 use crate::show;
@@ -78,8 +79,14 @@ pub enum Phase {
     /// The child runs; `/readyz` follows the app's readiness.
     Running { pid: Pid, since: Instant },
     /// Unready, waiting out the preStop delay so that load balancers stop routing; in a
-    /// request-aware drain, the app's connections are read at `count_at`.
-    Draining { pid: Pid, drain: Drain, until: Instant, count_at: Option<Instant> },
+    /// request-aware drain (`watch`), the app's connections are read at `count_at`.
+    Draining {
+        pid: Pid,
+        drain: Drain,
+        until: Instant,
+        count_at: Option<Instant>,
+        watch: Option<Watch>,
+    },
     /// The stop signal was sent at `since`; SIGKILL at `deadline`.
     Stopping { pid: Pid, since: Instant, deadline: Instant, drain: Drain },
     /// SIGKILL was sent; waiting for the child to be reaped.
@@ -133,7 +140,7 @@ impl Phase {
     }
 
     /// The drain, in the phases that have one.
-    fn drain(&self) -> Option<Drain> {
+    pub(super) fn drain(&self) -> Option<Drain> {
         match *self {
             Phase::Draining { drain, .. }
             | Phase::Stopping { drain, .. }
@@ -156,6 +163,12 @@ impl Phase {
 }
 
 impl Machine {
+    /// A shutdown step at info, with its data, said in the phase the machine is in now (set
+    /// the new phase first).
+    fn said(&self, line: String, fields: Fields) -> Action {
+        step(line, Fields { phase: Some(self.phase.name()), ..fields })
+    }
+
     /// SIGTERM or SIGINT: the first drains, the second skips the rest of the preStop delay
     /// (or reaches the child, once the stop signal is sent), the third kills.
     pub(super) fn on_drain_signal(&mut self, sig: Sig, now: Instant, out: &mut Vec<Action>) {
@@ -167,17 +180,12 @@ impl Machine {
             Phase::Draining { pid, drain, until, .. } => {
                 drain.signals += 1;
                 let (pid, drain, left) = (*pid, *drain, until.saturating_duration_since(now));
-                out.push(step(
+                out.push(self.said(
                     format!(
                         "received {sig} again: skipping the {} left of the preStop delay",
                         show::duration(left)
                     ),
-                    Fields {
-                        phase: Some("draining"),
-                        pid: Some(pid),
-                        signal: Some(sig),
-                        ..Fields::NONE
-                    },
+                    Fields { pid: Some(pid), signal: Some(sig), ..Fields::NONE },
                 ));
                 self.stop(pid, drain, DrainEnd::Signal, now, out);
             }
@@ -189,13 +197,8 @@ impl Machine {
                     // lastcall.
                     out.push(Action::Signal { sig, to: self.target(pid) });
                 } else {
-                    let fields = Fields {
-                        phase: Some("stopping"),
-                        pid: Some(pid),
-                        signal: Some(sig),
-                        ..Fields::NONE
-                    };
-                    out.push(step(format!("received {sig} a third time"), fields));
+                    let fields = Fields { pid: Some(pid), signal: Some(sig), ..Fields::NONE };
+                    out.push(self.said(format!("received {sig} a third time"), fields));
                     self.kill(pid, drain, now, out);
                 }
             }
@@ -203,9 +206,8 @@ impl Machine {
                 *signals += 1;
                 if *signals >= 3 && kill_at.is_some() {
                     let (status, since, signals) = (*status, *since, *signals);
-                    let fields =
-                        Fields { phase: Some("reaping"), signal: Some(sig), ..Fields::NONE };
-                    out.push(step(format!("received {sig} a third time"), fields));
+                    let fields = Fields { signal: Some(sig), ..Fields::NONE };
+                    out.push(self.said(format!("received {sig} a third time"), fields));
                     self.kill_descendants(status, since, signals, out);
                 }
             }
@@ -223,31 +225,22 @@ impl Machine {
             Prestop::Auto if self.gate.probed => (AUTO_PRESTOP, "auto: /readyz has been probed"),
             Prestop::Auto => (Duration::ZERO, "auto: not in Kubernetes and /readyz never probed"),
         };
-        out.push(step(
+        let drain = Drain { started: now, trigger: sig, signals: 1, stopped: None };
+        let watch = (self.policy.drain_idle && !delay.is_zero()).then(Watch::default);
+        self.phase = Phase::Draining { pid, drain, until: now + delay, count_at: None, watch };
+        out.push(self.said(
             format!(
                 "received {sig}: draining, /readyz answers 503; preStop delay {} ({why})",
                 show::duration(delay)
             ),
-            Fields {
-                phase: Some("draining"),
-                pid: Some(pid),
-                signal: Some(sig),
-                delay: Some(delay),
-                ..Fields::NONE
-            },
+            Fields { pid: Some(pid), signal: Some(sig), delay: Some(delay), ..Fields::NONE },
         ));
-        let drain = Drain { started: now, trigger: sig, signals: 1, stopped: None };
-        self.watch = None;
         self.last.seen = None;
         if delay.is_zero() {
             self.stop(pid, drain, DrainEnd::NoDelay, now, out);
-        } else {
-            self.phase = Phase::Draining { pid, drain, until: now + delay, count_at: None };
-            if self.policy.drain_idle {
-                self.probers.start_drain(now);
-                self.watch = Some(Watch::new(self.policy.drain_quiet));
-                out.push(Action::FindAppPorts);
-            }
+        } else if watch.is_some() {
+            self.probers.start_drain(now);
+            out.push(Action::FindAppPorts);
         }
     }
 
@@ -259,9 +252,10 @@ impl Machine {
     /// The ports a request-aware drain watches: reading starts at once, and an app with no
     /// connections stops after `--drain-min`.
     pub(super) fn on_app_ports(&mut self, ports: Vec<u16>, out: &mut Vec<Action>) {
-        let (Phase::Draining { .. }, Some(watch)) = (self.phase, self.watch.as_mut()) else {
+        let Phase::Draining { watch: Some(watch), .. } = &mut self.phase else {
             return;
         };
+        watch.ports = Some(ports.len());
         if ports.is_empty() {
             out.push(log(
                 Level::Info,
@@ -278,60 +272,41 @@ impl Machine {
                     list.join(", ")
                 ),
             ));
-            out.push(Action::ReadApp(ports.clone()));
+            out.push(Action::ReadApp);
         }
-        watch.ports = Some(ports);
     }
 
     /// A read of the app's connections: the preStop phase ends once the app is idle and its
     /// probers were told; else the next read is due in [`COUNT_EVERY`].
-    pub(super) fn on_app_connections(
+    pub(super) fn on_app_read(
         &mut self,
-        reading: Reading,
+        read: Result<AppSummary, String>,
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        let (Phase::Draining { pid, drain, until, .. }, Some(watch)) =
-            (self.phase, self.watch.as_mut())
-        else {
+        let Phase::Draining { pid, drain, until, watch: Some(mut watch), .. } = self.phase else {
             return;
         };
-        match &reading {
-            Reading::Count { lost, .. } if !self.told_fallback => {
-                self.told_fallback = true;
-                out.push(log(
-                    Level::Warn,
-                    format!(
-                        "{lost}: the drain counts the app's connections from /proc/net/tcp, \
-                         where an idle keep-alive connection holds it like a busy one"
-                    ),
-                ));
+        match read {
+            Ok(seen) => {
+                if self.last.seen.map(|s| (s.busy, s.idle)) != Some((seen.busy, seen.idle)) {
+                    out.push(log(
+                        Level::Debug,
+                        format!("the app's connections: {} busy, {} idle", seen.busy, seen.idle),
+                    ));
+                }
+                self.last.seen = Some(seen);
+                watch.seen = Some(seen);
             }
-            Reading::Failed(e) => {
-                out.push(log(Level::Debug, format!("reading the app's connections: {e}")))
-            }
-            _ => {}
+            Err(e) => out.push(log(Level::Debug, format!("reading the app's connections: {e}"))),
         }
-        if let Some(seen) = watch.update(&reading, now) {
-            if self.last.seen.map(|s| s.busy_idle()) != Some(seen.busy_idle()) {
-                let (busy, idle) = seen.busy_idle();
-                out.push(log(
-                    Level::Debug,
-                    format!("the app's connections: {busy} busy, {idle} idle"),
-                ));
-            }
-            self.last.seen = Some(seen);
-        }
-        let rule = self.rule();
-        let idle =
-            self.watch.as_ref().and_then(|w| w.idle(&self.probers, rule, drain.started, now));
-        if let Some(line) = idle {
+        let count_at = Some(now + COUNT_EVERY);
+        self.phase = Phase::Draining { pid, drain, until, count_at, watch: Some(watch) };
+        if let Some(line) = watch.idle(&self.probers, self.rule(), drain.started, now) {
             let took = Some(now.saturating_duration_since(drain.started));
-            let fields = Fields { phase: Some("draining"), pid: Some(pid), took, ..Fields::NONE };
-            out.push(step(line, fields));
-            return self.stop(pid, drain, DrainEnd::AppIdle, now, out);
+            out.push(self.said(line, Fields { pid: Some(pid), took, ..Fields::NONE }));
+            self.stop(pid, drain, DrainEnd::AppIdle, now, out);
         }
-        self.phase = Phase::Draining { pid, drain, until, count_at: Some(now + COUNT_EVERY) };
     }
 
     /// The stop signal: `--stop-signal`, else the one that started the drain.
@@ -351,14 +326,16 @@ impl Machine {
         let sig = self.stop_signal(Some(drain.trigger));
         let to = self.target(pid);
         let drained = now.saturating_duration_since(drain.started);
-        out.push(step(
+        drain.stopped = Some(now);
+        self.last.drain = Some(drained);
+        self.phase = Phase::Stopping { pid, since: now, deadline: now + self.policy.grace, drain };
+        out.push(self.said(
             format!(
                 "sending {sig} to {to} after {} of drain; SIGKILL in {}",
                 show::duration(drained),
                 show::duration(self.policy.grace)
             ),
             Fields {
-                phase: Some("stopping"),
                 pid: Some(pid),
                 signal: Some(sig),
                 grace: Some(self.policy.grace),
@@ -367,31 +344,22 @@ impl Machine {
             },
         ));
         out.push(Action::Signal { sig, to });
-        drain.stopped = Some(now);
-        self.last.drain = Some(drained);
-        self.phase = Phase::Stopping { pid, since: now, deadline: now + self.policy.grace, drain };
     }
 
     /// SIGKILL to the child's process group and to every other process under lastcall: a
     /// child that left its group (setsid, setpgid) dies all the same.
     fn kill(&mut self, pid: Pid, drain: Drain, now: Instant, out: &mut Vec<Action>) {
         let drained = now.saturating_duration_since(drain.started);
-        out.push(step(
+        self.phase = Phase::Killing { pid, since: now, drain };
+        out.push(self.said(
             format!(
                 "sending SIGKILL to process group {pid} and every process under lastcall after {} \
                  of drain",
                 show::duration(drained)
             ),
-            Fields {
-                phase: Some("killing"),
-                pid: Some(pid),
-                signal: Some(SIGKILL),
-                took: Some(drained),
-                ..Fields::NONE
-            },
+            Fields { pid: Some(pid), signal: Some(SIGKILL), took: Some(drained), ..Fields::NONE },
         ));
         out.extend(kill_all(pid));
-        self.phase = Phase::Killing { pid, since: now, drain };
     }
 
     fn kill_descendants(
@@ -401,10 +369,10 @@ impl Machine {
         signals: u32,
         out: &mut Vec<Action>,
     ) {
-        let fields = Fields { phase: Some("reaping"), signal: Some(SIGKILL), ..Fields::NONE };
-        out.push(step("sending SIGKILL to the remaining processes".into(), fields));
-        out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
         self.phase = Phase::Reaping { status, since, kill_at: None, signals };
+        let fields = Fields { signal: Some(SIGKILL), ..Fields::NONE };
+        out.push(self.said("sending SIGKILL to the remaining processes".into(), fields));
+        out.push(Action::Signal { sig: SIGKILL, to: Target::Descendants });
     }
 
     /// The main child was reaped: lastcall exits with its status, once nothing else is left.
@@ -416,67 +384,36 @@ impl Machine {
         out: &mut Vec<Action>,
     ) {
         let code = status.exit_code(&self.policy.success_exit);
-        self.ending = Some(self.ending_of(status, now));
-        let drain = self.phase.drain();
-        if matches!(self.phase, Phase::Draining { .. }) {
+        let end = self.child_end(status, now);
+        let (pid, drain) = (self.phase.pid(), self.phase.drain());
+        self.ending = Some(match self.oom.main {
+            true => Ending::Oom { limit: self.oom.limit },
+            false => end.ending,
+        });
+        if let Ending::DuringDrain { .. } = end.ending {
             self.last.ended = Some(DrainEnd::ChildExited);
         }
         if let Some(sent) = drain.and_then(|d| d.stopped) {
             self.last.grace = Some(now.saturating_duration_since(sent));
         }
-        let drained = drain.map_or(Duration::ZERO, |d| now.saturating_duration_since(d.started));
-        // How long the child took to end once asked: after the stop signal, after SIGKILL.
-        let took = match self.phase {
-            Phase::Stopping { since, .. } | Phase::Killing { since, .. } => {
-                Some(now.saturating_duration_since(since))
-            }
-            Phase::Draining { .. } => Some(drained),
-            _ => None,
-        };
-        let fields = Fields {
-            phase: Some(if others_left { "reaping" } else { "exited" }),
-            pid: self.phase.pid(),
-            status: Some(status.code()),
-            took,
-            ..Fields::NONE
-        };
-        let shown = match self.phase {
-            Phase::Stopping { since, .. } => format!(
-                "child {status} {} after the stop signal ({} of drain)",
-                show::duration(now.saturating_duration_since(since)),
-                show::duration(drained)
-            ),
-            Phase::Killing { since, .. } => format!(
-                "child {status} {} after SIGKILL ({} of drain)",
-                show::duration(now.saturating_duration_since(since)),
-                show::duration(drained)
-            ),
-            Phase::Draining { .. } => format!(
-                "child {status} during the preStop delay ({} of drain)",
-                show::duration(drained)
-            ),
-            _ => format!("child {status}"),
-        };
-        let kill_at = match self.phase {
-            Phase::Running { .. } | Phase::Draining { .. } => Some(now + self.policy.grace),
-            // The shutdown as a whole keeps the bound it was given.
-            Phase::Stopping { deadline, .. } => Some(deadline),
-            _ => None,
-        };
+        let fields = Fields { pid, status: Some(status.code()), took: end.took, ..Fields::NONE };
+        let shown = end.shown;
         if !others_left {
+            self.phase = Phase::Exited { code };
             // A child that simply finished is a normal run: nothing to say at info.
             if drain.is_some() {
-                out.push(step(format!("{shown}; exiting with {code}"), fields));
+                out.push(self.said(format!("{shown}; exiting with {code}"), fields));
             }
             self.exit(code, out);
             return;
         }
         let signals = drain.map_or(0, |d| d.signals);
-        match kill_at {
+        self.phase = Phase::Reaping { status, since: now, kill_at: end.kill_at, signals };
+        match end.kill_at {
             Some(at) => {
                 let sig = self.stop_signal(drain.map(|d| d.trigger));
                 let grace = at.saturating_duration_since(now);
-                out.push(step(
+                out.push(self.said(
                     format!(
                         "{shown}; other processes remain: sending them {sig}, SIGKILL in {}",
                         show::duration(grace)
@@ -484,10 +421,9 @@ impl Machine {
                     Fields { signal: Some(sig), grace: Some(grace), ..fields },
                 ));
                 out.push(Action::Signal { sig, to: Target::Descendants });
-                self.phase = Phase::Reaping { status, since: now, kill_at: Some(at), signals };
             }
             None => {
-                out.push(step(format!("{shown}; other processes remain"), fields));
+                out.push(self.said(format!("{shown}; other processes remain"), fields));
                 self.kill_descendants(status, now, signals, out);
             }
         }
@@ -501,9 +437,10 @@ impl Machine {
         };
         if !others_left {
             let code = status.exit_code(&self.policy.success_exit);
-            let fields =
-                Fields { phase: Some("exited"), status: Some(status.code()), ..Fields::NONE };
-            out.push(step(format!("all remaining processes reaped; exiting with {code}"), fields));
+            self.phase = Phase::Exited { code };
+            let fields = Fields { status: Some(status.code()), ..Fields::NONE };
+            let line = format!("all remaining processes reaped; exiting with {code}");
+            out.push(self.said(line, fields));
             self.exit(code, out);
         } else if kill_at.is_none() {
             // Reaping a killed process can orphan its children onto us: they get SIGKILL too.
@@ -513,36 +450,25 @@ impl Machine {
 
     pub(super) fn on_tick(&mut self, now: Instant, out: &mut Vec<Action>) {
         match self.phase {
-            Phase::Draining { pid, drain, until, .. } if now >= until => {
+            Phase::Draining { pid, drain, until, watch, .. } if now >= until => {
                 let delay = until.saturating_duration_since(drain.started);
-                if let Some(watch) = &self.watch {
+                if let Some(watch) = watch {
                     let why = watch.not_idle(&self.probers, self.rule(), drain.started, now);
                     let line = format!("preStop delay of {} reached {why}", show::duration(delay));
-                    let fields = Fields {
-                        phase: Some("draining"),
-                        pid: Some(pid),
-                        delay: Some(delay),
-                        ..Fields::NONE
-                    };
-                    out.push(step(line, fields));
+                    let fields = Fields { pid: Some(pid), delay: Some(delay), ..Fields::NONE };
+                    out.push(self.said(line, fields));
                 }
                 self.stop(pid, drain, DrainEnd::Delay, now, out)
             }
-            Phase::Draining { pid, drain, until, count_at: Some(at) } if now >= at => {
-                let ports = self.watch.as_ref().and_then(|w| w.ports.clone()).unwrap_or_default();
-                out.push(Action::ReadApp(ports));
+            Phase::Draining { pid, drain, until, count_at: Some(at), watch } if now >= at => {
+                out.push(Action::ReadApp);
                 // The read comes back as an input; no second request meanwhile.
-                self.phase = Phase::Draining { pid, drain, until, count_at: None };
+                self.phase = Phase::Draining { pid, drain, until, count_at: None, watch };
             }
             Phase::Stopping { pid, deadline, drain, .. } if now >= deadline => {
-                out.push(step(
+                out.push(self.said(
                     format!("grace period of {} is over", show::duration(self.policy.grace)),
-                    Fields {
-                        phase: Some("stopping"),
-                        pid: Some(pid),
-                        grace: Some(self.policy.grace),
-                        ..Fields::NONE
-                    },
+                    Fields { pid: Some(pid), grace: Some(self.policy.grace), ..Fields::NONE },
                 ));
                 self.kill(pid, drain, now, out)
             }
@@ -567,10 +493,8 @@ mod tests {
     use log::Level;
 
     use super::super::testing::*;
-    use super::super::{Input, Policy, Probe};
+    use super::super::{Input, Policy, Probe, ReadBy};
     use super::*;
-    use crate::drain::activity::testing::{info, sample};
-    use crate::drain::diag::Sample;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -781,79 +705,77 @@ mod tests {
         Probe { from: "10.0.0.1".parse().unwrap(), ready: true, kubelet }
     }
 
-    /// One of the app's connections on port 8080, as socket diagnostics report it:
-    /// milliseconds since data was last sent and received, bytes acknowledged and received.
-    fn conn(cookie: u64, sent_ms: u32, recv_ms: u32, acked: u64, received: u64) -> Sample {
-        sample(cookie, info(sent_ms, recv_ms, acked, received))
+    /// A read by socket diagnostics: `busy` and `idle` connections, the last request at
+    /// `last_request`.
+    fn read(busy: usize, idle: usize, last_request: Option<Instant>) -> Input {
+        Input::AppRead(Ok(AppSummary { busy, idle, last_request, by: ReadBy::Sockets }))
     }
 
-    /// A keep-alive connection a load balancer pooled: its last request was answered 30 s ago.
-    fn pooled(cookie: u64) -> Sample {
-        conn(cookie, 30_000, 30_004, 2_000, 500)
-    }
-
-    fn read(samples: Vec<Sample>) -> Input {
-        Input::AppConnections(Reading::Sockets(samples))
+    /// A count from /proc: `n` open connections, each taken as busy.
+    fn counted(n: usize) -> Input {
+        Input::AppRead(Ok(AppSummary { busy: n, idle: 0, last_request: None, by: ReadBy::Counted }))
     }
 
     /// A request-aware drain, started at t0, watching port 8080.
     fn watching(policy: Policy) -> Run {
         let mut r = Run::new(policy);
         assert_eq!(r.step(Input::Signal(SIGTERM)), vec![Action::FindAppPorts]);
-        assert_eq!(r.step(Input::AppPorts(vec![8080])), vec![Action::ReadApp(vec![8080])]);
+        assert_eq!(r.step(Input::AppPorts(vec![8080])), vec![Action::ReadApp]);
         r
     }
 
-    /// Reads again at `at` (the tick asks for it), giving `samples`.
-    fn read_at(r: &mut Run, at: Duration, samples: Vec<Sample>) -> Vec<Action> {
-        assert_eq!(r.at(at).step(Input::Tick), vec![Action::ReadApp(vec![8080])]);
-        r.step(read(samples))
+    /// Reads again at `at` (the tick asks for it), giving `read`.
+    fn read_at(r: &mut Run, at: Duration, read: Input) -> Vec<Action> {
+        assert_eq!(r.at(at).step(Input::Tick), vec![Action::ReadApp]);
+        r.step(read)
     }
 
     #[test]
-    fn pooled_idle_connections_do_not_hold_the_drain() {
+    fn idle_connections_do_not_hold_the_drain() {
         let mut r = watching(idle_policy());
-        assert_eq!(r.step(read(vec![pooled(1), pooled(2)])), vec![], "--drain-min first");
+        let pooled = read(0, 2, Some(r.t0));
+        assert_eq!(r.step(pooled.clone()), vec![], "--drain-min first");
         assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
-        let logs = {
-            r.at(secs(1));
-            assert_eq!(r.step(Input::Tick), vec![Action::ReadApp(vec![8080])]);
-            r.logs(read(vec![pooled(1), pooled(2)]), Level::Info)
-        };
+        assert_eq!(r.at(secs(1)).step(Input::Tick), vec![Action::ReadApp]);
         assert_eq!(
-            logs[0],
-            "app idle: 0 busy of 2 connections, no request for 31.0s, no prober to tell, \
-             after 1.0s of drain"
+            r.logs(pooled, Level::Info)[0],
+            "app idle: 0 busy of 2 connections, no request for 1.0s, no prober to tell, after \
+             1.0s of drain"
         );
         assert!(matches!(r.m.phase(), Phase::Stopping { .. }));
         assert_eq!(r.m.last_shutdown().ended, Some(DrainEnd::AppIdle));
-        assert_eq!(r.m.last_shutdown().seen.map(|s| s.busy_idle()), Some((0, 2)));
+        let seen = r.m.last_shutdown().seen.unwrap();
+        assert_eq!((seen.busy, seen.idle), (0, 2));
     }
 
     #[test]
-    fn a_request_in_flight_holds_the_drain_until_answered() {
+    fn a_busy_connection_then_a_recent_request_hold_the_drain() {
         let mut r = watching(idle_policy());
-        // Request bytes came 5 ms ago, after the last answer: in flight.
-        let asked = conn(1, 2_000, 5, 2_000, 600);
-        r.step(read(vec![asked.clone()]));
+        let t0 = r.t0;
+        r.step(read(1, 0, Some(t0)));
         for t in [1, 2, 3] {
-            assert_eq!(read_at(&mut r, secs(t), vec![asked.clone()]), vec![], "busy at {t}s");
+            assert_eq!(read_at(&mut r, secs(t), read(1, 0, Some(t0))), vec![], "busy at {t}s");
         }
-        // Answered at 3.5 s: bytes moved, so it stays busy for --drain-quiet...
-        let answered = conn(1, 0, 500, 3_000, 600);
-        assert_eq!(read_at(&mut r, ms(3_500), vec![answered.clone()]), vec![]);
-        assert_eq!(read_at(&mut r, ms(4_400), vec![answered.clone()]), vec![]);
-        // ... and no request came for a second either.
-        assert_eq!(read_at(&mut r, ms(4_600), vec![answered]), signal(SIGTERM, Target::Child(PID)));
+        // Answered, after a request at 3.5 s: quiet for --drain-quiet first.
+        let answered = read(0, 1, Some(r.t0 + ms(3_500)));
+        assert_eq!(read_at(&mut r, ms(3_500), answered.clone()), vec![]);
+        assert_eq!(read_at(&mut r, ms(4_400), answered.clone()), vec![]);
+        assert_eq!(read_at(&mut r, ms(4_500), answered), signal(SIGTERM, Target::Child(PID)));
     }
 
     #[test]
     fn the_upper_bound_says_what_held_the_drain() {
         let mut r = watching(idle_policy());
-        r.step(read(vec![conn(1, 2_000, 5, 2_000, 600), pooled(2)]));
+        r.step(read(1, 1, None));
         let logs = r.at(secs(30)).logs(Input::Tick, Level::Info);
         assert_eq!(logs[0], "preStop delay of 30.0s reached with 1 busy connection");
         assert_eq!(r.m.last_shutdown().ended, Some(DrainEnd::Delay));
+        let mut r = watching(idle_policy());
+        r.step(read(0, 3, Some(r.t0 + ms(29_500))));
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with 0 busy of 3 connections, last request 500ms ago"
+        );
     }
 
     #[test]
@@ -868,11 +790,11 @@ mod tests {
         r.step(Input::Probed(kubelet));
         r.at(secs(5)).step(Input::Signal(SIGTERM));
         r.step(Input::AppPorts(vec![8080]));
-        r.step(read(vec![pooled(1)]));
+        r.step(read(0, 1, None));
         let told = Probe { ready: false, ..probe(false) };
         for t in [6, 7] {
             r.at(secs(t)).step(Input::Probed(told));
-            assert_eq!(read_at(&mut r, secs(t), vec![pooled(1)]), vec![], "told fewer than 3");
+            assert_eq!(read_at(&mut r, secs(t), read(0, 1, None)), vec![], "told fewer than 3");
         }
         assert_eq!(
             r.at(secs(35)).logs(Input::Tick, Level::Info)[0],
@@ -885,13 +807,13 @@ mod tests {
         }
         r.at(secs(3)).step(Input::Signal(SIGTERM));
         r.step(Input::AppPorts(vec![8080]));
-        r.step(read(vec![]));
+        r.step(read(0, 0, None));
         for t in [4, 5, 6] {
             r.at(secs(t)).step(Input::Probed(told));
         }
-        assert_eq!(r.step(Input::Tick), vec![Action::ReadApp(vec![8080])]);
+        assert_eq!(r.step(Input::Tick), vec![Action::ReadApp]);
         assert_eq!(
-            r.logs(read(vec![]), Level::Info)[0],
+            r.logs(read(0, 0, None), Level::Info)[0],
             "app idle: 0 busy of 0 connections, no request seen, probers told 3 times, after \
              3.0s of drain"
         );
@@ -914,32 +836,46 @@ mod tests {
     }
 
     #[test]
-    fn the_proc_fallback_counts_and_warns_once() {
-        let mut r = watching(idle_policy());
-        let count = |n| {
-            Input::AppConnections(Reading::Count { n, lost: "socket diagnostics are gone".into() })
-        };
-        let warned = r.logs(count(2), Level::Warn);
-        assert_eq!(warned.len(), 1);
-        assert!(
-            warned[0].starts_with("socket diagnostics are gone: the drain counts"),
-            "{warned:?}"
+    fn the_drain_watches_the_ports_it_was_told() {
+        let mut r = Run::new(idle_policy());
+        r.step(Input::Signal(SIGTERM));
+        assert_eq!(
+            r.logs(Input::AppPorts(vec![8080, 8443]), Level::Info),
+            ["the drain watches the app's connections on ports 8080, 8443"]
         );
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached without a read of the app's connections"
+        );
+    }
+
+    #[test]
+    fn a_count_from_proc_holds_the_drain_while_any_connection_is_open() {
+        let mut r = watching(idle_policy());
+        assert_eq!(r.logs(counted(2), Level::Warn), Vec::<String>::new(), "the drain warns");
         r.at(secs(1)).step(Input::Tick);
-        assert_eq!(r.logs(count(2), Level::Warn), Vec::<String>::new(), "once");
+        r.step(counted(2));
+        assert!(matches!(r.m.phase(), Phase::Draining { .. }), "open connections hold it");
         r.at(secs(2)).step(Input::Tick);
         assert_eq!(
-            r.logs(count(0), Level::Info)[0],
+            r.logs(counted(0), Level::Info)[0],
             "app idle: no connection open, no prober to tell, after 2.0s of drain"
+        );
+        let mut r = watching(idle_policy());
+        r.step(counted(2));
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with 2 open connections"
         );
     }
 
     #[test]
     fn a_failed_read_is_tried_again() {
         let mut r = watching(idle_policy());
-        assert_eq!(r.step(Input::AppConnections(Reading::Failed("no buffer".into()))), vec![]);
+        let failed = Input::AppRead(Err("no buffer".into()));
+        assert_eq!(r.logs(failed, Level::Debug), ["reading the app's connections: no buffer"]);
         assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
-        assert_eq!(read_at(&mut r, secs(1), vec![]), signal(SIGTERM, Target::Child(PID)));
+        assert_eq!(read_at(&mut r, secs(1), read(0, 0, None)), signal(SIGTERM, Target::Child(PID)));
     }
 
     #[test]
@@ -965,10 +901,15 @@ mod tests {
     #[test]
     fn connection_counts_are_logged_as_they_change() {
         let mut r = watching(idle_policy());
-        let said = r.logs(read(vec![pooled(1), pooled(2)]), Level::Debug);
+        let said = r.logs(read(0, 2, None), Level::Debug);
         assert_eq!(said, ["the app's connections: 0 busy, 2 idle"]);
         r.at(ms(100)).step(Input::Tick);
-        assert!(r.logs(read(vec![pooled(1), pooled(2)]), Level::Debug).is_empty(), "no change");
+        assert!(r.logs(read(0, 2, None), Level::Debug).is_empty(), "no change");
+        r.at(ms(200)).step(Input::Tick);
+        assert_eq!(
+            r.logs(read(1, 1, None), Level::Debug),
+            ["the app's connections: 1 busy, 1 idle"]
+        );
     }
 
     /// The data of each info line of one step.

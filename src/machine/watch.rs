@@ -4,9 +4,10 @@
 //! The preStop phase exists so that load balancers stop routing before the app stops. It can
 //! end early once they have let go, which lastcall sees from both ends:
 //! - the app's side: no connection is busy (a request in flight, an answer on its way, bytes
-//!   moved within `--drain-quiet`; see [`crate::drain::activity`]) and no request bytes arrived on
-//!   the app's ports for `--drain-quiet`. Idle keep-alive connections that a load balancer
-//!   keeps pooled do not count;
+//!   moved within `--drain-quiet`) and no request bytes arrived on the app's ports for
+//!   `--drain-quiet`. Idle keep-alive connections that a load balancer keeps pooled do not
+//!   count. The drain wing reads the app and tells which connections are busy; the machine
+//!   gets each read as an [`AppSummary`] and weighs only that;
 //! - the probers' side: every client that was probing `/readyz` before the drain has been
 //!   answered 503 `--drain-probes` times since, the count after which HAProxy (`fall 3`) and
 //!   the kubelet (`failureThreshold: 3`) act on it.
@@ -21,8 +22,7 @@ use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use crate::drain::activity::{Totals, Tracker};
-use crate::drain::diag::Sample;
+pub use crate::drain::eyes::{AppSummary, ReadBy};
 pub use crate::endpoint::http::Probe;
 use crate::show;
 
@@ -85,42 +85,13 @@ impl Probers {
     }
 }
 
-/// How the app's connections were read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Reading {
-    /// Every connection, with its `tcp_info`, from socket diagnostics.
-    Sockets(Vec<Sample>),
-    /// Socket diagnostics are unavailable (`lost` says why): only the established connections
-    /// were counted, from /proc/net/tcp, and each one may be busy.
-    Count { n: usize, lost: String },
-    /// This read failed; the next one may not.
-    Failed(String),
-}
-
-/// What the last read found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Seen {
-    Sockets(Totals),
-    Count(usize),
-}
-
-impl Seen {
-    /// Busy and idle connections; a counted one is busy.
-    pub fn busy_idle(&self) -> (usize, usize) {
-        match *self {
-            Seen::Sockets(t) => (t.busy, t.idle),
-            Seen::Count(n) => (n, 0),
-        }
-    }
-}
-
-/// A drain's watch on the app, from its start.
-#[derive(Debug)]
+/// A drain's watch on the app, from its start; it lives in [`super::Phase::Draining`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Watch {
-    /// The app's ports; `None` until they are found.
-    pub ports: Option<Vec<u16>>,
-    tracker: Tracker,
-    pub seen: Option<Seen>,
+    /// How many ports of the app's are watched; `None` until they are found.
+    pub ports: Option<usize>,
+    /// What the last read that did not fail found.
+    pub seen: Option<AppSummary>,
 }
 
 /// The rule's parameters, from the policy.
@@ -132,37 +103,22 @@ pub struct Rule {
 }
 
 impl Watch {
-    pub fn new(quiet: Duration) -> Watch {
-        Watch { ports: None, tracker: Tracker::new(quiet), seen: None }
-    }
-
-    /// Takes a read made at `now`; `None` if it failed.
-    pub fn update(&mut self, reading: &Reading, now: Instant) -> Option<Seen> {
-        let seen = match reading {
-            Reading::Sockets(samples) => Seen::Sockets(self.tracker.update(samples, now)),
-            Reading::Count { n, .. } => Seen::Count(*n),
-            Reading::Failed(_) => return None,
-        };
-        self.seen = Some(seen);
-        Some(seen)
-    }
-
     /// What the last read shows at `now`, in a drain begun at `started`; `None` before the
     /// first read.
     fn look(&self, probers: &Probers, started: Instant, now: Instant) -> Option<Look> {
         let seen = self.seen?;
-        let (busy, idle) = seen.busy_idle();
+        let (busy, idle) = (seen.busy, seen.idle);
         // Quiet since the last request seen, or since the drain began if none was; a count
         // from /proc cannot tell.
-        let (quiet_for, request_seen) = match seen {
-            Seen::Sockets(t) => {
-                let since = t.last_request.unwrap_or(started);
-                (Some(now.saturating_duration_since(since)), t.last_request.is_some())
+        let (quiet_for, request_seen) = match seen.by {
+            ReadBy::Sockets => {
+                let since = seen.last_request.unwrap_or(started);
+                (Some(now.saturating_duration_since(since)), seen.last_request.is_some())
             }
-            Seen::Count(_) => (None, false),
+            ReadBy::Counted => (None, false),
         };
         let (probing, told) = probers.told();
-        let counted = matches!(seen, Seen::Count(_));
+        let counted = seen.by == ReadBy::Counted;
         Some(Look { busy, idle, counted, quiet_for, request_seen, probing, told })
     }
 
@@ -236,8 +192,8 @@ impl Watch {
     ) -> String {
         let hold = self.hold(probers, rule, started, now);
         let Some(look) = self.look(probers, started, now) else {
-            return match self.ports.as_deref() {
-                Some([]) => "with no port of the app's to watch".into(),
+            return match self.ports {
+                Some(0) => "with no port of the app's to watch".into(),
                 _ => "without a read of the app's connections".into(),
             };
         };
