@@ -357,7 +357,9 @@ fn parse(datagram: &[u8], seq: u32, out: &mut Vec<Sample>) -> Result<Step, Error
             NLMSG_DONE => {
                 // A dump that failed midway says so here.
                 return match i32_at(payload, 0) {
-                    Some(e) if e < 0 => Err(classify(io::Error::from_raw_os_error(-e))),
+                    Some(e) if e < 0 => {
+                        Err(classify(io::Error::from_raw_os_error(e.wrapping_neg())))
+                    }
                     _ => Ok(Step::Done),
                 };
             }
@@ -753,6 +755,20 @@ pub(crate) mod tests {
             // Also behind a valid header, where the socket parser sees them.
             let _ = parse_all(&nlmsg(SOCK_DIAG_BY_FAMILY, 1, &bytes));
             let _ = tcp_info(&bytes);
+        }
+
+        #[test]
+        fn any_error_number_parses_without_panicking(errno in proptest::prelude::any::<i32>()) {
+            let _ = parse_all(&nlmsg(NLMSG_DONE, 1, &errno.to_ne_bytes()));
+            let _ = parse_all(&nlmsg(NLMSG_ERROR, 1, &errno.to_ne_bytes()));
+        }
+    }
+
+    #[test]
+    fn the_most_negative_error_number_is_an_error_not_a_panic() {
+        for kind in [NLMSG_DONE, NLMSG_ERROR] {
+            let answer = nlmsg(kind, 1, &i32::MIN.to_ne_bytes());
+            assert!(matches!(parse_all(&answer), Err(Error::Failed(_))), "{kind}");
         }
     }
 
