@@ -10,9 +10,21 @@
 //! kernel resets a blocked fault to its default. What is left of that start-up and matters
 //! to lastcall is done in `main`: stdio opened on /dev/null if it was closed. This needs
 //! glibc, which hands argc and argv to `.init_array` functions, which is how
-//! `std::env::args` works without Rust's start-up; elsewhere `main` is Rust's.
+//! `std::env::args` works without Rust's start-up, and which runs the `.preinit_array` hook
+//! that blocks signals before any other code. Other C libraries (musl) run neither, so a
+//! build for them is refused below rather than shipped without its early signal block.
 
-#![cfg_attr(all(not(test), target_env = "gnu"), no_main)]
+#![cfg_attr(not(test), no_main)]
+
+// musl runs no `.preinit_array` and hands `.init_array` no arguments: such a build would
+// start with signals unblocked and SIGPIPE ignored for the child. The static build for
+// images is glibc's (`-C target-feature=+crt-static`, see README's Building and installing).
+#[cfg(not(target_env = "gnu"))]
+compile_error!(
+    "lastcall needs glibc (target_env = \"gnu\"): musl and other C libraries do not run its \
+     .preinit_array signal block; build for x86_64-unknown-linux-gnu, static with \
+     RUSTFLAGS='-C target-feature=+crt-static'"
+);
 
 mod cli;
 mod drain;
@@ -34,19 +46,12 @@ use platform::{logger, termination};
 const USAGE: u8 = 2;
 
 /// The process's entry point, called by the C library's start-up.
-#[cfg(all(not(test), target_env = "gnu"))]
+#[cfg(not(test))]
 #[unsafe(no_mangle)]
 extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     open_closed_stdio();
     // `exit` flushes stdout (for --help) as returning from Rust's own main would.
     std::process::exit(lastcall().into())
-}
-
-/// Without glibc, Rust's start-up is what finds the arguments.
-#[cfg(all(not(test), not(target_env = "gnu")))]
-fn main() -> std::process::ExitCode {
-    open_closed_stdio();
-    std::process::ExitCode::from(lastcall())
 }
 
 /// Runs lastcall; returns its exit code.
