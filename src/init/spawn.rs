@@ -32,7 +32,8 @@ pub enum SpawnError {
     Exec { program: String, errno: Errno },
     /// Switching to `--user` failed in the child (`call` is the system call that failed).
     User { user: String, call: &'static str, errno: Errno },
-    /// lastcall itself failed (no stack for the child, no fork).
+    /// lastcall itself failed (no stack for the child, no fork, or the child could not be
+    /// given its sockets).
     Os { what: &'static str, errno: Errno },
 }
 
@@ -75,9 +76,11 @@ pub struct Options {
 }
 
 /// What failed in the child, sent after the errno as an index: the `exec`, or a call of the
-/// switch to `--user`.
+/// switch to `--user`; or [`FAILED_PASS_FDS`], one past them.
 const CALLS: [&str; 4] = ["exec", "setgroups", "setgid", "setuid"];
 const FAILED_EXEC: i32 = 0;
+/// Moving a `--socket` to 3 onward failed: lastcall's failure, not the command's.
+const FAILED_PASS_FDS: i32 = CALLS.len() as i32;
 
 /// Starts `argv` as the supervised child and returns its pid once it has exec'd.
 pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
@@ -146,6 +149,9 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
         NONE => Ok(Pid::from_raw(pid)),
         FAILED_EXEC => {
             Err(SpawnError::Exec { program: argv[0].to_string_lossy().into_owned(), errno })
+        }
+        FAILED_PASS_FDS => {
+            Err(SpawnError::Os { what: "passing the --socket descriptors to the child", errno })
         }
         call => Err(SpawnError::User {
             user: options.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
@@ -266,16 +272,21 @@ fn restore_fd_limit(limit: &libc::rlimit) {
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: &Child) -> ! {
     own_process_group();
-    if let Some(limit) = &child.nofile {
-        restore_fd_limit(limit);
-    }
     if child.foreground {
         take_terminal();
     }
     if let Some(fd) = child.null {
         quiet_stdio(fd);
     }
-    pass_fds(child.pass_fds);
+    // Under lastcall's raised limit: every descriptor below the child's own may be taken by
+    // lastcall (its connections), and the copies are made above them. A child missing one of
+    // the sockets its LISTEN_FDS counts is not started.
+    if pass_fds(child.pass_fds).is_err() {
+        fail(child.report, FAILED_PASS_FDS, 125);
+    }
+    if let Some(limit) = &child.nofile {
+        restore_fd_limit(limit);
+    }
     restore_mask(&child.inherited.mask);
     if let Some((slot, len)) = child.own_pid {
         // SAFETY: the buffer was allocated before the fork with this length, and nothing
@@ -348,18 +359,25 @@ fn set_own_pid(slot: &mut [u8]) {
 }
 
 /// Puts `fds` at 3, 4, ... without CLOEXEC. They are first copied above every target, so
-/// that placing one never closes another that is still to be placed.
-fn pass_fds(fds: &[RawFd]) {
+/// that placing one never closes another that is still to be placed. Stops at the first
+/// call that fails, with errno set.
+fn pass_fds(fds: &[RawFd]) -> Result<(), ()> {
     let mut high = [-1; crate::platform::sockets::MAX_SOCKETS];
     let above = 3 + fds.len() as RawFd;
     for (slot, &fd) in high.iter_mut().zip(fds) {
         // SAFETY: plain libc call; the copy is CLOEXEC, so a leftover never leaks.
         *slot = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if *slot < 0 {
+            return Err(());
+        }
     }
     for (i, &fd) in high.iter().take(fds.len()).enumerate() {
         // SAFETY: plain libc call; dup2 leaves the target without CLOEXEC.
-        unsafe { libc::dup2(fd, 3 + i as RawFd) };
+        if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+            return Err(());
+        }
     }
+    Ok(())
 }
 
 fn quiet_stdio(null: RawFd) {
@@ -451,6 +469,23 @@ mod tests {
             "0 /dev/null\n2 /dev/null\n3 /dev/full\n4 /dev/zero\n{full} \n{zero} \n{kept} \n"
         );
         assert_eq!(out, expected, "in order at 3 onward; the CLOEXEC originals stay behind");
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_passed_fails_the_spawn() {
+        // A descriptor no process holds, far above any test's: copying it fails (EBADF).
+        let options = Options { pass_fds: vec![1 << 20], quiet: true, ..Options::default() };
+        // The failed child is left unreaped, as in `an_exec_failure_says_which`.
+        let err = spawn(&["/bin/true".into()], &options).expect_err("no child without its socket");
+        assert!(
+            matches!(err, SpawnError::Os { errno: Errno::EBADF, .. }),
+            "{err:?}: not the socket's failure"
+        );
+        assert_eq!(
+            err.to_string(),
+            "passing the --socket descriptors to the child failed: Bad file number"
+        );
+        assert_eq!(crate::init::fatal::Fatal::Spawn(err).exit_code(), 125);
     }
 
     #[test]
