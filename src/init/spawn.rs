@@ -2,9 +2,10 @@
 //!
 //! The child is put in its own process group, takes the terminal's foreground if lastcall
 //! had it, and gets back the signal mask and the file-descriptor limit lastcall inherited
-//! (lastcall changes no disposition), so that it sees what it would see without lastcall. Each of those steps is a small function
-//! below; none of them allocates. With `--user`, the child drops root last, just before
-//! `exec`.
+//! (lastcall changes no disposition), so that it sees what it would see without lastcall.
+//! Each of those steps is a small function below; none of them allocates. With `--user`,
+//! the child drops root last, just before `exec`, and with it every capability: the
+//! inheritable and ambient sets too.
 //!
 //! The fork is a `clone` with `CLONE_VM | CLONE_VFORK`, as `posix_spawn` does it: the child
 //! runs on a stack of its own in lastcall's memory, and lastcall waits until it has exec'd or
@@ -77,7 +78,7 @@ pub struct Options {
 
 /// What failed in the child, sent after the errno as an index: the `exec`, or a call of the
 /// switch to `--user`; or [`FAILED_PASS_FDS`], one past them.
-const CALLS: [&str; 4] = ["exec", "setgroups", "setgid", "setuid"];
+const CALLS: [&str; 7] = ["exec", "setgroups", "setgid", "setuid", "capget", "capset", "prctl"];
 const FAILED_EXEC: i32 = 0;
 /// Moving a `--socket` to 3 onward failed: lastcall's failure, not the command's.
 const FAILED_PASS_FDS: i32 = CALLS.len() as i32;
@@ -318,10 +319,11 @@ fn fail(report: &Report, what: i32, code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Drops root for `--user`: groups first, then the gid, then the uid, since each step needs
-/// the privilege the next one gives up. Returns which call failed (its index in [`CALLS`]),
-/// with errno still set.
+/// Drops root for `--user`: the inheritable and ambient capabilities first, then the
+/// groups, the gid, the uid, since each step needs the privilege the next one gives up.
+/// Returns which call failed (its index in [`CALLS`]), with errno still set.
 fn switch_user(user: &Credentials) -> Result<(), i32> {
+    clear_inheritable_capabilities()?;
     // SAFETY: plain libc calls; `groups` was built before the fork and is only read here.
     unsafe {
         if libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0 {
@@ -332,6 +334,56 @@ fn switch_user(user: &Credentials) -> Result<(), i32> {
         }
         if libc::setuid(user.uid) != 0 {
             return Err(3);
+        }
+    }
+    Ok(())
+}
+
+/// `capget`'s and `capset`'s header.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One of the two halves (capabilities 0-31, 32-63) of the three sets, in version 3.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapSets {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, as two [`CapSets`].
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the inheritable and ambient sets. `setuid` to a non-root uid empties the
+/// permitted, effective and ambient sets, but not the inheritable one: a capability left in
+/// it would be effective again in a program whose file grants it inheritable (`cap_x=ei`).
+/// The permitted and effective sets stay, for `setgroups`, `setgid` and `setuid`.
+fn clear_inheritable_capabilities() -> Result<(), i32> {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut sets = [CapSets { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: raw system calls on a header and two sets on this stack, as the kernel's
+    // version 3 lays them out; pid 0 is this process.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &raw mut header, sets.as_mut_ptr()) != 0 {
+            return Err(4);
+        }
+        for half in &mut sets {
+            half.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &raw const header, sets.as_ptr()) != 0 {
+            return Err(5);
+        }
+        // EINVAL: a kernel before 4.3, which has no ambient set to clear.
+        // The variadic arguments are unsigned longs to the kernel, unused ones zero.
+        let (clear_all, unused) =
+            (libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0 as libc::c_ulong);
+        let cleared = libc::prctl(libc::PR_CAP_AMBIENT, clear_all, unused, unused, unused);
+        if cleared != 0 && Errno::last() != Errno::EINVAL {
+            return Err(6);
         }
     }
     Ok(())

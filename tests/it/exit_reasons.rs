@@ -3,6 +3,7 @@
 //! lastcall runs in; every JSON log line of a drain; and `--user`.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -525,4 +526,39 @@ fn a_lastcall_that_is_not_root_refuses_user() {
         "expected the root error",
     );
     out.check(!dir.exists("ran"), "a child was started");
+}
+
+#[test]
+fn a_user_inherits_no_capability_from_lastcall() {
+    let setpriv = Command::new("setpriv").arg("--version").stdout(Stdio::null()).status().is_ok();
+    if !required("root and setpriv (util-linux)", is_root() && setpriv) {
+        return;
+    }
+    let dir = TestDir::new("user_caps");
+    // A copy of cat with CAP_SYS_ADMIN in its inheritable and effective file sets: a process
+    // with CAP_SYS_ADMIN inheritable runs it with CAP_SYS_ADMIN effective, whatever its uid.
+    let cat = dir.join("cat");
+    fs::copy("/bin/cat", &cat).expect("copying cat");
+    let mut setcap = Command::new("setcap");
+    setcap.arg("cap_sys_admin=ei").arg(&cat).stderr(Stdio::null());
+    let program = match setcap.status().is_ok_and(|s| s.success()) {
+        true => cat.to_string_lossy().into_owned(),
+        false => {
+            let _ = writeln!(std::io::stderr(), "setcap failed: the plain cat only");
+            "cat".to_string()
+        }
+    };
+    // lastcall started with CAP_SYS_ADMIN inheritable and ambient, as a container runtime
+    // may leave them.
+    let out = dir
+        .command("setpriv")
+        .args(["--inh-caps", "+sys_admin", "--ambient-caps", "+sys_admin", "--", LASTCALL])
+        .args(["--listen", "off", "--user", "65534:65534", "--", &program, "/proc/self/status"])
+        .run();
+    out.assert_code(0);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        let line = out.stdout.lines().find(|l| l.starts_with(&format!("{set}:")));
+        let value = line.and_then(|l| l.split_whitespace().nth(1));
+        out.check(value == Some("0000000000000000"), format!("{set} of the child is empty"));
+    }
 }
