@@ -477,7 +477,7 @@ fn the_child_runs_as_the_user_with_its_groups_and_home() {
     );
     out.check(lines[4] == "0", "lastcall itself stays root");
 
-    // USER:GROUP, from the environment: that group first, then those listing the user.
+    // USER:GROUP, from the environment: that group, and no other.
     let out = dir
         .lastcall()
         .env("LASTCALL_USER", &format!("{}:{}", user.name, user.group))
@@ -486,6 +486,27 @@ fn the_child_runs_as_the_user_with_its_groups_and_home() {
     out.assert_code(0);
     let expected = format!("{uid}\n{extra_gid}\n{extra_gid}\n");
     out.check(out.stdout == expected, format!("expected {expected:?}"));
+}
+
+#[test]
+fn a_user_with_a_group_keeps_none_of_its_other_groups() {
+    let useradd = Command::new("useradd").arg("--help").stdout(Stdio::null()).status().is_ok();
+    if !required("root and useradd (passwd)", is_root() && useradd) {
+        return;
+    }
+    // The user's own group as GROUP; the other group lists the user as a member.
+    let user = TestUser::create("22");
+    let (uid, gid, groups) = host_ids(&user.name);
+    assert!(groups.len() == 2 && groups.contains(&gid), "useradd --groups: {groups:?}");
+    let dir = TestDir::new("user_group");
+    let out = dir
+        .lastcall()
+        .args(["--listen", "off", "--user", &format!("{}:{}", user.name, user.name)])
+        .args(["--", "sh", "-c", "id -u; id -g; id -G"])
+        .run();
+    out.assert_code(0).assert_stderr_empty();
+    let expected = format!("{uid}\n{gid}\n{gid}\n");
+    out.check(out.stdout == expected, format!("expected {expected:?}: GROUP alone"));
 }
 
 #[test]
