@@ -18,7 +18,7 @@ complete -c lastcall -l drain-probes -d 'The 503 answers each client that was pr
 complete -c lastcall -l drain-min -d 'The shortest preStop phase of a drain that watches the app' -r
 complete -c lastcall -l socket -d 'Bind this socket and pass it to the child by socket activation (repeatable): [NAME=]tcp://HOST:PORT or [NAME=]unix:/path' -r
 complete -c lastcall -l reload-signal -d 'With --socket: on this signal, start a new child on the same sockets, wait until it is ready, then drain the old one [default: HUP]' -r
-complete -c lastcall -l user -d 'Run the child as USER (name or uid), with its primary group or GROUP, its supplementary groups and its HOME, from /etc/passwd and /etc/group; lastcall stays as it is (root)' -r
+complete -c lastcall -l user -d 'Run the child as USER (name or uid) with its HOME and groups, or with GROUP alone, from /etc/passwd and /etc/group, and no capability; lastcall stays as it is (root)' -r
 complete -c lastcall -l log-level -d 'error, warn, info, debug or trace' -r
 complete -c lastcall -l log-format -d 'How log lines look on stderr: `text` (lastcall: message) or `json` (one object per line, with ts, level, msg, and the shutdown steps\' data)' -r
 complete -c lastcall -l termination-log -d 'Where to write, on exit, one line saying why lastcall ended (Kubernetes shows it), or `off` [default: /dev/termination-log if it exists, else off]' -r

@@ -167,8 +167,8 @@ pub struct Args {
           value_parser = parse_reload_signal, help_heading = "Reload")]
     pub reload_signal: Option<Sig>,
 
-    /// Run the child as USER (name or uid), with its primary group or GROUP, its supplementary
-    /// groups and its HOME, from /etc/passwd and /etc/group; lastcall stays as it is (root)
+    /// Run the child as USER (name or uid) with its HOME and groups, or with GROUP alone, from
+    /// /etc/passwd and /etc/group, and no capability; lastcall stays as it is (root)
     #[arg(long, env = "LASTCALL_USER", value_name = "USER[:GROUP]")]
     pub user: Option<String>,
 

@@ -2,9 +2,10 @@
 //!
 //! The child is put in its own process group, takes the terminal's foreground if lastcall
 //! had it, and gets back the signal mask and the file-descriptor limit lastcall inherited
-//! (lastcall changes no disposition), so that it sees what it would see without lastcall. Each of those steps is a small function
-//! below; none of them allocates. With `--user`, the child drops root last, just before
-//! `exec`.
+//! (lastcall changes no disposition), so that it sees what it would see without lastcall.
+//! Each of those steps is a small function below; none of them allocates. With `--user`,
+//! the child drops root last, just before `exec`, and with it every capability: the
+//! inheritable and ambient sets too.
 //!
 //! The fork is a `clone` with `CLONE_VM | CLONE_VFORK`, as `posix_spawn` does it: the child
 //! runs on a stack of its own in lastcall's memory, and lastcall waits until it has exec'd or
@@ -32,7 +33,8 @@ pub enum SpawnError {
     Exec { program: String, errno: Errno },
     /// Switching to `--user` failed in the child (`call` is the system call that failed).
     User { user: String, call: &'static str, errno: Errno },
-    /// lastcall itself failed (no stack for the child, no fork).
+    /// lastcall itself failed (no stack for the child, no fork, or the child could not be
+    /// given its sockets).
     Os { what: &'static str, errno: Errno },
 }
 
@@ -75,9 +77,11 @@ pub struct Options {
 }
 
 /// What failed in the child, sent after the errno as an index: the `exec`, or a call of the
-/// switch to `--user`.
-const CALLS: [&str; 4] = ["exec", "setgroups", "setgid", "setuid"];
+/// switch to `--user`; or [`FAILED_PASS_FDS`], one past them.
+const CALLS: [&str; 7] = ["exec", "setgroups", "setgid", "setuid", "capget", "capset", "prctl"];
 const FAILED_EXEC: i32 = 0;
+/// Moving a `--socket` to 3 onward failed: lastcall's failure, not the command's.
+const FAILED_PASS_FDS: i32 = CALLS.len() as i32;
 
 /// Starts `argv` as the supervised child and returns its pid once it has exec'd.
 pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
@@ -146,6 +150,9 @@ pub fn spawn(argv: &[OsString], options: &Options) -> Result<Pid, SpawnError> {
         NONE => Ok(Pid::from_raw(pid)),
         FAILED_EXEC => {
             Err(SpawnError::Exec { program: argv[0].to_string_lossy().into_owned(), errno })
+        }
+        FAILED_PASS_FDS => {
+            Err(SpawnError::Os { what: "passing the --socket descriptors to the child", errno })
         }
         call => Err(SpawnError::User {
             user: options.user.as_ref().map(|u| u.name.clone()).unwrap_or_default(),
@@ -266,16 +273,21 @@ fn restore_fd_limit(limit: &libc::rlimit) {
 /// Everything the child does before `exec`. Never returns.
 fn child_main(child: &Child) -> ! {
     own_process_group();
-    if let Some(limit) = &child.nofile {
-        restore_fd_limit(limit);
-    }
     if child.foreground {
         take_terminal();
     }
     if let Some(fd) = child.null {
         quiet_stdio(fd);
     }
-    pass_fds(child.pass_fds);
+    // Under lastcall's raised limit: every descriptor below the child's own may be taken by
+    // lastcall (its connections), and the copies are made above them. A child missing one of
+    // the sockets its LISTEN_FDS counts is not started.
+    if pass_fds(child.pass_fds).is_err() {
+        fail(child.report, FAILED_PASS_FDS, 125);
+    }
+    if let Some(limit) = &child.nofile {
+        restore_fd_limit(limit);
+    }
     restore_mask(&child.inherited.mask);
     if let Some((slot, len)) = child.own_pid {
         // SAFETY: the buffer was allocated before the fork with this length, and nothing
@@ -307,10 +319,11 @@ fn fail(report: &Report, what: i32, code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// Drops root for `--user`: groups first, then the gid, then the uid, since each step needs
-/// the privilege the next one gives up. Returns which call failed (its index in [`CALLS`]),
-/// with errno still set.
+/// Drops root for `--user`: the inheritable and ambient capabilities first, then the
+/// groups, the gid, the uid, since each step needs the privilege the next one gives up.
+/// Returns which call failed (its index in [`CALLS`]), with errno still set.
 fn switch_user(user: &Credentials) -> Result<(), i32> {
+    clear_inheritable_capabilities()?;
     // SAFETY: plain libc calls; `groups` was built before the fork and is only read here.
     unsafe {
         if libc::setgroups(user.groups.len(), user.groups.as_ptr()) != 0 {
@@ -321,6 +334,56 @@ fn switch_user(user: &Credentials) -> Result<(), i32> {
         }
         if libc::setuid(user.uid) != 0 {
             return Err(3);
+        }
+    }
+    Ok(())
+}
+
+/// `capget`'s and `capset`'s header.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// One of the two halves (capabilities 0-31, 32-63) of the three sets, in version 3.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapSets {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets, as two [`CapSets`].
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+/// Empties the inheritable and ambient sets. `setuid` to a non-root uid empties the
+/// permitted, effective and ambient sets, but not the inheritable one: a capability left in
+/// it would be effective again in a program whose file grants it inheritable (`cap_x=ei`).
+/// The permitted and effective sets stay, for `setgroups`, `setgid` and `setuid`.
+fn clear_inheritable_capabilities() -> Result<(), i32> {
+    let mut header = CapHeader { version: CAPABILITY_VERSION_3, pid: 0 };
+    let mut sets = [CapSets { effective: 0, permitted: 0, inheritable: 0 }; 2];
+    // SAFETY: raw system calls on a header and two sets on this stack, as the kernel's
+    // version 3 lays them out; pid 0 is this process.
+    unsafe {
+        if libc::syscall(libc::SYS_capget, &raw mut header, sets.as_mut_ptr()) != 0 {
+            return Err(4);
+        }
+        for half in &mut sets {
+            half.inheritable = 0;
+        }
+        if libc::syscall(libc::SYS_capset, &raw const header, sets.as_ptr()) != 0 {
+            return Err(5);
+        }
+        // EINVAL: a kernel before 4.3, which has no ambient set to clear.
+        // The variadic arguments are unsigned longs to the kernel, unused ones zero.
+        let (clear_all, unused) =
+            (libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0 as libc::c_ulong);
+        let cleared = libc::prctl(libc::PR_CAP_AMBIENT, clear_all, unused, unused, unused);
+        if cleared != 0 && Errno::last() != Errno::EINVAL {
+            return Err(6);
         }
     }
     Ok(())
@@ -348,18 +411,25 @@ fn set_own_pid(slot: &mut [u8]) {
 }
 
 /// Puts `fds` at 3, 4, ... without CLOEXEC. They are first copied above every target, so
-/// that placing one never closes another that is still to be placed.
-fn pass_fds(fds: &[RawFd]) {
+/// that placing one never closes another that is still to be placed. Stops at the first
+/// call that fails, with errno set.
+fn pass_fds(fds: &[RawFd]) -> Result<(), ()> {
     let mut high = [-1; crate::platform::sockets::MAX_SOCKETS];
     let above = 3 + fds.len() as RawFd;
     for (slot, &fd) in high.iter_mut().zip(fds) {
         // SAFETY: plain libc call; the copy is CLOEXEC, so a leftover never leaks.
         *slot = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above) };
+        if *slot < 0 {
+            return Err(());
+        }
     }
     for (i, &fd) in high.iter().take(fds.len()).enumerate() {
         // SAFETY: plain libc call; dup2 leaves the target without CLOEXEC.
-        unsafe { libc::dup2(fd, 3 + i as RawFd) };
+        if unsafe { libc::dup2(fd, 3 + i as RawFd) } < 0 {
+            return Err(());
+        }
     }
+    Ok(())
 }
 
 fn quiet_stdio(null: RawFd) {
@@ -451,6 +521,23 @@ mod tests {
             "0 /dev/null\n2 /dev/null\n3 /dev/full\n4 /dev/zero\n{full} \n{zero} \n{kept} \n"
         );
         assert_eq!(out, expected, "in order at 3 onward; the CLOEXEC originals stay behind");
+    }
+
+    #[test]
+    fn a_socket_that_cannot_be_passed_fails_the_spawn() {
+        // A descriptor no process holds, far above any test's: copying it fails (EBADF).
+        let options = Options { pass_fds: vec![1 << 20], quiet: true, ..Options::default() };
+        // The failed child is left unreaped, as in `an_exec_failure_says_which`.
+        let err = spawn(&["/bin/true".into()], &options).expect_err("no child without its socket");
+        assert!(
+            matches!(err, SpawnError::Os { errno: Errno::EBADF, .. }),
+            "{err:?}: not the socket's failure"
+        );
+        assert_eq!(
+            err.to_string(),
+            "passing the --socket descriptors to the child failed: Bad file number"
+        );
+        assert_eq!(crate::init::fatal::Fatal::Spawn(err).exit_code(), 125);
     }
 
     #[test]

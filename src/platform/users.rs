@@ -10,10 +10,12 @@
 //! - A numeric USER with no entry is allowed (images run as arbitrary uids): group 0, no
 //!   supplementary groups, `HOME=/`. A name with no entry is an error.
 //! - A numeric GROUP with no entry is allowed; a group name with no entry is an error.
-//! - The supplementary groups are the primary group (USER's own, or GROUP) followed by every
-//!   group that lists USER's name as a member, also when GROUP is given. The primary group
-//!   is always among them: without it, a group denied access by a file's mode (`0705`) would
-//!   not bind the child (the 2022 container-runtime CVEs, CVE-2022-36109 among them).
+//! - Without GROUP, the supplementary groups are USER's primary group followed by every group
+//!   that lists USER's name as a member. With GROUP, they are GROUP alone, as su-exec sets
+//!   them (gosu sets none): whoever names a group means that one, not root's or docker's
+//!   besides. The primary group is always among them: without it, a group denied access by
+//!   a file's mode (`0705`) would not bind the child (the 2022 container-runtime CVEs,
+//!   CVE-2022-36109 among them).
 //!
 //! Malformed lines are skipped, as the C library skips them; so are NIS `+`/`-` lines and
 //! comments. Only the privilege drop itself ([`crate::init::spawn`]) runs in the child.
@@ -178,7 +180,7 @@ pub fn resolve(
         },
     };
     let mut groups = vec![gid];
-    if let Some(entry) = &entry {
+    if let Some(entry) = entry.as_ref().filter(|_| group_spec.is_none()) {
         for g in group_entries(group).filter(|g| g.lists(entry.name)) {
             if !groups.contains(&g.gid) {
                 groups.push(g.gid);
@@ -319,12 +321,14 @@ named1000:x:5000:
     fn user_and_group_by_name_and_number() {
         let c = resolve_spec("app:web").unwrap();
         assert_eq!((c.uid, c.gid), (1000, 33));
-        assert_eq!(c.groups, [33, 29, 34], "GROUP first, then the groups listing app");
+        assert_eq!(c.groups, [33], "GROUP alone, not the others listing app");
         let c = resolve_spec("app:7777").unwrap();
-        assert_eq!((c.gid, c.groups), (7777, vec![7777, 33, 29, 34]));
+        assert_eq!((c.gid, c.groups), (7777, vec![7777]));
+        let c = resolve_spec("app:app").unwrap();
+        assert_eq!((c.gid, c.groups), (1000, vec![1000]), "its own group, still alone");
         let c = resolve_spec("1:1000").unwrap();
         assert_eq!((c.uid, c.gid, c.name.as_str()), (1, 1000, "daemon"));
-        assert_eq!(c.groups, [1000, 33], "daemon is listed in web");
+        assert_eq!(c.groups, [1000], "not web, which lists daemon");
         assert_eq!(c.home, Some("/usr/sbin".into()));
         // An empty GROUP is no GROUP, as gosu and su-exec read it.
         assert_eq!(resolve_spec("app:").unwrap(), resolve_spec("app").unwrap());
@@ -337,8 +341,7 @@ named1000:x:5000:
         let c = resolve("1234", passwd, group, &files()).unwrap();
         assert_eq!((c.uid, c.gid, c.home), (1234, 0, None), "not the user named 1234");
         let c = resolve("app:5000", passwd, group, &files()).unwrap();
-        assert_eq!(c.gid, 5000, "not the group named 5000");
-        assert_eq!(c.groups, [5000, 6000], "which still lists app");
+        assert_eq!((c.gid, c.groups), (5000, vec![5000]), "not the group named 5000");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! lastcall runs in; every JSON log line of a drain; and `--user`.
 
 use std::fs;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -476,7 +477,7 @@ fn the_child_runs_as_the_user_with_its_groups_and_home() {
     );
     out.check(lines[4] == "0", "lastcall itself stays root");
 
-    // USER:GROUP, from the environment: that group first, then those listing the user.
+    // USER:GROUP, from the environment: that group, and no other.
     let out = dir
         .lastcall()
         .env("LASTCALL_USER", &format!("{}:{}", user.name, user.group))
@@ -485,6 +486,27 @@ fn the_child_runs_as_the_user_with_its_groups_and_home() {
     out.assert_code(0);
     let expected = format!("{uid}\n{extra_gid}\n{extra_gid}\n");
     out.check(out.stdout == expected, format!("expected {expected:?}"));
+}
+
+#[test]
+fn a_user_with_a_group_keeps_none_of_its_other_groups() {
+    let useradd = Command::new("useradd").arg("--help").stdout(Stdio::null()).status().is_ok();
+    if !required("root and useradd (passwd)", is_root() && useradd) {
+        return;
+    }
+    // The user's own group as GROUP; the other group lists the user as a member.
+    let user = TestUser::create("22");
+    let (uid, gid, groups) = host_ids(&user.name);
+    assert!(groups.len() == 2 && groups.contains(&gid), "useradd --groups: {groups:?}");
+    let dir = TestDir::new("user_group");
+    let out = dir
+        .lastcall()
+        .args(["--listen", "off", "--user", &format!("{}:{}", user.name, user.name)])
+        .args(["--", "sh", "-c", "id -u; id -g; id -G"])
+        .run();
+    out.assert_code(0).assert_stderr_empty();
+    let expected = format!("{uid}\n{gid}\n{gid}\n");
+    out.check(out.stdout == expected, format!("expected {expected:?}: GROUP alone"));
 }
 
 #[test]
@@ -525,4 +547,39 @@ fn a_lastcall_that_is_not_root_refuses_user() {
         "expected the root error",
     );
     out.check(!dir.exists("ran"), "a child was started");
+}
+
+#[test]
+fn a_user_inherits_no_capability_from_lastcall() {
+    let setpriv = Command::new("setpriv").arg("--version").stdout(Stdio::null()).status().is_ok();
+    if !required("root and setpriv (util-linux)", is_root() && setpriv) {
+        return;
+    }
+    let dir = TestDir::new("user_caps");
+    // A copy of cat with CAP_SYS_ADMIN in its inheritable and effective file sets: a process
+    // with CAP_SYS_ADMIN inheritable runs it with CAP_SYS_ADMIN effective, whatever its uid.
+    let cat = dir.join("cat");
+    fs::copy("/bin/cat", &cat).expect("copying cat");
+    let mut setcap = Command::new("setcap");
+    setcap.arg("cap_sys_admin=ei").arg(&cat).stderr(Stdio::null());
+    let program = match setcap.status().is_ok_and(|s| s.success()) {
+        true => cat.to_string_lossy().into_owned(),
+        false => {
+            let _ = writeln!(std::io::stderr(), "setcap failed: the plain cat only");
+            "cat".to_string()
+        }
+    };
+    // lastcall started with CAP_SYS_ADMIN inheritable and ambient, as a container runtime
+    // may leave them.
+    let out = dir
+        .command("setpriv")
+        .args(["--inh-caps", "+sys_admin", "--ambient-caps", "+sys_admin", "--", LASTCALL])
+        .args(["--listen", "off", "--user", "65534:65534", "--", &program, "/proc/self/status"])
+        .run();
+    out.assert_code(0);
+    for set in ["CapInh", "CapPrm", "CapEff", "CapAmb"] {
+        let line = out.stdout.lines().find(|l| l.starts_with(&format!("{set}:")));
+        let value = line.and_then(|l| l.split_whitespace().nth(1));
+        out.check(value == Some("0000000000000000"), format!("{set} of the child is empty"));
+    }
 }

@@ -228,3 +228,85 @@ fn reload_signal_needs_a_socket() {
     out.assert_code(2);
     assert!(out.one_stderr_line().contains("--reload-signal needs --socket"), "{out}");
 }
+
+/// The open descriptors of process `pid`.
+fn open_fds(pid: i32) -> BTreeSet<i32> {
+    let dir = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("the process's fds");
+    dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect()
+}
+
+/// The soft RLIMIT_NOFILE lastcall is started with in the test below: above what it holds at
+/// start, so that the first child starts; below what it holds once clients are connected.
+const LOW_SOFT_NOFILE: i32 = 32;
+
+#[test]
+fn a_reload_under_a_low_fd_limit_still_passes_the_socket_at_3() {
+    if !has_python() {
+        return;
+    }
+    let dir = TestDir::new("reload-low-nofile");
+    let (port, admin) = (free_port(), free_port());
+    // SAFETY: getrlimit and setrlimit are async-signal-safe system calls on a local rlimit.
+    let cmd = unsafe {
+        dir.lastcall().pre_exec(|| {
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            limit.rlim_cur = LOW_SOFT_NOFILE as libc::rlim_t;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut lastcall = cmd
+        .args(["--listen", &format!("127.0.0.1:{admin}"), "--prestop-delay", "0s"])
+        .args(["--socket", &format!("tcp://127.0.0.1:{port}"), "--ready-notify"])
+        .args(["--request-timeout", "60s", "--", "python3", "-c", SERVER])
+        .spawn();
+    lastcall.wait_until("the app answers", || request(port).is_ok());
+    let first = request(port).expect("the first child answers");
+    let pid = lastcall.pid();
+    let below: BTreeSet<i32> = (0..LOW_SOFT_NOFILE).collect();
+    assert!(!open_fds(pid).is_superset(&below), "lastcall holds every fd below the limit at start");
+    // Clients that connect to the endpoint and send nothing hold a descriptor of lastcall's
+    // each, the lowest free one: enough of them fill every descriptor below the child's limit.
+    let mut idle = Vec::new();
+    for _ in 0..LOW_SOFT_NOFILE {
+        let held = open_fds(pid);
+        if held.is_superset(&below) {
+            break;
+        }
+        idle.push(TcpStream::connect(("127.0.0.1", admin)).expect("connect to the endpoint"));
+        lastcall
+            .wait_until("lastcall accepts the idle client", || open_fds(pid).len() > held.len());
+    }
+    assert!(open_fds(pid).is_superset(&below), "every fd below {LOW_SOFT_NOFILE} in use");
+    lastcall.signal(libc::SIGHUP);
+    lastcall.wait_until("the reload ends", || {
+        metric(admin, "lastcall_reloads_total") + metric(admin, "lastcall_reload_failures_total")
+            > 0
+    });
+    let fds = |pid: u32| {
+        let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).ok();
+        format!("{pid}: fd 3 {fd3:?}, open {:?}", open_fds(pid as i32))
+    };
+    assert_eq!(
+        metric(admin, "lastcall_reload_failures_total"),
+        0,
+        "the new child failed:\n{}",
+        dir.read("stderr")
+    );
+    // The old child may still take a connection or two while it stops.
+    let mut second = first;
+    lastcall.wait_until("the new child serves", || {
+        second = request(port).unwrap_or(first);
+        second != first
+    });
+    let link = std::fs::read_link(format!("/proc/{second}/fd/3")).expect("fd 3 is open");
+    let socket = std::fs::read_link(format!("/proc/{pid}/fd/3")).expect("lastcall's socket");
+    assert_eq!(link, socket, "the socket at fd 3: {}", fds(second));
+    drop(idle);
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(0);
+}
