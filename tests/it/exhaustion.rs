@@ -307,3 +307,47 @@ fn probes_get_through_clients_that_pipeline_and_never_read() {
     }
     lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
 }
+
+/// A client that pipelines until its answers wait in lastcall, never reads them, and sends one
+/// more request every 500 ms is closed once its output has not moved for the send timeout
+/// (10 s): the requests it keeps sending restart no timer.
+#[test]
+fn a_client_whose_answers_do_not_move_is_closed_after_the_send_timeout() {
+    use std::io::Write;
+    let dir = TestDir::new("send_timeout");
+    let (lastcall, port) = spawn_listening(
+        |port| {
+            dir.lastcall()
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--prestop-delay", "0s"])
+                .sh("mark ready; exec sleep 600")
+        },
+        || dir.exists("ready"),
+    );
+    let dropped = || {
+        let metrics = crate::support::http(port, "GET", "/metrics").body;
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("lastcall_http_connections_dropped_total "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no dropped count in /metrics:\n{metrics}"))
+    };
+    assert_eq!(dropped(), 0.0);
+    let request = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    let mut client = connect_with_rcvbuf(port, 2048).expect("connecting");
+    client.set_write_timeout(Some(Duration::from_secs(1))).expect("write timeout");
+    client.write_all(request.repeat(800).as_bytes()).expect("writing the pipeline");
+    let start = Instant::now();
+    let limit = Duration::from_secs(20);
+    let mut writes = 0;
+    while dropped() == 0.0 {
+        assert!(start.elapsed() < limit, "still open after {limit:?} ({writes} more requests)");
+        std::thread::sleep(Duration::from_millis(500));
+        if client.write_all(request.as_bytes()).is_ok() {
+            writes += 1;
+        }
+    }
+    let took = start.elapsed();
+    assert!(took >= Duration::from_secs(9), "dropped after only {took:?}: not the send timeout");
+    assert!(writes >= 10, "only {writes} more requests were sent before it was dropped");
+    lastcall.signal_and_wait(libc::SIGTERM).assert_code(128 + libc::SIGTERM);
+}
