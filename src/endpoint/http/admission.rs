@@ -3,15 +3,18 @@
 //! received, no partial request, no answer owed: a fresh connection that sent nothing yet, a
 //! keep-alive connection between requests, one lingering after its last answer); with none
 //! idle, the one whose partial request head began longest ago (a slowloris pays before a
-//! probe). A connection with a request being answered or an answer being written never goes.
+//! probe); with none of those, the one owed an answer whose output has not moved for longest
+//! (a client that sends requests and does not read the answers holds its place only as long
+//! as every other does the same, and never against a probe).
 //!
 //! One exception: a connection idle for less than [`GRACE`] (a probe accepted a moment ago
-//! whose request has not been read yet) goes only after every partial head: otherwise, under
-//! a slowloris flood, each newcomer would evict the probe admitted just before it.
+//! whose request has not been read yet) goes only after every other: otherwise, under a
+//! flood, each newcomer would evict the probe admitted just before it.
 //!
-//! Two queues in the order connections took their standing; an entry is stale once its
-//! connection has moved on (its epoch changed), and is skipped. Pure: the endpoint says what
-//! each connection's standing is and whether an entry is still current.
+//! Three queues in the order connections took their standing (an owed connection takes it
+//! anew each time its output moves); an entry is stale once its connection has moved on (its
+//! epoch changed), and is skipped. Pure: the endpoint says what each connection's standing is
+//! and whether an entry is still current.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -27,8 +30,9 @@ pub enum Standing {
     Idle,
     /// Part of a request head received.
     Partial,
-    /// A request is being answered or an answer written: never evicted.
-    Busy,
+    /// Requests read and not yet answered, or answers not yet written: goes after the
+    /// partial heads, the one whose output has not moved for longest first.
+    Owed,
 }
 
 /// Why a connection was evicted, for `/metrics`.
@@ -36,15 +40,17 @@ pub enum Standing {
 pub enum Reason {
     Idle,
     Partial,
+    Owed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 2] = [Reason::Idle, Reason::Partial];
+    pub const ALL: [Reason; 3] = [Reason::Idle, Reason::Partial, Reason::Owed];
 
     pub fn label(self) -> &'static str {
         match self {
             Reason::Idle => "idle",
             Reason::Partial => "partial_request",
+            Reason::Owed => "unread_answer",
         }
     }
 }
@@ -60,23 +66,26 @@ struct Entry {
 pub struct Admission {
     idle: VecDeque<Entry>,
     partial: VecDeque<Entry>,
+    owed: VecDeque<Entry>,
 }
 
 impl Admission {
     /// Connection `slot` took `standing` at `now`; `epoch` names this standing of it (a new one
-    /// each time, so that older entries go stale).
+    /// each time, so that older entries go stale). An owed connection is noted again, with a
+    /// new epoch, each time its output moves.
     pub fn note(&mut self, slot: usize, epoch: u64, standing: Standing, now: Instant) {
         let entry = Entry { slot, epoch, since: now };
         match standing {
             Standing::Idle => self.idle.push_back(entry),
             Standing::Partial => self.partial.push_back(entry),
-            Standing::Busy => {}
+            Standing::Owed => self.owed.push_back(entry),
         }
     }
 
     /// The connection to evict at `now`, taken from the queues, if any: the idle one that
-    /// has waited longest (past its [`GRACE`]), else the oldest partial head, else the idle
-    /// one that has waited longest. `current(slot, epoch)` says whether an entry still stands.
+    /// has waited longest (past its [`GRACE`]), else the oldest partial head, else the owed
+    /// one whose output has not moved for longest, else the idle one that has waited longest.
+    /// `current(slot, epoch)` says whether an entry still stands.
     pub fn victim(
         &mut self,
         now: Instant,
@@ -91,6 +100,10 @@ impl Admission {
             self.partial.pop_front();
             return Some((entry.slot, Reason::Partial));
         }
+        if let Some(entry) = front(&mut self.owed, &current) {
+            self.owed.pop_front();
+            return Some((entry.slot, Reason::Owed));
+        }
         self.idle.pop_front();
         idle.map(|entry| (entry.slot, Reason::Idle))
     }
@@ -98,16 +111,16 @@ impl Admission {
     /// Drops stale entries once the queues hold many more than `open` connections could
     /// have: each connection stands in at most one place at a time.
     pub fn compact(&mut self, open: usize, current: impl Fn(usize, u64) -> bool) {
-        if self.idle.len() + self.partial.len() > 2 * open + 64 {
+        if self.len() > 2 * open + 64 {
             self.idle.retain(|e| current(e.slot, e.epoch));
             self.partial.retain(|e| current(e.slot, e.epoch));
+            self.owed.retain(|e| current(e.slot, e.epoch));
         }
     }
 
     /// Entries held, stale ones included.
-    #[cfg(test)]
     fn len(&self) -> usize {
-        self.idle.len() + self.partial.len()
+        self.idle.len() + self.partial.len() + self.owed.len()
     }
 }
 
@@ -159,12 +172,14 @@ mod tests {
         let mut a = Admission::default();
         a.note(0, 1, Standing::Idle, t0);
         a.note(1, 2, Standing::Idle, t0);
-        // Slot 0 got a request (busy: epoch 3, no entry), slot 1 was closed and its slot
-        // reused by a new idle connection (epoch 4).
+        // Slot 0 got a request and was answered (epoch 3, owed), slot 1 was closed and its
+        // slot reused by a new idle connection (epoch 4).
+        a.note(0, 3, Standing::Owed, t0);
         a.note(1, 4, Standing::Idle, t0);
         let now = [Some(3), Some(4)];
         assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Idle)));
-        assert_eq!(a.victim(later, current(&now)), None, "busy slot 0 is never taken");
+        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Owed)), "as owed, not idle");
+        assert_eq!(a.victim(later, current(&now)), None);
     }
 
     #[test]
@@ -192,15 +207,44 @@ mod tests {
     }
 
     #[test]
+    fn owed_ones_go_after_partial_heads_the_one_stalled_longest_first() {
+        let (t0, later) = times();
+        let mut a = Admission::default();
+        a.note(0, 1, Standing::Owed, t0);
+        a.note(1, 2, Standing::Owed, t0);
+        a.note(2, 3, Standing::Partial, t0);
+        a.note(0, 4, Standing::Owed, later); // slot 0's output moved: to the back
+        let now = [Some(4), Some(2), Some(3)];
+        assert_eq!(a.victim(later, current(&now)), Some((2, Reason::Partial)), "partial first");
+        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Owed)), "stalled longest");
+        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Owed)));
+        assert_eq!(a.victim(later, current(&now)), None);
+    }
+
+    #[test]
+    fn a_connection_just_accepted_goes_after_the_owed_ones() {
+        let (_, later) = times();
+        let mut a = Admission::default();
+        a.note(0, 1, Standing::Owed, later); // its output moved a moment ago
+        a.note(1, 2, Standing::Idle, later); // a probe, a moment ago
+        let now = [Some(1), Some(2)];
+        let soon = later + GRACE / 2;
+        assert_eq!(a.victim(soon, current(&now)), Some((0, Reason::Owed)));
+        assert_eq!(a.victim(soon, current(&now)), Some((1, Reason::Idle)), "then it goes");
+    }
+
+    #[test]
     fn compaction_keeps_only_what_stands() {
         let (t0, later) = times();
         let mut a = Admission::default();
         for epoch in 0..1000 {
             a.note(0, epoch, Standing::Idle, t0);
+            a.note(1, 1000 + epoch, Standing::Owed, t0);
         }
-        let now = [Some(999)];
-        a.compact(1, current(&now));
-        assert_eq!(a.len(), 1);
+        let now = [Some(999), Some(1999)];
+        a.compact(2, current(&now));
+        assert_eq!(a.len(), 2);
         assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Owed)));
     }
 }

@@ -3,8 +3,8 @@
 //! It is probed by kubelets, load balancers and Prometheus, and reachable by anything on the
 //! pod network, so nothing a client does may block the loop or grow memory: requests are
 //! parsed with httparse from at most [`MAX_HEAD`] bytes per connection, answers wait in at
-//! most [`MAX_OUT`] bytes, every connection has a deadline, and the number of connections is
-//! capped. Every bad input ends in a status code or a closed connection, logged at debug.
+//! most [`MAX_OUT`] bytes, every connection has a deadline (one owed an answer, a deadline
+//! from its output's last move: [`SEND_TIMEOUT`]), and the number of connections is capped. Every bad input ends in a status code or a closed connection, logged at debug.
 
 mod admission;
 mod answer;
@@ -50,7 +50,7 @@ pub struct HttpCounters {
     /// descriptor was left to take them with).
     pub rejected: u64,
     /// Connections closed to make room for a new one, by [`Reason`].
-    pub evicted: [u64; 2],
+    pub evicted: [u64; 3],
     /// Connections dropped for a timeout, bad input, or not reading their answers.
     pub dropped: u64,
 }
@@ -83,6 +83,13 @@ impl Happened {
 pub const MAX_HEAD: usize = 8 * 1024;
 /// Unsent output beyond this means the client does not read its answers: it is dropped.
 pub const MAX_OUT: usize = 64 * 1024;
+/// How long a connection owed an answer may go without its output moving (no byte written)
+/// before it is closed, as nginx's `send_timeout`: the time runs from the last write that made
+/// progress, not over the whole answer, so a slow reader is kept and one that stopped reading
+/// is not, whatever it keeps sending. Ten probe periods of the kubelet's default; a probe
+/// itself reads its answer within its 1 s timeout. Under `--max-connections` such a
+/// connection makes room before this (see [`admission`]).
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an error answer, how long lastcall keeps reading (and discarding) so that closing
 /// with unread input does not reset the connection before the client has read the answer.
 const LINGER: Duration = Duration::from_secs(2);
@@ -107,7 +114,8 @@ pub struct Limits {
     pub max_connections: usize,
     /// How long a request head may take to arrive (slowloris).
     pub request_timeout: Duration,
-    /// How long a keep-alive connection may wait for its next request.
+    /// How long a keep-alive connection may wait for its next request, from when its last
+    /// answer was written.
     pub idle_timeout: Duration,
 }
 
@@ -130,7 +138,13 @@ struct Conn {
     pending: Pending,
     out: Vec<u8>,
     state: State,
+    /// The request head's deadline ([`State::Head`]) or the end of [`State::Lingering`]; the
+    /// connection's own is [`Conn::due`].
     deadline: Instant,
+    /// When its output last moved: a write that made progress, or answers queued with none
+    /// ahead of them. With output waiting, [`SEND_TIMEOUT`] runs from here; with none in
+    /// [`State::Idle`], the idle timeout.
+    moved: Instant,
     /// What the connection could give up, for admission; `epoch` names this standing.
     standing: Standing,
     epoch: u64,
@@ -145,11 +159,28 @@ impl Conn {
         let owes = !self.out.is_empty() || self.pending.has_unanswered();
         match self.state {
             State::Lingering { .. } => Standing::Idle,
-            _ if owes => Standing::Busy,
+            _ if owes => Standing::Owed,
             State::Idle => Standing::Idle,
             State::Head if self.pending.len() == 0 => Standing::Idle,
             State::Head => Standing::Partial,
-            State::Closing => Standing::Busy,
+            State::Closing => Standing::Owed,
+        }
+    }
+
+    /// When the connection is closed unless something happens first. Answering a request
+    /// whose answer cannot be written moves none of these.
+    fn due(&self, limits: &Limits) -> Instant {
+        let stalled = self.moved + SEND_TIMEOUT;
+        let owes = !self.out.is_empty();
+        match self.state {
+            State::Lingering { .. } => self.deadline,
+            State::Head if owes => self.deadline.min(stalled),
+            State::Head => self.deadline,
+            State::Idle | State::Closing if owes => stalled,
+            // Idle: its last answer was written when its output last moved.
+            State::Idle => self.moved + limits.idle_timeout,
+            // Not kept: with nothing left to write it lingers at once.
+            State::Closing => self.deadline,
         }
     }
 }
@@ -300,6 +331,7 @@ impl Endpoint {
                 out: Vec::new(),
                 state: State::Head,
                 deadline,
+                moved: now,
                 standing: Standing::Idle,
                 epoch: self.next_epoch,
                 answered: 0,
@@ -326,14 +358,20 @@ impl Endpoint {
 
     /// After a connection's turn: its new standing for admission, and whether it needs
     /// another turn at once.
-    fn after_turn(&mut self, slot: usize, answered_before: u64, now: Instant) {
+    fn after_turn(&mut self, slot: usize, before: (u64, Instant), now: Instant) {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
         let standing = conn.standing();
-        // An idle connection that just answered a request starts waiting again: to the back.
-        let active = conn.answered != answered_before;
-        if standing != conn.standing || (standing == Standing::Idle && active) {
+        // An idle connection that just answered a request starts waiting again, and an owed
+        // one whose output moved starts stalling again: to the back.
+        let (answered_before, moved_before) = before;
+        let active = match standing {
+            Standing::Idle => conn.answered != answered_before,
+            Standing::Owed => conn.moved != moved_before,
+            Standing::Partial => false,
+        };
+        if standing != conn.standing || active {
             self.next_epoch += 1;
             conn.standing = standing;
             conn.epoch = self.next_epoch;
@@ -415,12 +453,12 @@ impl Endpoint {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return Happened::default();
         };
-        let answered = conn.answered;
+        let before = (conn.answered, conn.moved);
         match conn.drive(&mut self.shared, snap, now, read_closed) {
             Outcome::Keep => {
-                let deadline = conn.deadline;
-                self.note_deadline(deadline);
-                self.after_turn(slot, answered, now);
+                let due = conn.due(&self.shared.limits);
+                self.note_deadline(due);
+                self.after_turn(slot, before, now);
             }
             Outcome::Close => self.close(registry, slot),
         }
@@ -441,18 +479,23 @@ impl Endpoint {
             let Some(conn) = self.conns[slot].as_mut() else {
                 continue;
             };
-            if conn.deadline > now {
-                let deadline = conn.deadline;
-                self.note_deadline(deadline);
+            let due = conn.due(&self.shared.limits);
+            if due > now {
+                self.note_deadline(due);
                 continue;
             }
-            if conn.state == State::Head && conn.pending.len() > 0 {
-                // Best effort: the client stalled mid-request (slowloris); tell it why.
+            if conn.state == State::Head && conn.pending.len() > 0 && conn.out.is_empty() {
+                // Best effort: the client stalled mid-request (slowloris); tell it why (not
+                // after part of another answer).
                 let mut out = Vec::new();
                 Response::error(408).write_to(false, &mut out);
                 let _ = conn.stream.write(&out);
             }
-            log::debug!("connection timed out in state {:?}", conn.state);
+            log::debug!(
+                "connection timed out in state {:?} with {} bytes unsent",
+                conn.state,
+                conn.out.len()
+            );
             self.shared.counters.dropped += 1;
             self.close(registry, slot);
         }
@@ -500,7 +543,7 @@ impl Conn {
         let mut eof = false;
         let mut budget = REQUESTS_PER_TURN;
         loop {
-            if !flush(conn) {
+            if !flush(conn, now) {
                 return Outcome::Close;
             }
             if conn.out.len() >= MAX_OUT {
@@ -538,7 +581,12 @@ impl Conn {
                     Err(_) => return Outcome::Close,
                 }
             };
+            let nothing_ahead = conn.out.is_empty();
             let done = conn.pending.feed(&scratch[..chunk], snap, http, &mut conn.out, budget);
+            if nothing_ahead && !conn.out.is_empty() {
+                // Answers start waiting to be written: the send timeout runs from now.
+                conn.moved = now;
+            }
             budget -= done.answered.min(budget);
             conn.answered += done.answered as u64;
             let probe = Probe { from: conn.peer, ready: snap.ready, kubelet: done.kubelet };
@@ -546,8 +594,8 @@ impl Conn {
             if done.close {
                 conn.state = State::Closing;
             } else if done.answered > 0 && conn.pending.len() == 0 {
+                // Its idle time runs from when the answers are written (see `Conn::due`).
                 conn.state = State::Idle;
-                conn.deadline = now + limits.idle_timeout;
             } else if done.answered > 0 || conn.state == State::Idle {
                 // A new request has begun: its head has the request timeout.
                 conn.state = State::Head;
@@ -592,8 +640,9 @@ fn linger(conn: &mut Conn, scratch: &mut [u8; MAX_HEAD], mut discarded: usize) -
     }
 }
 
-/// Writes what is pending without blocking. False: the connection is broken.
-fn flush(conn: &mut Conn) -> bool {
+/// Writes what is pending without blocking, noting when something was. False: the connection
+/// is broken.
+fn flush(conn: &mut Conn, now: Instant) -> bool {
     let mut written = 0;
     while written < conn.out.len() {
         match conn.stream.write(&conn.out[written..]) {
@@ -603,6 +652,9 @@ fn flush(conn: &mut Conn) -> bool {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(_) => return false,
         }
+    }
+    if written > 0 {
+        conn.moved = now;
     }
     conn.out.drain(..written);
     if conn.out.is_empty() && conn.out.capacity() > 4096 {
