@@ -3,7 +3,7 @@ complete -c lastcall -l prestop-delay -d 'Time between turning unready and sendi
 complete -c lastcall -l grace-period -d 'Time after the stop signal before SIGKILL' -r
 complete -c lastcall -l stop-signal -d 'The signal that asks the child to stop [default: the one that started the drain: TERM for docker stop and Kubernetes, INT for Ctrl-C]' -r
 complete -c lastcall -l success-exit -d 'Exit with 0 instead of CODE (repeatable; the variable takes a comma list), e.g. 143' -r
-complete -c lastcall -l max-connections -d 'At most this many connections to the endpoint; a new one beyond it makes room by closing the one idle longest (then the oldest partial request)' -r
+complete -c lastcall -l max-connections -d 'At most this many connections to the endpoint; a new one beyond it makes room by closing the one idle longest (then the oldest partial request, then the one whose answers have not moved for longest)' -r
 complete -c lastcall -l request-timeout -d 'How long a request head may take to arrive before the connection is closed' -r
 complete -c lastcall -l idle-timeout -d 'How long a keep-alive connection may wait for its next request' -r
 complete -c lastcall -l ready-tcp -d 'Ready only when a TCP connect to HOST:PORT succeeds (repeatable; HOST is resolved once)' -r

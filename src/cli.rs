@@ -80,7 +80,8 @@ pub struct Args {
     pub no_subreaper: bool,
 
     /// At most this many connections to the endpoint; a new one beyond it makes room by closing
-    /// the one idle longest (then the oldest partial request)
+    /// the one idle longest (then the oldest partial request, then the one whose answers have
+    /// not moved for longest)
     #[arg(long, env = "LASTCALL_MAX_CONNECTIONS", help_heading = "Endpoint", value_name = "N",
           default_value = "512", value_parser = parse_max_connections)]
     pub max_connections: usize,
