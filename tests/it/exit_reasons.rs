@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    Json, LASTCALL, TestDir, has_python, metric, parse_json_lines, python3, required,
-    spawn_listening,
+    Json, LASTCALL, TestDir, children_of, has_python, metric, parse_json_lines, probe, python3,
+    required, send, spawn_listening,
 };
 
 fn is_root() -> bool {
@@ -420,6 +420,50 @@ mark first; await go; exec "$PY" -c "$HOG""#;
     out.check(
         message == "child killed by the kernel's OOM killer (memory limit 64 MiB)",
         format!("termination message {message:?}"),
+    );
+    drop(cgroup);
+}
+
+#[test]
+fn a_kill_the_app_reaped_itself_is_not_laid_on_a_later_sigkill() {
+    if !required("root (to make a memory cgroup)", is_root()) || !has_python() {
+        return;
+    }
+    let name = format!("lastcall-it-oom-reaped-{}", std::process::id());
+    let cgroup = MemoryCgroup::create(&name, 64 << 20)
+        .unwrap_or_else(|why| panic!("no memory cgroup to run lastcall in: {why}"));
+    let dir = TestDir::new("oom_reaped");
+    let log = dir.join("termination-log");
+    let python = python3().expect("python3");
+    // The app's worker is OOM-killed and reaped by the app (no SIGCHLD for lastcall); the
+    // app lives on until an operator's `kill -9`.
+    let child = r#"echo 1000 > /proc/self/oom_score_adj
+"$PY" -c "$HOG"; mark reaped; idle"#;
+    let (lastcall, port) = spawn_listening(
+        |port| {
+            dir.command("sh")
+                .args(["-c", INTO_CGROUP, "sh", cgroup.procs().to_str().unwrap(), LASTCALL])
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--termination-log"])
+                .arg(log.to_str().unwrap())
+                .env("PY", &python)
+                .env("HOG", HOG)
+                .sh(child)
+        },
+        || dir.exists("reaped"),
+    );
+    // A probe, as the platform sends them: lastcall wakes and reads the counter.
+    assert_eq!(probe(port, "/livez", Duration::from_secs(5)), Some(200));
+    std::thread::sleep(Duration::from_secs(2));
+    let app = children_of(lastcall.pid());
+    assert_eq!(app.len(), 1, "lastcall's one child: {app:?}");
+    send(app[0], libc::SIGKILL);
+    let out = lastcall.wait();
+    out.assert_code(137);
+    out.check(!dir.exists("survived"), "the hog survived: the limit did not hold");
+    let message = dir.read("termination-log");
+    out.check(message == "child killed by SIGKILL", format!("termination message {message:?}"));
+    out.assert_stderr_has(
+        "the kernel's OOM killer killed 1 other process(es) in lastcall's memory cgroup",
     );
     drop(cgroup);
 }
