@@ -330,7 +330,7 @@ mod tests {
             view.explain(),
             "phase: stopping\nchild pid: 42\ntime in phase: 1.0s\nlast drain ended: delay\n"
         );
-        m.step(Input::OomKills { new: 2, limit: None }, t0 + Duration::from_secs(7));
+        m.step(Input::OomKills { new: 2, since: t0, limit: None }, t0 + Duration::from_secs(7));
         let text = View { machine: &m, checker: &checker, now: t0 }.render(&http);
         assert!(text.lines().any(|l| l == "lastcall_oom_kills_total 2"), "{text}");
     }

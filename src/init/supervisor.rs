@@ -32,8 +32,7 @@ use crate::init::child::{self, Spawner};
 use crate::init::fatal::{Fatal, setup};
 use crate::init::fd_limit;
 use crate::init::reaper;
-use crate::init::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
-use crate::init::status::ChildStatus;
+use crate::init::signals::{self, SIGCHLD, Sig, Signals};
 use crate::machine::{Action, Fields, Input, Machine};
 use crate::platform::logger::{self, Field};
 use crate::platform::notify::{self, Said};
@@ -241,6 +240,12 @@ impl Supervisor {
         if woke.signals {
             self.more.signals = self.signals.read(SIGNALS_PER_TURN, &mut received);
         }
+        // A turn that reaps reads the counter in its reaping pass; any other reads it here,
+        // so that kills of processes lastcall never reaps (the app's own children) are
+        // counted before a later death, not laid on it.
+        if !woke.reap && !received.contains(&SIGCHLD) {
+            self.look_for_oom_kills();
+        }
         if woke.reap {
             self.reap();
         }
@@ -278,15 +283,20 @@ impl Supervisor {
             }
         }
         if collected > 0 {
-            // The kernel's OOM killer kills with SIGKILL: only its counter tells. Read now,
-            // so that the machine knows before it hears of the deaths.
-            if exits.iter().any(|(_, status)| *status == ChildStatus::Signaled(SIGKILL)) {
-                let new = self.oom.new_kills();
-                if new > 0 {
-                    self.feed(Input::OomKills { new, limit: self.oom.limit() });
-                }
-            }
+            // The kernel's OOM killer kills with SIGKILL: only its counter tells. Read after
+            // the deaths were collected (it counts the kills behind them) and before the
+            // machine hears of them.
+            self.look_for_oom_kills();
             self.feed(Input::Reaped { exits, children_left: reaped.children_left });
+        }
+    }
+
+    /// Reads the OOM-kill counter; a rise goes to the machine with the time of the previous
+    /// read, after which those kills happened.
+    fn look_for_oom_kills(&mut self) {
+        let (new, since) = self.oom.new_kills(Instant::now());
+        if new > 0 {
+            self.feed(Input::OomKills { new, since, limit: self.oom.limit() });
         }
     }
 

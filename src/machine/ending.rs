@@ -1,11 +1,18 @@
 //! Why the run ended: the termination message, and which SIGKILLs were the kernel's.
 //!
-//! A process the OOM killer ends dies of SIGKILL like one `kill -9` ended. The loop reads
-//! the memory cgroup's OOM-kill counter when a reaping pass holds a death by SIGKILL and
-//! brings what it read as [`Input::OomKills`](super::Input::OomKills), just before that
-//! pass; the new kills are laid on that pass's SIGKILL deaths, the main child's first. A
-//! SIGKILL of lastcall's own (after the grace period, or a third signal) is never taken for
-//! the kernel's: in those phases, new kills are reported as other processes'.
+//! A process the OOM killer ends dies of SIGKILL like one `kill -9` ended; only the memory
+//! cgroup's OOM-kill counter tells, and it says how many, not whom or when. The loop reads it
+//! after each reaping pass's `waitpid`s and at the start of every other turn, and brings a
+//! rise as [`Input::OomKills`](super::Input::OomKills): `new` kills that happened between the
+//! previous read (`since`) and now. The kernel counts a kill before its victim dies, and the
+//! victim's death reaches a reaping pass within [`KILL_TO_REAP`]; so a death by SIGKILL in a
+//! pass is laid on kills counted at most that long before the pass, the main child first.
+//! Kills counted earlier were of processes lastcall never reaped (the app's own children):
+//! they are said as other processes', never laid on a later death. The claim is plain when
+//! the kills cannot have happened long before the pass (the read before them is within
+//! [`KILL_TO_REAP`]) and every SIGKILL death of the pass has a kill of its own; otherwise
+//! the process was *probably* the kernel's. A SIGKILL of lastcall's own (after the grace
+//! period, or a third signal) is never taken for the kernel's.
 //!
 //! When the main child ends, one match on the phase it ended in ([`ChildEnd`]) gives both
 //! the log line's words and the [`Ending`] the machine keeps; when lastcall exits, it says
@@ -29,6 +36,9 @@ pub enum Ending {
     Own(ChildStatus),
     /// The kernel's OOM killer killed it; the memory limit, in bytes, if there is one.
     Oom { limit: Option<u64> },
+    /// A kill by the OOM killer was counted when it died of SIGKILL, but the counter cannot
+    /// tell that the kill was its.
+    ProbablyOom { limit: Option<u64> },
     /// It ended during the drain, before the stop signal.
     DuringDrain { status: ChildStatus, drained: Duration },
     /// It ended `took` after the stop signal `stop`, which came `drained` after the drain
@@ -64,6 +74,14 @@ impl fmt::Display for Ending {
             Ending::Oom { limit: Some(bytes) } => write!(
                 f,
                 "child killed by the kernel's OOM killer (memory limit {})",
+                format_bytes(bytes)
+            ),
+            Ending::ProbablyOom { limit: None } => {
+                write!(f, "child probably killed by the kernel's OOM killer")
+            }
+            Ending::ProbablyOom { limit: Some(bytes) } => write!(
+                f,
+                "child probably killed by the kernel's OOM killer (memory limit {})",
                 format_bytes(bytes)
             ),
             Ending::DuringDrain { status, drained } => write!(
@@ -107,23 +125,68 @@ pub(super) struct ChildEnd {
     pub kill_at: Option<Instant>,
 }
 
+/// How long a process the OOM killer chose may take to die and be reaped: it frees its memory
+/// first, and its SIGCHLD wakes the loop at once.
+pub(super) const KILL_TO_REAP: Duration = Duration::from_secs(1);
+
 /// What the OOM-kill counter said, and what is made of it.
 #[derive(Clone, Copy, Debug, Default)]
 pub(super) struct Oom {
-    /// Kills read for the coming reaping pass, not yet laid on a process.
-    pending: u64,
+    /// Kills read, not yet laid on a process nor said as others'.
+    unclaimed: u64,
+    /// The read before the oldest of them: they happened after it.
+    since: Option<Instant>,
+    /// The read that counted the newest of them.
+    counted: Option<Instant>,
     pub(super) limit: Option<u64>,
     /// Every kill read since start: `lastcall_oom_kills_total`.
     pub(super) total: u64,
     /// The main child was one of them.
     pub(super) main: bool,
+    /// The main child was probably one of them (the counter cannot tell for sure).
+    probably_main: bool,
 }
 
 impl Oom {
-    pub(super) fn on_kills(&mut self, new: u64, limit: Option<u64>) {
-        self.pending += new;
-        self.total += new;
+    pub(super) fn on_kills(
+        &mut self,
+        new: u64,
+        since: Instant,
+        limit: Option<u64>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
         self.limit = limit;
+        self.expire(now, out);
+        self.unclaimed += new;
+        self.total += new;
+        self.since = Some(self.since.map_or(since, |s| s.min(since)));
+        self.counted = Some(now);
+    }
+
+    /// Kills counted too long ago to be the death of anything reaped from now on are said
+    /// as other processes'.
+    fn expire(&mut self, now: Instant, out: &mut Vec<Action>) {
+        let old = self.counted.is_some_and(|at| now.saturating_duration_since(at) > KILL_TO_REAP);
+        if old {
+            self.say_others(out);
+        }
+    }
+
+    /// The kills left unclaimed were of processes lastcall cannot name.
+    fn say_others(&mut self, out: &mut Vec<Action>) {
+        let others = std::mem::take(&mut self.unclaimed);
+        (self.since, self.counted) = (None, None);
+        if others > 0 {
+            out.push(log(
+                Level::Warn,
+                format!(
+                    "the kernel's OOM killer killed {others} other process(es) in lastcall's \
+                     memory cgroup{}",
+                    self.limit_text()
+                ),
+            ));
+        }
     }
 
     /// ` (memory limit 256 MiB)`, or nothing without a limit.
@@ -133,14 +196,16 @@ impl Oom {
 }
 
 impl Machine {
-    /// Lays the kills just read on this pass's deaths by SIGKILL, the main child's first,
-    /// and warns of each; kills left over were of processes lastcall cannot name.
+    /// Lays the kills counted for this pass on its deaths by SIGKILL, the main child's first,
+    /// and warns of each; see the module's doc for which kills and how sure.
     pub(super) fn attribute_oom_kills(
         &mut self,
         exits: &[(Pid, ChildStatus)],
+        now: Instant,
         out: &mut Vec<Action>,
     ) {
-        if self.oom.pending == 0 {
+        self.oom.expire(now, out);
+        if self.oom.unclaimed == 0 {
             return;
         }
         // After lastcall's own SIGKILL, a death by SIGKILL is no sign of the kernel's.
@@ -155,31 +220,30 @@ impl Machine {
             .filter(|(_, status)| !killing && *status == ChildStatus::Signaled(SIGKILL))
             .map(|&(pid, _)| pid)
             .collect();
+        if victims.is_empty() {
+            return;
+        }
         victims.sort_by_key(|&pid| Some(pid) != main);
+        let recent =
+            self.oom.since.is_some_and(|s| now.saturating_duration_since(s) <= KILL_TO_REAP);
+        let sure = recent && victims.len() as u64 <= self.oom.unclaimed;
+        let was = if sure { "was" } else { "was probably" };
         let limit = self.oom.limit_text();
-        for pid in victims.into_iter().take(self.oom.pending as usize) {
-            self.oom.pending -= 1;
+        for pid in victims.into_iter().take(self.oom.unclaimed as usize) {
+            self.oom.unclaimed -= 1;
             let who = if Some(pid) == main {
-                self.oom.main = true;
+                self.oom.main = sure;
+                self.oom.probably_main = !sure;
                 "child"
             } else {
                 "process"
             };
             out.push(log(
                 Level::Warn,
-                format!("{who} {pid} was killed by the kernel's OOM killer{limit}"),
+                format!("{who} {pid} {was} killed by the kernel's OOM killer{limit}"),
             ));
         }
-        let others = std::mem::take(&mut self.oom.pending);
-        if others > 0 {
-            out.push(log(
-                Level::Warn,
-                format!(
-                    "the kernel's OOM killer killed {others} other process(es) in lastcall's \
-                     memory cgroup{limit}"
-                ),
-            ));
-        }
+        self.oom.say_others(out);
     }
 
     /// The main child's end, read once from the phase it ended in: the termination message
@@ -260,6 +324,11 @@ impl Machine {
     /// The last step: lastcall exits with `code`, and says why.
     pub(super) fn exit(&mut self, code: u8, out: &mut Vec<Action>) {
         self.phase = Phase::Exited { code };
+        self.oom.say_others(out);
+        // The end the phase told, unless the counter cannot say whether the kernel killed it.
+        if self.oom.probably_main && self.ending.is_some() {
+            self.ending = Some(Ending::ProbablyOom { limit: self.oom.limit });
+        }
         let why = match self.ending {
             Some(ending) => ending.to_string(),
             None => format!("exiting with {code}"),
@@ -388,7 +457,7 @@ mod tests {
     fn an_oom_kill_of_the_child_is_warned_and_told() {
         let mut r = Run::new(policy());
         assert_eq!(r.m.oom_kills(), 0);
-        assert!(r.all(Input::OomKills { new: 1, limit: Some(256 << 20) }).is_empty());
+        assert!(r.all(Input::OomKills { new: 1, since: r.now, limit: Some(256 << 20) }).is_empty());
         let out = r.all(exits(ChildStatus::Signaled(SIGKILL), false));
         let warned: Vec<&Action> =
             out.iter().filter(|a| matches!(a, Action::Log(Level::Warn, ..))).collect();
@@ -403,7 +472,7 @@ mod tests {
         assert_eq!((r.m.oom_kills(), r.m.exit_code()), (1, Some(137)));
         // Without a limit (an ancestor's cannot be seen), nothing is made up.
         let mut r = Run::new(policy());
-        r.step(Input::OomKills { new: 1, limit: None });
+        r.step(Input::OomKills { new: 1, since: r.now, limit: None });
         let out = r.all(exits(ChildStatus::Signaled(SIGKILL), false));
         assert_eq!(ended(&out), ["child killed by the kernel's OOM killer"]);
     }
@@ -413,7 +482,7 @@ mod tests {
         let mut r = Run::new(policy());
         let worker = Pid::from_raw(77);
         let other = Pid::from_raw(78);
-        r.step(Input::OomKills { new: 1, limit: None });
+        r.step(Input::OomKills { new: 1, since: r.now, limit: None });
         // An orphan that exited normally is no victim; the one killed is.
         let pass = Input::Reaped {
             exits: vec![(other, ChildStatus::Exited(0)), (worker, ChildStatus::Signaled(SIGKILL))],
@@ -422,7 +491,7 @@ mod tests {
         assert_eq!(r.logs(pass, Level::Warn), ["process 77 was killed by the kernel's OOM killer"]);
         assert!(r.m.is_live(), "the child runs on");
         // Two kills, one process to name: the other is said as a count.
-        r.step(Input::OomKills { new: 2, limit: Some(64 << 20) });
+        r.step(Input::OomKills { new: 2, since: r.now, limit: Some(64 << 20) });
         let pass = Input::Reaped {
             exits: vec![
                 (other, ChildStatus::Signaled(SIGKILL)),
@@ -444,13 +513,78 @@ mod tests {
         assert_eq!(ended(&out), ["child killed by SIGKILL"]);
     }
 
+    /// The warnings of some actions.
+    fn warned(out: &[Action]) -> Vec<String> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Log(Level::Warn, line, _) => Some(line.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_kill_counted_before_the_death_is_not_laid_on_it() {
+        // The review's case: a worker the app reaps itself is OOM-killed; a turn (a probe)
+        // reads the counter; 2s later the child dies of an operator's `kill -9`.
+        let mut r = Run::new(policy());
+        let t0 = r.t0;
+        let out = r.at(secs(1)).all(Input::OomKills { new: 1, since: t0, limit: None });
+        assert!(out.is_empty(), "not yet said: a death may still come for it");
+        let out = r.at(secs(3)).all(exits(ChildStatus::Signaled(SIGKILL), false));
+        assert_eq!(
+            warned(&out),
+            ["the kernel's OOM killer killed 1 other process(es) in lastcall's memory cgroup"]
+        );
+        assert_eq!(ended(&out), ["child killed by SIGKILL"]);
+        assert_eq!(r.m.oom_kills(), 1);
+        // No read between the worker's kill and the child's death: the counter cannot tell.
+        let mut r = Run::new(policy());
+        let t0 = r.t0;
+        r.at(secs(3)).step(Input::OomKills { new: 1, since: t0, limit: Some(64 << 20) });
+        let out = r.all(exits(ChildStatus::Signaled(SIGKILL), false));
+        assert_eq!(
+            warned(&out),
+            ["child 42 was probably killed by the kernel's OOM killer (memory limit 64 MiB)"]
+        );
+        assert_eq!(
+            ended(&out),
+            ["child probably killed by the kernel's OOM killer (memory limit 64 MiB)"]
+        );
+    }
+
+    #[test]
+    fn a_kill_counted_just_before_the_death_is_its_own() {
+        // A turn read the kill while the victim was still dying; the read before was recent.
+        let mut r = Run::new(policy());
+        let since = r.t0 + Duration::from_millis(9_900);
+        r.at(secs(10)).step(Input::OomKills { new: 1, since, limit: None });
+        let out =
+            r.at(Duration::from_millis(10_300)).all(exits(ChildStatus::Signaled(SIGKILL), false));
+        assert_eq!(warned(&out), ["child 42 was killed by the kernel's OOM killer"]);
+        assert_eq!(ended(&out), ["child killed by the kernel's OOM killer"]);
+        // One kill, two deaths by SIGKILL: which one is not known.
+        let mut r = Run::new(policy());
+        r.at(secs(10)).step(Input::OomKills { new: 1, since, limit: None });
+        let pass = Input::Reaped {
+            exits: vec![
+                (Pid::from_raw(77), ChildStatus::Signaled(SIGKILL)),
+                (PID, ChildStatus::Signaled(SIGKILL)),
+            ],
+            children_left: false,
+        };
+        let out = r.all(pass);
+        assert_eq!(warned(&out), ["child 42 was probably killed by the kernel's OOM killer"]);
+        assert_eq!(ended(&out), ["child probably killed by the kernel's OOM killer"]);
+    }
+
     #[test]
     fn lastcalls_own_sigkill_is_never_taken_for_the_kernels() {
         let mut r = Run::new(policy());
         r.step(Input::Signal(SIGTERM));
         r.at(secs(5)).step(Input::Tick);
         r.at(secs(25)).step(Input::Tick);
-        r.step(Input::OomKills { new: 1, limit: None });
+        r.step(Input::OomKills { new: 1, since: r.now, limit: None });
         let out = r.all(exits(ChildStatus::Signaled(SIGKILL), false));
         assert_eq!(ended(&out), ["child killed by SIGKILL: grace period of 20.0s expired"]);
         let warned: Vec<String> = out

@@ -105,10 +105,11 @@ pub enum Input {
     AppPorts(Vec<u16>),
     /// The app's connections on those ports at one read, in sum; or why the read failed.
     AppRead(Result<AppSummary, String>),
-    /// lastcall's memory cgroup counted `new` more OOM kills since the last look (read when
-    /// a process that died of SIGKILL is reaped, just before that [`Input::Reaped`]), and
-    /// the memory limit that applies, in bytes, if there is one.
-    OomKills { new: u64, limit: Option<u64> },
+    /// lastcall's memory cgroup counted `new` more OOM kills since the previous read, made at
+    /// `since` (the kills happened between then and now), and the memory limit that applies,
+    /// in bytes, if there is one. Read after each reaping pass's `waitpid`s, just before its
+    /// [`Input::Reaped`], and at the start of every other turn of the loop.
+    OomKills { new: u64, since: Instant, limit: Option<u64> },
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -297,7 +298,9 @@ impl Machine {
             Input::Notify { ready, from } => self.on_notify(ready, from, now, &mut out),
             Input::AppPorts(ports) => self.on_app_ports(ports, &mut out),
             Input::AppRead(read) => self.on_app_read(read, now, &mut out),
-            Input::OomKills { new, limit } => self.oom.on_kills(new, limit),
+            Input::OomKills { new, since, limit } => {
+                self.oom.on_kills(new, since, limit, now, &mut out)
+            }
             Input::Tick => {
                 self.on_tick(now, &mut out);
                 self.reload_tick(now, &mut out);
@@ -344,7 +347,7 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
-        self.attribute_oom_kills(&exits, out);
+        self.attribute_oom_kills(&exits, now, out);
         let main = self.child();
         let mut main_status = None;
         let mut others = 0;
@@ -487,7 +490,7 @@ impl fmt::Display for Input {
                 }
             }
             Input::AppRead(Err(e)) => write!(f, "reading the app's connections failed: {e}"),
-            Input::OomKills { new, limit } => {
+            Input::OomKills { new, limit, .. } => {
                 let limit = limit.map_or("none".to_string(), crate::show::format_bytes);
                 write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")
             }

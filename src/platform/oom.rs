@@ -2,8 +2,9 @@
 //!
 //! A process the kernel's OOM killer ends dies of SIGKILL like one that `kill -9` ended; only
 //! the memory cgroup's counter tells them apart. lastcall reads the counter at start and
-//! again when it reaps a process that died of SIGKILL ([`OomWatch`]); if it went up, the
-//! kernel killed it. The cgroup is found as the kernel describes it, not at an assumed path:
+//! whenever its loop looks ([`OomWatch`]), and hands each rise to the machine with the time
+//! of the previous read; which deaths the kills are laid on is the machine's decision. The
+//! cgroup is found as the kernel describes it, not at an assumed path:
 //! `/proc/self/cgroup` gives the cgroup's path in each hierarchy, `/proc/self/mountinfo`
 //! where (and which part of) each hierarchy is mounted.
 //!
@@ -37,6 +38,7 @@
 //!   does the same.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use crate::show::format_bytes;
 
@@ -261,12 +263,14 @@ impl MemoryCgroup {
     }
 }
 
-/// Watches lastcall's cgroup for OOM kills: read at start, and again whenever a process
-/// lastcall reaps died of SIGKILL.
+/// Watches lastcall's cgroup for OOM kills: read at start, and again whenever the loop looks
+/// (after each reaping pass's `waitpid`s, and at the start of every other turn).
 #[derive(Debug)]
 pub struct OomWatch {
     cgroup: Option<MemoryCgroup>,
     seen: u64,
+    /// When `seen` was read: new kills happened after it.
+    read_at: Instant,
 }
 
 impl OomWatch {
@@ -275,20 +279,24 @@ impl OomWatch {
     pub fn start() -> OomWatch {
         let found = MemoryCgroup::find().and_then(|c| Some((c.oom_kills()?, c)));
         match found {
-            Some((seen, cgroup)) => OomWatch { cgroup: Some(cgroup), seen },
-            None => OomWatch { cgroup: None, seen: 0 },
+            Some((seen, cgroup)) => {
+                OomWatch { cgroup: Some(cgroup), seen, read_at: Instant::now() }
+            }
+            None => OomWatch { cgroup: None, seen: 0, read_at: Instant::now() },
         }
     }
 
-    /// How many OOM kills happened since the last look (0 if lastcall cannot tell).
-    pub fn new_kills(&mut self) -> u64 {
-        let Some(now) = self.cgroup.as_ref().and_then(MemoryCgroup::oom_kills) else {
-            return 0;
+    /// How many OOM kills happened since the last look, made at the instant returned with
+    /// them (0 if lastcall cannot tell); `now` becomes the last look.
+    pub fn new_kills(&mut self, now: Instant) -> (u64, Instant) {
+        let Some(count) = self.cgroup.as_ref().and_then(MemoryCgroup::oom_kills) else {
+            return (0, self.read_at);
         };
         // A counter never goes down; a smaller value (a cgroup moved) starts a new baseline.
-        let new = now.saturating_sub(self.seen);
-        self.seen = now;
-        new
+        let new = count.saturating_sub(self.seen);
+        let since = std::mem::replace(&mut self.read_at, now);
+        self.seen = count;
+        (new, since)
     }
 
     /// The limit that applies, in bytes, if there is one.
@@ -501,19 +509,22 @@ mod tests {
         std::fs::write(&events, "oom_kill 5\n").unwrap();
         let cgroup =
             MemoryCgroup { version: Version::V2, dir: dir.clone(), mount_point: dir.clone() };
-        let mut watch = OomWatch { seen: cgroup.oom_kills().unwrap(), cgroup: Some(cgroup) };
-        assert_eq!(watch.new_kills(), 0, "kills before start are not ours");
+        let t0 = Instant::now();
+        let seen = cgroup.oom_kills().unwrap();
+        let mut watch = OomWatch { seen, cgroup: Some(cgroup), read_at: t0 };
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        assert_eq!(watch.new_kills(at(1)), (0, t0), "kills before start are not ours");
         std::fs::write(&events, "oom_kill 7\n").unwrap();
-        assert_eq!(watch.new_kills(), 2);
-        assert_eq!(watch.new_kills(), 0);
+        assert_eq!(watch.new_kills(at(2)), (2, at(1)), "two kills after the read at 1ms");
+        assert_eq!(watch.new_kills(at(3)), (0, at(2)));
         std::fs::write(&events, "oom_kill 1\n").unwrap();
-        assert_eq!(watch.new_kills(), 0, "a smaller value: new baseline");
+        assert_eq!(watch.new_kills(at(4)).0, 0, "a smaller value: new baseline");
         std::fs::write(&events, "oom_kill 2\n").unwrap();
-        assert_eq!(watch.new_kills(), 1);
+        assert_eq!(watch.new_kills(at(5)), (1, at(4)));
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(watch.new_kills(), 0, "gone: no claim");
-        let mut blind = OomWatch { cgroup: None, seen: 0 };
-        assert_eq!((blind.new_kills(), blind.limit_text()), (0, None));
+        assert_eq!(watch.new_kills(at(6)), (0, at(5)), "gone: no claim, no new look");
+        let mut blind = OomWatch { cgroup: None, seen: 0, read_at: t0 };
+        assert_eq!((blind.new_kills(at(1)).0, blind.limit_text()), (0, None));
     }
 
     #[test]

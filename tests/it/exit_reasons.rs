@@ -4,12 +4,14 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use crate::support::{
-    Json, LASTCALL, TestDir, has_python, metric, parse_json_lines, python3, required,
-    spawn_listening,
+    Json, LASTCALL, TestDir, children_of, has_python, metric, parse_json_lines, probe, python3,
+    required, send, spawn_listening,
 };
 
 fn is_root() -> bool {
@@ -104,6 +106,58 @@ fn an_exec_failure_is_told_and_a_bad_path_changes_nothing() {
         .run()
         .assert_code(0);
     assert!(!log.exists(), "--termination-log off wrote {log:?}");
+}
+
+/// The termination log is written after the child has gone: a file someone else put there
+/// must neither hold up the exit nor redirect the write.
+#[test]
+fn a_fifo_at_the_termination_log_does_not_hold_up_the_exit() {
+    let dir = TestDir::new("termination_fifo");
+    // In a directory of its own: the failure report reads the test dir's files, and a read
+    // of a FIFO without a writer would block too.
+    fs::create_dir(dir.join("run")).unwrap();
+    let log = dir.join("run/termination-log");
+    nix::unistd::mkfifo(&log, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    // No reader: an open that blocks would never return.
+    let out = dir
+        .lastcall()
+        .args(["--listen", "off", "--termination-log", log.to_str().unwrap()])
+        .sh("exit 3")
+        .spawn()
+        .wait_for(Duration::from_secs(5));
+    out.assert_code(3);
+    out.assert_stderr_has("it is a FIFO");
+}
+
+#[test]
+fn a_symlink_at_the_termination_log_is_not_followed() {
+    let dir = TestDir::new("termination_symlink");
+    let precious = "root's own file: not the termination log\n";
+    dir.write("precious", precious);
+    fs::create_dir(dir.join("drop")).unwrap();
+    let log = dir.join("drop/termination-log");
+    // As root, the review's case: a child running as `nobody` owns the directory and plants
+    // the link before it ends; otherwise the test plants it.
+    let nobody = is_root()
+        && Command::new("id").args(["-u", "nobody"]).output().is_ok_and(|o| o.status.success());
+    let mut lastcall = dir.lastcall();
+    if nobody {
+        std::os::unix::fs::chown(dir.join("drop"), Some(65534), Some(65534)).unwrap();
+        fs::set_permissions(dir.join("precious"), fs::Permissions::from_mode(0o600)).unwrap();
+        lastcall = lastcall.args(["--user", "nobody"]);
+    } else {
+        std::os::unix::fs::symlink(dir.join("precious"), &log).unwrap();
+    }
+    let out = lastcall
+        .args(["--listen", "off", "--termination-log", log.to_str().unwrap()])
+        .sh(r#"[ -L "$DIR/drop/termination-log" ] || ln -s "$DIR/precious" "$DIR/drop/termination-log"
+exit 0"#)
+        .run();
+    out.assert_code(0);
+    let now = dir.read("precious");
+    out.check(now == precious, format!("the link's target was written: {now:?}"));
+    out.check(fs::symlink_metadata(&log).is_ok_and(|m| m.is_symlink()), "the link was planted");
+    out.assert_stderr_has("it is a symbolic link");
 }
 
 /// The value of `key` in one parsed JSON line.
@@ -367,6 +421,50 @@ mark first; await go; exec "$PY" -c "$HOG""#;
     out.check(
         message == "child killed by the kernel's OOM killer (memory limit 64 MiB)",
         format!("termination message {message:?}"),
+    );
+    drop(cgroup);
+}
+
+#[test]
+fn a_kill_the_app_reaped_itself_is_not_laid_on_a_later_sigkill() {
+    if !required("root (to make a memory cgroup)", is_root()) || !has_python() {
+        return;
+    }
+    let name = format!("lastcall-it-oom-reaped-{}", std::process::id());
+    let cgroup = MemoryCgroup::create(&name, 64 << 20)
+        .unwrap_or_else(|why| panic!("no memory cgroup to run lastcall in: {why}"));
+    let dir = TestDir::new("oom_reaped");
+    let log = dir.join("termination-log");
+    let python = python3().expect("python3");
+    // The app's worker is OOM-killed and reaped by the app (no SIGCHLD for lastcall); the
+    // app lives on until an operator's `kill -9`.
+    let child = r#"echo 1000 > /proc/self/oom_score_adj
+"$PY" -c "$HOG"; mark reaped; idle"#;
+    let (lastcall, port) = spawn_listening(
+        |port| {
+            dir.command("sh")
+                .args(["-c", INTO_CGROUP, "sh", cgroup.procs().to_str().unwrap(), LASTCALL])
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--termination-log"])
+                .arg(log.to_str().unwrap())
+                .env("PY", &python)
+                .env("HOG", HOG)
+                .sh(child)
+        },
+        || dir.exists("reaped"),
+    );
+    // A probe, as the platform sends them: lastcall wakes and reads the counter.
+    assert_eq!(probe(port, "/livez", Duration::from_secs(5)), Some(200));
+    std::thread::sleep(Duration::from_secs(2));
+    let app = children_of(lastcall.pid());
+    assert_eq!(app.len(), 1, "lastcall's one child: {app:?}");
+    send(app[0], libc::SIGKILL);
+    let out = lastcall.wait();
+    out.assert_code(137);
+    out.check(!dir.exists("survived"), "the hog survived: the limit did not hold");
+    let message = dir.read("termination-log");
+    out.check(message == "child killed by SIGKILL", format!("termination message {message:?}"));
+    out.assert_stderr_has(
+        "the kernel's OOM killer killed 1 other process(es) in lastcall's memory cgroup",
     );
     drop(cgroup);
 }
