@@ -48,6 +48,9 @@ const CHILD_NOTIFY: Token = Token(3);
 const SIGNALS_PER_TURN: usize = 1024;
 /// The most notify datagrams read in one turn: a flood costs bounded time and memory.
 const NOTIFY_PER_TURN: usize = 64;
+/// How often a turn that reaps nothing reads the OOM-kill counter at most: well inside the
+/// second within which the machine lays a kill on a death.
+const OOM_LOOK_EVERY: Duration = Duration::from_millis(10);
 const FIRST_CHECK: usize = 16;
 const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
 
@@ -242,8 +245,10 @@ impl Supervisor {
         }
         // A turn that reaps reads the counter in its reaping pass; any other reads it here,
         // so that kills of processes lastcall never reaps (the app's own children) are
-        // counted before a later death, not laid on it.
-        if !woke.reap && !received.contains(&SIGCHLD) {
+        // counted before a later death, not laid on it. At most every OOM_LOOK_EVERY: a
+        // busy endpoint's turns do not each pay for a file read.
+        let looked_lately = self.oom.read_within(OOM_LOOK_EVERY, Instant::now());
+        if !woke.reap && !received.contains(&SIGCHLD) && !looked_lately {
             self.look_for_oom_kills();
         }
         if woke.reap {

@@ -264,7 +264,8 @@ impl MemoryCgroup {
 }
 
 /// Watches lastcall's cgroup for OOM kills: read at start, and again whenever the loop looks
-/// (after each reaping pass's `waitpid`s, and at the start of every other turn).
+/// (after each reaping pass's `waitpid`s, and at the start of other turns, at most every
+/// 10 ms).
 #[derive(Debug)]
 pub struct OomWatch {
     cgroup: Option<MemoryCgroup>,
@@ -297,6 +298,11 @@ impl OomWatch {
         let since = std::mem::replace(&mut self.read_at, now);
         self.seen = count;
         (new, since)
+    }
+
+    /// Whether the counter was read less than `within` before `now`.
+    pub fn read_within(&self, within: std::time::Duration, now: Instant) -> bool {
+        now.saturating_duration_since(self.read_at) < within
     }
 
     /// The limit that applies, in bytes, if there is one.
