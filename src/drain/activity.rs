@@ -29,7 +29,7 @@
 //! case, not a corner: on loopback here, 200 of 200 requests on fresh connections tied with
 //! the handshake, and 199 of 200 requests answered at once tied with their answer. Taking
 //! every tie as busy would hold the drain on any connection whose last exchange was fast;
-//! taking ties as idle cuts requests in flight on fresh connections (measured for issue 13).
+//! taking ties as idle cuts requests in flight on fresh connections (measured on loopback).
 //! Nor is "nothing received since the previous read, and all that was written acknowledged"
 //! enough to call a tie idle: it also describes a request being worked on, on a fresh
 //! connection where nothing was written yet, so all of it is acknowledged.

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::{
-    Json, LASTCALL, TestDir, children_of, has_python, metric, parse_json_lines, probe, python3,
-    required, send, spawn_listening,
+    Json, LASTCALL, Running, TestDir, children_of, has_python, metric, parse_json_lines, probe,
+    python3, required, send, spawn_listening,
 };
 
 fn is_root() -> bool {
@@ -375,6 +375,26 @@ const INTO_CGROUP: &str = r#"p=$1; shift; echo $$ > "$p" || exit 1
 { echo -1000 > /proc/self/oom_score_adj; } 2>/dev/null
 exec "$@""#;
 
+/// lastcall in `cgroup`, listening on a free port, writing its termination message to
+/// `$DIR/termination-log`, around `sh -c CHILD` with `$PY` and `$HOG` set; returned once
+/// the child has made `marker`.
+fn in_cgroup(dir: &TestDir, cgroup: &MemoryCgroup, child: &str, marker: &str) -> (Running, u16) {
+    let python = python3().expect("python3");
+    let log = dir.join("termination-log");
+    spawn_listening(
+        |port| {
+            dir.command("sh")
+                .args(["-c", INTO_CGROUP, "sh", cgroup.procs().to_str().unwrap(), LASTCALL])
+                .args(["--listen", &format!("127.0.0.1:{port}"), "--termination-log"])
+                .arg(log.to_str().unwrap())
+                .env("PY", &python)
+                .env("HOG", HOG)
+                .sh(child)
+        },
+        || dir.exists(marker),
+    )
+}
+
 #[test]
 fn a_child_killed_by_the_oom_killer_is_told_apart_from_other_sigkills() {
     if !required("root (to make a memory cgroup)", is_root()) || !has_python() {
@@ -385,25 +405,12 @@ fn a_child_killed_by_the_oom_killer_is_told_apart_from_other_sigkills() {
     let cgroup = MemoryCgroup::create(&name, 64 << 20)
         .unwrap_or_else(|why| panic!("no memory cgroup to run lastcall in: {why}"));
     let dir = TestDir::new("oom");
-    let log = dir.join("termination-log");
-    let python = python3().expect("python3");
     // First a grandchild (an orphan, so lastcall reaps it) is OOM-killed while the child
     // lives on; then, on `go`, the child itself.
     let child = r#"echo 1000 > /proc/self/oom_score_adj
 ( "$PY" -c "$HOG" & )
 mark first; await go; exec "$PY" -c "$HOG""#;
-    let (mut lastcall, port) = spawn_listening(
-        |port| {
-            dir.command("sh")
-                .args(["-c", INTO_CGROUP, "sh", cgroup.procs().to_str().unwrap(), LASTCALL])
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--termination-log"])
-                .arg(log.to_str().unwrap())
-                .env("PY", &python)
-                .env("HOG", HOG)
-                .sh(child)
-        },
-        || dir.exists("first"),
-    );
+    let (mut lastcall, port) = in_cgroup(&dir, &cgroup, child, "first");
     lastcall.wait_until("lastcall counts the OOM kill", || {
         metric(port, "lastcall_oom_kills_total") == Some(1.0)
     });
@@ -434,24 +441,11 @@ fn a_kill_the_app_reaped_itself_is_not_laid_on_a_later_sigkill() {
     let cgroup = MemoryCgroup::create(&name, 64 << 20)
         .unwrap_or_else(|why| panic!("no memory cgroup to run lastcall in: {why}"));
     let dir = TestDir::new("oom_reaped");
-    let log = dir.join("termination-log");
-    let python = python3().expect("python3");
     // The app's worker is OOM-killed and reaped by the app (no SIGCHLD for lastcall); the
     // app lives on until an operator's `kill -9`.
     let child = r#"echo 1000 > /proc/self/oom_score_adj
 "$PY" -c "$HOG"; mark reaped; idle"#;
-    let (lastcall, port) = spawn_listening(
-        |port| {
-            dir.command("sh")
-                .args(["-c", INTO_CGROUP, "sh", cgroup.procs().to_str().unwrap(), LASTCALL])
-                .args(["--listen", &format!("127.0.0.1:{port}"), "--termination-log"])
-                .arg(log.to_str().unwrap())
-                .env("PY", &python)
-                .env("HOG", HOG)
-                .sh(child)
-        },
-        || dir.exists("reaped"),
-    );
+    let (lastcall, port) = in_cgroup(&dir, &cgroup, child, "reaped");
     // A probe, as the platform sends them: lastcall wakes and reads the counter.
     assert_eq!(probe(port, "/livez", Duration::from_secs(5)), Some(200));
     std::thread::sleep(Duration::from_secs(2));
