@@ -247,8 +247,8 @@ impl Supervisor {
         // so that kills of processes lastcall never reaps (the app's own children) are
         // counted before a later death, not laid on it. At most every OOM_LOOK_EVERY: a
         // busy endpoint's turns do not each pay for a file read.
-        let looked_lately = self.oom.read_within(OOM_LOOK_EVERY, Instant::now());
-        if !woke.reap && !received.contains(&SIGCHLD) && !looked_lately {
+        let reaping = woke.reap || received.contains(&SIGCHLD);
+        if !reaping && !self.oom.read_within(OOM_LOOK_EVERY, Instant::now()) {
             self.look_for_oom_kills();
         }
         if woke.reap {
