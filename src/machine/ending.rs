@@ -141,10 +141,8 @@ pub(super) struct Oom {
     pub(super) limit: Option<u64>,
     /// Every kill read since start: `lastcall_oom_kills_total`.
     pub(super) total: u64,
-    /// The main child was one of them.
-    pub(super) main: bool,
-    /// The main child was probably one of them (the counter cannot tell for sure).
-    probably_main: bool,
+    /// The main child was one of them: its end, as the termination message tells it.
+    main: Option<Ending>,
 }
 
 impl Oom {
@@ -232,8 +230,9 @@ impl Machine {
         for pid in victims.into_iter().take(self.oom.unclaimed as usize) {
             self.oom.unclaimed -= 1;
             let who = if Some(pid) == main {
-                self.oom.main = sure;
-                self.oom.probably_main = !sure;
+                let limit = self.oom.limit;
+                let end = if sure { Ending::Oom { limit } } else { Ending::ProbablyOom { limit } };
+                self.oom.main = Some(end);
                 "child"
             } else {
                 "process"
@@ -325,15 +324,17 @@ impl Machine {
     pub(super) fn exit(&mut self, code: u8, out: &mut Vec<Action>) {
         self.phase = Phase::Exited { code };
         self.oom.say_others(out);
-        // The end the phase told, unless the counter cannot say whether the kernel killed it.
-        if self.oom.probably_main && self.ending.is_some() {
-            self.ending = Some(Ending::ProbablyOom { limit: self.oom.limit });
-        }
         let why = match self.ending {
             Some(ending) => ending.to_string(),
             None => format!("exiting with {code}"),
         };
         out.push(Action::Ended(why));
+    }
+
+    /// How the main child ended: as the phase it ended in tells it (`from_phase`), unless the
+    /// OOM killer killed it, surely or probably.
+    pub(super) fn ending_of(&self, from_phase: Ending) -> Ending {
+        self.oom.main.unwrap_or(from_phase)
     }
 
     /// OOM kills seen in lastcall's memory cgroup since start.

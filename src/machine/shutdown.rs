@@ -386,10 +386,7 @@ impl Machine {
         let code = status.exit_code(&self.policy.success_exit);
         let end = self.child_end(status, now);
         let (pid, drain) = (self.phase.pid(), self.phase.drain());
-        self.ending = Some(match self.oom.main {
-            true => Ending::Oom { limit: self.oom.limit },
-            false => end.ending,
-        });
+        self.ending = Some(self.ending_of(end.ending));
         if let Ending::DuringDrain { .. } = end.ending {
             self.last.ended = Some(DrainEnd::ChildExited);
         }
