@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::time::{Duration, Instant};
 
 use crate::endpoint::checks::{Checker, Outcome};
-use crate::endpoint::http::{HttpCounters, Pages, Reason};
+use crate::endpoint::http::{HttpCounters, Pages, Standing};
 use crate::machine::{DrainEnd, Machine, Phase};
 use crate::show;
 
@@ -116,7 +116,7 @@ impl View<'_> {
             "counter",
             "Connections closed to make room for a new one when the maximum was open, by reason.",
         );
-        for reason in Reason::ALL {
+        for reason in Standing::ALL {
             let n = http.evicted[reason as usize];
             let _ = writeln!(
                 out,

@@ -35,22 +35,15 @@ pub enum Standing {
     Owed,
 }
 
-/// Why a connection was evicted, for `/metrics`.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Reason {
-    Idle,
-    Partial,
-    Owed,
-}
+impl Standing {
+    pub const ALL: [Standing; 3] = [Standing::Idle, Standing::Partial, Standing::Owed];
 
-impl Reason {
-    pub const ALL: [Reason; 3] = [Reason::Idle, Reason::Partial, Reason::Owed];
-
+    /// The standing a connection was evicted in, as `/metrics` names the reason.
     pub fn label(self) -> &'static str {
         match self {
-            Reason::Idle => "idle",
-            Reason::Partial => "partial_request",
-            Reason::Owed => "unread_answer",
+            Standing::Idle => "idle",
+            Standing::Partial => "partial_request",
+            Standing::Owed => "unread_answer",
         }
     }
 }
@@ -90,22 +83,22 @@ impl Admission {
         &mut self,
         now: Instant,
         current: impl Fn(usize, u64) -> bool,
-    ) -> Option<(usize, Reason)> {
+    ) -> Option<(usize, Standing)> {
         let idle = front(&mut self.idle, &current);
         if let Some(entry) = idle.filter(|e| e.since + GRACE <= now) {
             self.idle.pop_front();
-            return Some((entry.slot, Reason::Idle));
+            return Some((entry.slot, Standing::Idle));
         }
         if let Some(entry) = front(&mut self.partial, &current) {
             self.partial.pop_front();
-            return Some((entry.slot, Reason::Partial));
+            return Some((entry.slot, Standing::Partial));
         }
         if let Some(entry) = front(&mut self.owed, &current) {
             self.owed.pop_front();
-            return Some((entry.slot, Reason::Owed));
+            return Some((entry.slot, Standing::Owed));
         }
         self.idle.pop_front();
-        idle.map(|entry| (entry.slot, Reason::Idle))
+        idle.map(|entry| (entry.slot, Standing::Idle))
     }
 
     /// Drops stale entries once the queues hold many more than `open` connections could
@@ -159,10 +152,10 @@ mod tests {
         a.note(2, 3, Standing::Idle, t0);
         a.note(3, 4, Standing::Partial, t0);
         let now = [Some(1), Some(2), Some(3), Some(4)];
-        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Idle)));
-        assert_eq!(a.victim(later, current(&now)), Some((2, Reason::Idle)));
-        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Partial)), "idle ones first");
-        assert_eq!(a.victim(later, current(&now)), Some((3, Reason::Partial)));
+        assert_eq!(a.victim(later, current(&now)), Some((1, Standing::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((2, Standing::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((0, Standing::Partial)), "idle ones first");
+        assert_eq!(a.victim(later, current(&now)), Some((3, Standing::Partial)));
         assert_eq!(a.victim(later, current(&now)), None);
     }
 
@@ -177,8 +170,8 @@ mod tests {
         a.note(0, 3, Standing::Owed, t0);
         a.note(1, 4, Standing::Idle, t0);
         let now = [Some(3), Some(4)];
-        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Idle)));
-        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Owed)), "as owed, not idle");
+        assert_eq!(a.victim(later, current(&now)), Some((1, Standing::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((0, Standing::Owed)), "as owed, not idle");
         assert_eq!(a.victim(later, current(&now)), None);
     }
 
@@ -190,8 +183,8 @@ mod tests {
         a.note(1, 2, Standing::Idle, t0);
         a.note(0, 3, Standing::Idle, t0); // slot 0 answered a request and waits again
         let now = [Some(3), Some(2)];
-        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Idle)));
-        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((1, Standing::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((0, Standing::Idle)));
     }
 
     #[test]
@@ -202,8 +195,8 @@ mod tests {
         a.note(1, 2, Standing::Idle, later); // a probe, a moment ago
         let now = [Some(1), Some(2)];
         let soon = later + GRACE / 2;
-        assert_eq!(a.victim(soon, current(&now)), Some((0, Reason::Partial)));
-        assert_eq!(a.victim(soon, current(&now)), Some((1, Reason::Idle)), "then it goes");
+        assert_eq!(a.victim(soon, current(&now)), Some((0, Standing::Partial)));
+        assert_eq!(a.victim(soon, current(&now)), Some((1, Standing::Idle)), "then it goes");
     }
 
     #[test]
@@ -215,9 +208,9 @@ mod tests {
         a.note(2, 3, Standing::Partial, t0);
         a.note(0, 4, Standing::Owed, later); // slot 0's output moved: to the back
         let now = [Some(4), Some(2), Some(3)];
-        assert_eq!(a.victim(later, current(&now)), Some((2, Reason::Partial)), "partial first");
-        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Owed)), "stalled longest");
-        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Owed)));
+        assert_eq!(a.victim(later, current(&now)), Some((2, Standing::Partial)), "partial first");
+        assert_eq!(a.victim(later, current(&now)), Some((1, Standing::Owed)), "stalled longest");
+        assert_eq!(a.victim(later, current(&now)), Some((0, Standing::Owed)));
         assert_eq!(a.victim(later, current(&now)), None);
     }
 
@@ -229,8 +222,8 @@ mod tests {
         a.note(1, 2, Standing::Idle, later); // a probe, a moment ago
         let now = [Some(1), Some(2)];
         let soon = later + GRACE / 2;
-        assert_eq!(a.victim(soon, current(&now)), Some((0, Reason::Owed)));
-        assert_eq!(a.victim(soon, current(&now)), Some((1, Reason::Idle)), "then it goes");
+        assert_eq!(a.victim(soon, current(&now)), Some((0, Standing::Owed)));
+        assert_eq!(a.victim(soon, current(&now)), Some((1, Standing::Idle)), "then it goes");
     }
 
     #[test]
@@ -244,7 +237,7 @@ mod tests {
         let now = [Some(999), Some(1999)];
         a.compact(2, current(&now));
         assert_eq!(a.len(), 2);
-        assert_eq!(a.victim(later, current(&now)), Some((0, Reason::Idle)));
-        assert_eq!(a.victim(later, current(&now)), Some((1, Reason::Owed)));
+        assert_eq!(a.victim(later, current(&now)), Some((0, Standing::Idle)));
+        assert_eq!(a.victim(later, current(&now)), Some((1, Standing::Owed)));
     }
 }

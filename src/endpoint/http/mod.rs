@@ -4,7 +4,8 @@
 //! pod network, so nothing a client does may block the loop or grow memory: requests are
 //! parsed with httparse from at most [`MAX_HEAD`] bytes per connection, answers wait in at
 //! most [`MAX_OUT`] bytes, every connection has a deadline (one owed an answer, a deadline
-//! from its output's last move: [`SEND_TIMEOUT`]), and the number of connections is capped. Every bad input ends in a status code or a closed connection, logged at debug.
+//! from its output's last move: [`SEND_TIMEOUT`]), and the number of connections is capped.
+//! Every bad input ends in a status code or a closed connection, logged at debug.
 
 mod admission;
 mod answer;
@@ -17,8 +18,8 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Registry, Token};
 
-pub use admission::Reason;
-use admission::{Admission, Standing};
+use admission::Admission;
+pub use admission::Standing;
 use answer::Pending;
 pub use answer::Response;
 
@@ -49,7 +50,7 @@ pub struct HttpCounters {
     /// Connections closed at once: the maximum was open and none could make room (or no file
     /// descriptor was left to take them with).
     pub rejected: u64,
-    /// Connections closed to make room for a new one, by [`Reason`].
+    /// Connections closed to make room for a new one, by the [`Standing`] they had.
     pub evicted: [u64; 3],
     /// Connections dropped for a timeout, bad input, or not reading their answers.
     pub dropped: u64,
@@ -86,8 +87,8 @@ pub const MAX_OUT: usize = 64 * 1024;
 /// How long a connection owed an answer may go without its output moving (no byte written)
 /// before it is closed, as nginx's `send_timeout`: the time runs from the last write that made
 /// progress, not over the whole answer, so a slow reader is kept and one that stopped reading
-/// is not, whatever it keeps sending. Ten probe periods of the kubelet's default; a probe
-/// itself reads its answer within its 1 s timeout. Under `--max-connections` such a
+/// is not, whatever it keeps sending. One probe period at the kubelet's default
+/// (`periodSeconds: 10`); a probe itself reads its answer within its 1 s timeout. Under `--max-connections` such a
 /// connection makes room before this (see [`admission`]).
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// After an error answer, how long lastcall keeps reading (and discarding) so that closing
