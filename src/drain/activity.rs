@@ -1,83 +1,69 @@
-//! Which of the app's connections are busy and which are idle, from successive samples.
+//! Which of the app's connections are busy, unsure or idle, and the rhythm of its traffic,
+//! from successive samples.
 //!
-//! The idle-aware drain asks at every count: [`Tracker::update`] takes the app's sockets as
-//! [`crate::drain::diag`] read them and the time of the read, and keeps what it needs of the
-//! previous reads. Pure: no syscalls and no clock, so that every case is tested with
-//! recorded `tcp_info` values.
+//! The request-aware drain reads the app's sockets every 100 ms: [`Tracker::update`] takes
+//! each read as [`crate::drain::diag`] made it, with the time of the read and the network
+//! namespace's count of connections accepted, and keeps what it needs of the previous reads.
+//! Pure: no syscalls and no clock, so that every case is tested with recorded `tcp_info`.
 //!
-//! # The rule
+//! # What TCP can show, and what it cannot
 //!
-//! A connection is **busy** while
+//! A connection is **busy** when TCP proves that a request is unanswered:
 //! - **unread**: request bytes wait in its receive queue (a peer's FIN alone is not a
-//!   request: an app that has not yet read the end of a closed keep-alive connection is not
-//!   serving it);
-//! - **unsent**: bytes the app wrote are not yet sent or not yet acknowledged (send queue,
-//!   `notsent_bytes`, `unacked`): the answer is still on its way;
-//! - **in flight**: request bytes arrived after the last data the app sent (a tie counts as
-//!   busy unless the byte counters show the answer went out after the request: below);
-//! - **moving**: bytes moved on it less than `quiet` ago, received, written or acknowledged:
-//!   a stream that sends in trickles would look idle between its chunks otherwise;
+//!   request);
+//! - **unsent**: bytes the app wrote are not yet sent or not yet acknowledged;
+//! - **in flight**: request bytes arrived after the last data the app sent: the kernel's
+//!   dates say so (they differ by a jiffy or more), or, where they tie, the byte counters do
+//!   (request bytes and nothing ever written, or the received counter grew in a later read
+//!   than the written one);
+//! - **unknown**: the kernel gave no `tcp_info` for an established socket.
 //!
-//! and **idle** otherwise, so that idle keep-alive connections never hold the drain.
+//! A connection is **idle** when no request can be in flight on it: it never received a
+//! byte (a load balancer's pooled connection that never carried a request, or one in its
+//! handshake), or its peer closed it after the app's last write (clients and load balancers
+//! close between exchanges).
 //!
-//! # Ties, and how the byte counters settle them
-//!
-//! `tcp_info` dates the last data received and sent in jiffies (4 ms at HZ=250), and dates
-//! both from the handshake until data moves. When the two dates differ the order is certain:
-//! the request came at least a jiffy after the last answer byte (in flight), or the answer
-//! at least a jiffy after the request (answered). A tie is ambiguous, and it is the usual
-//! case, not a corner: on loopback here, 200 of 200 requests on fresh connections tied with
-//! the handshake, and 199 of 200 requests answered at once tied with their answer. Taking
-//! every tie as busy would hold the drain on any connection whose last exchange was fast;
-//! taking ties as idle cuts requests in flight on fresh connections (measured on loopback).
-//! Nor is "nothing received since the previous read, and all that was written acknowledged"
-//! enough to call a tie idle: it also describes a request being worked on, on a fresh
-//! connection where nothing was written yet, so all of it is acknowledged.
-//! So a tie is settled by the byte counters, which are exact where the dates are coarse,
-//! compared between reads:
-//! - nothing ever received (a FIN aside): nothing to answer; idle (a pooled connection that
-//!   never carried a request);
-//! - request bytes received and nothing ever written: in flight (the fresh-connection tie);
-//! - the received counter last grew in a later read than the written counter: in flight (a
-//!   request that came after the last answer, kept busy across reads while nothing changes);
-//! - otherwise both last grew between the same two reads (or before the first): answered.
-//!   Within one jiffy the order is unknowable, request-then-fast-answer is by far the usual
-//!   order, and the connection stays busy anyway for `quiet` after its bytes moved. What this
-//!   gets wrong is a request that arrives in the same jiffy as the previous answer was sent
-//!   (pipelining, or a client that sends its next request at once) and then takes longer
-//!   than `quiet` with no byte moving: choose `quiet` with that in mind.
+//! Every other connection is **unsure**: the app wrote last (or the dates tie and the
+//! counters cannot order them), and nothing moves. TCP cannot tell an answer that is
+//! complete (a keep-alive connection waiting for its next request) from one paused
+//! mid-stream (headers flushed, the body to come), nor, on a tie, a fast answer from a new
+//! request that came in the same jiffy as the previous answer and is being worked on. The
+//! drain treats unsure connections as busy unless their peer, a load balancer, says it has
+//! no request in flight with the app (the machine weighs that); their peers' addresses are
+//! kept for it ([`Peers`]).
 //!
 //! "Written" is `bytes_acked + wqueue`: everything the app has written, sent or not. It grows
-//! only when the app writes (an acknowledgement moves bytes from one term to the other),
-//! where `bytes_sent` also grows with retransmissions. "Received" is `bytes_received` less
-//! the peer's FIN, which the kernel counts as a byte once the connection is half-closed.
+//! only when the app writes, where `bytes_sent` also grows with retransmissions. "Received"
+//! is `bytes_received` less the peer's FIN, which the kernel counts as a byte.
 //!
-//! # Dates
+//! # Activity and arrivals
 //!
-//! A counter that changed between two reads is dated at the later read (at most one read
-//! interval late, never early), so the quiet window never ends too soon. On the first read
-//! of a socket the kernel's own dates are used: the later of the last data received and
-//! sent, each only if such data exists. "The last request bytes" ([`Totals::last_request`],
-//! for "no request bytes for DUR") are dated by `last_data_recv`, but never before the read
-//! before the one that saw them grow; a socket that has gone keeps its date there.
+//! **Activity** is anything that may be a request reaching the app: request bytes on a
+//! connection, a connection accepted in the namespace, one that went away, one the app
+//! closed (in TIME_WAIT for a minute, with the time it has left). Its last date is what a
+//! silence is measured from. A counter that changed between two reads is dated by the
+//! kernel's date of the last data received, but never before the previous read; what has no
+//! date of its own (a connection accepted or gone) is dated at the read that saw it, at most
+//! one read late, so a silence never looks longer than it was.
 //!
-//! A connection opened and closed between two reads is not seen open, but one the app
-//! closed first stays in TIME_WAIT for a minute, with the time it has left: its close dates
-//! the last request too (a close is never before the request it ended). One the client
-//! closed first leaves no trace; the load balancers in front usually let the app close.
+//! **Arrivals** are what the rate of requests is measured from, from the first read on: each
+//! connection accepted in the namespace beyond lastcall's own counts once, and each growth of
+//! request bytes on a connection that had carried a request before counts once more. Several
+//! requests on one connection between two reads count as one, and connections accepted for
+//! others in the namespace (a sidecar) count too: the first makes the rate look lower, the
+//! second keeps a silence from starting; neither ends a drain sooner.
 //!
 //! # What the kernel may not say
 //!
 //! Sockets are keyed by their cookie, which survives accept and is never reused; should a
-//! socket's counters go back anyway, it is taken as a new socket. A socket with no
-//! `tcp_info` is busy, as the /proc count would have it, unless it is still in its handshake
-//! (it can hold no request). Without byte counters (before Linux 4.1) a tie is busy and a
-//! movement is dated by the kernel's dates alone. Sockets no process holds any more (closed
-//! by the app, finishing in FIN_WAIT, LAST_ACK or CLOSING) are left out: the kernel delivers
-//! their last bytes whether the app runs or not.
+//! socket's counters go back anyway, it is taken as a new socket. Without byte counters
+//! (before Linux 4.1) a tie is busy. Sockets no process holds any more (closed by the app,
+//! finishing in FIN_WAIT, LAST_ACK or CLOSING) are left out: the kernel delivers their last
+//! bytes whether the app runs or not.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use crate::drain::diag::{
@@ -91,6 +77,8 @@ const TIME_WAIT_LEN: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
     Idle,
+    /// The app wrote last and nothing moves: answered, or an answer paused.
+    Unsure,
     Busy(Busy),
 }
 
@@ -103,19 +91,76 @@ pub enum Busy {
     Unsent,
     /// A request was read and not yet answered.
     InFlight,
-    /// Bytes moved less than `quiet` ago.
-    Moving,
     /// The kernel gave no `tcp_info` for an established socket.
     Unknown,
 }
 
-/// The app's connections at the last read.
+/// The most peers of unsure connections kept by address.
+const PEERS: usize = 4;
+
+/// The addresses of the peers of the unsure connections: all of them, or `more` when there
+/// were more than [`PEERS`] distinct ones.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peers {
+    addrs: [Option<IpAddr>; PEERS],
+    more: bool,
+}
+
+impl Peers {
+    pub fn add(&mut self, addr: IpAddr) {
+        let addr = addr.to_canonical();
+        if self.addrs.contains(&Some(addr)) {
+            return;
+        }
+        match self.addrs.iter_mut().find(|a| a.is_none()) {
+            Some(free) => *free = Some(addr),
+            None => self.more = true,
+        }
+    }
+
+    /// Whether there are peers, every one is known, and each passes `test`.
+    pub fn all(&self, test: impl Fn(IpAddr) -> bool) -> bool {
+        let mut known = self.addrs.iter().flatten().peekable();
+        !self.more && known.peek().is_some() && known.all(|a| test(*a))
+    }
+}
+
+/// The arrivals seen since the first read: how many, the first and last, and the longest
+/// gap between two in a row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rhythm {
+    pub arrivals: u32,
+    pub first: Option<Instant>,
+    pub last: Option<Instant>,
+    pub longest_gap: Duration,
+}
+
+impl Rhythm {
+    /// `n` arrivals at `at`; dates come in order (an earlier one is taken as `last`).
+    fn note(&mut self, at: Instant, n: u32) {
+        if n == 0 {
+            return;
+        }
+        let at = self.last.map_or(at, |last| at.max(last));
+        if let Some(last) = self.last {
+            self.longest_gap = self.longest_gap.max(at - last);
+        }
+        self.first = self.first.or(Some(at));
+        self.last = Some(at);
+        self.arrivals = self.arrivals.saturating_add(n);
+    }
+}
+
+/// The app's connections at the last read, and its traffic since the first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Totals {
     pub busy: usize,
+    pub unsure: usize,
     pub idle: usize,
-    /// When request bytes last arrived on any connection seen so far, gone ones included.
-    pub last_request: Option<Instant>,
+    pub unsure_from: Peers,
+    /// The last activity seen, gone connections included.
+    pub last_activity: Option<Instant>,
+    pub rhythm: Rhythm,
 }
 
 /// The counters that show bytes moving; see the module's documentation.
@@ -152,117 +197,168 @@ struct Track {
     /// The read in which `received` (`written`) last grew; 0: before the first read.
     received_round: u64,
     written_round: u64,
-    moved_at: Option<Instant>,
     state: State,
 }
 
 impl Track {
-    fn new(seen: Instant) -> Track {
-        let (received_round, written_round, moved_at) = (0, 0, None);
-        Track { seen, counters: None, received_round, written_round, moved_at, state: State::Idle }
+    fn new(seen: Instant, state: State) -> Track {
+        Track { seen, counters: None, received_round: 0, written_round: 0, state }
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Tracker {
-    quiet: Duration,
     /// Reads so far.
     round: u64,
     sockets: HashMap<u64, Track>,
-    last_request: Option<Instant>,
+    /// TIME_WAIT sockets seen at the last read.
+    closed: HashSet<u64>,
+    /// The most connections accepted for others than lastcall seen so far.
+    accepted: Option<u64>,
+    last_activity: Option<Instant>,
+    rhythm: Rhythm,
+    unsure_from: Peers,
 }
 
 impl Tracker {
-    /// `quiet`: how long after its bytes last moved a connection still counts as busy.
-    pub fn new(quiet: Duration) -> Tracker {
-        Tracker { quiet, round: 0, sockets: HashMap::new(), last_request: None }
+    pub fn new() -> Tracker {
+        Tracker::default()
     }
 
-    /// Takes a read of the app's connections, made at `now`: sockets not in it are gone.
-    pub fn update(&mut self, samples: &[Sample], now: Instant) -> Totals {
+    /// Takes a read of the app's connections made at `now` (sockets not in it are gone), and
+    /// the connections accepted in the network namespace so far, lastcall's own left out.
+    pub fn update(&mut self, samples: &[Sample], accepted: u64, now: Instant) -> Totals {
         self.round += 1;
-        let mut sockets = HashMap::with_capacity(samples.len());
+        let first = self.round == 1;
+        let mut arrivals: Vec<Instant> = vec![];
+        let mut closed = HashSet::new();
         for s in samples.iter().filter(|s| s.state == TIME_WAIT) {
             // A connection the app closed: it carried a request before then, however short
             // it was, even if no read saw it open.
-            let closed_at = now.checked_sub(TIME_WAIT_LEN.saturating_sub(ms(s.expires)));
-            self.last_request = self.last_request.max(closed_at);
+            if !self.closed.contains(&s.cookie) {
+                let closed_at = now.checked_sub(TIME_WAIT_LEN.saturating_sub(ms(s.expires)));
+                self.last_activity = self.last_activity.max(closed_at);
+            }
+            closed.insert(s.cookie);
         }
+        self.closed = closed;
+        let mut sockets = HashMap::with_capacity(samples.len());
+        self.unsure_from = Peers::default();
         for s in samples.iter().filter(|s| !orphan(s) && s.state != TIME_WAIT) {
             let before = self.sockets.remove(&s.cookie);
-            let track = self.judge(s, before, now);
+            let (track, arrival) = self.judge(s, before, now);
+            if track.state == State::Unsure {
+                self.unsure_from.add(s.remote.ip());
+            }
+            if let (Some(at), false) = (arrival, first) {
+                arrivals.push(at);
+            }
             sockets.insert(s.cookie, track);
         }
+        if !self.sockets.is_empty() {
+            // Gone since the last read: it may have carried a request in between.
+            self.last_activity = self.last_activity.max(Some(now));
+        }
         self.sockets = sockets;
+        let new = match self.accepted {
+            Some(before) => accepted.saturating_sub(before),
+            None => 0,
+        };
+        self.accepted = Some(self.accepted.map_or(accepted, |before| before.max(accepted)));
+        if new > 0 {
+            self.last_activity = self.last_activity.max(Some(now));
+        }
+        arrivals.sort_unstable();
+        for at in arrivals {
+            self.rhythm.note(at, 1);
+        }
+        self.rhythm.note(now, u32::try_from(new).unwrap_or(u32::MAX));
         self.totals()
     }
 
     /// The totals of the last read.
     pub fn totals(&self) -> Totals {
-        let busy = self.sockets.values().filter(|t| t.state != State::Idle).count();
-        Totals { busy, idle: self.sockets.len() - busy, last_request: self.last_request }
+        let count = |f: fn(&State) -> bool| self.sockets.values().filter(|t| f(&t.state)).count();
+        Totals {
+            busy: count(|s| matches!(s, State::Busy(_))),
+            unsure: count(|s| *s == State::Unsure),
+            idle: count(|s| *s == State::Idle),
+            unsure_from: self.unsure_from,
+            last_activity: self.last_activity,
+            rhythm: self.rhythm,
+        }
     }
 
-    fn judge(&mut self, s: &Sample, before: Option<Track>, now: Instant) -> Track {
+    /// A socket's state, and the date of a new request on it that counts as an arrival.
+    fn judge(
+        &mut self,
+        s: &Sample,
+        before: Option<Track>,
+        now: Instant,
+    ) -> (Track, Option<Instant>) {
         let Some(info) = s.info else {
-            return Track { state: without_info(s), ..Track::new(now) };
+            return (Track::new(now, without_info(s)), None);
         };
         let counters = Counters::of(s);
         let recv_at = ago(now, info.last_data_recv);
-        let sent_at = ago(now, info.last_data_sent);
         // A socket whose counters went back is a new one.
         let before = before.filter(|t| match (&t.counters, &counters) {
             (Some(b), Some(c)) => !c.went_back(b),
             _ => true,
         });
         let (mut received_round, mut written_round) = (0, 0);
-        let (moved_at, request_at) = match (counters, before.as_ref()) {
+        let mut arrival = None;
+        match (counters, before.as_ref()) {
             (Some(c), Some(t @ Track { counters: Some(b), .. })) => {
                 let received = c.received != b.received;
-                let written = c.written != b.written;
                 received_round = if received { self.round } else { t.received_round };
-                written_round = if written { self.round } else { t.written_round };
-                let moved = received || written || c.acked != b.acked;
-                let moved_at = if moved { Some(now) } else { t.moved_at };
-                // The kernel's date, but the bytes came after the previous read.
-                let request_at = received.then(|| recv_at.map_or(t.seen, |at| at.max(t.seen)));
-                (moved_at, request_at)
+                written_round = if c.written != b.written { self.round } else { t.written_round };
+                if received {
+                    // The kernel's date, but the bytes came after the previous read.
+                    let at = recv_at.map_or(t.seen, |at| at.max(t.seen));
+                    self.last_activity = self.last_activity.max(Some(at));
+                    // A connection's first request came with its accept, counted there.
+                    arrival = (b.received > 0).then_some(at);
+                }
             }
             (Some(c), _) => {
-                // First read of this socket: the kernel's dates, for data that exists.
-                let recv_at = if c.received > 0 { recv_at } else { None };
-                let sent_at = if c.written > 0 { sent_at } else { None };
-                (recv_at.max(sent_at), recv_at)
+                // First read of this socket: the kernel's date, if data came.
+                if c.received > 0 {
+                    self.last_activity = self.last_activity.max(recv_at);
+                }
             }
-            (None, _) => (recv_at.max(sent_at), recv_at),
-        };
-        if let Some(at) = request_at {
-            self.last_request = self.last_request.max(Some(at));
+            (None, _) => self.last_activity = self.last_activity.max(recv_at),
         }
-        let in_flight = match info.last_data_recv.cmp(&info.last_data_sent) {
+        let app_wrote_last = match info.last_data_recv.cmp(&info.last_data_sent) {
             // Fewer milliseconds since: the request came after the last data sent.
-            Ordering::Less => true,
-            Ordering::Greater => false,
+            Ordering::Less => Some(false),
+            Ordering::Greater => Some(true),
             Ordering::Equal => match counters {
-                None => true,
-                Some(c) => c.received > 0 && (c.written == 0 || received_round > written_round),
+                None => None,
+                Some(c) if c.received > 0 && (c.written == 0 || received_round > written_round) => {
+                    Some(false)
+                }
+                Some(_) => Some(true),
             },
         };
+        let never_received = counters.is_some_and(|c| c.received == 0);
         let unread = s.rqueue.saturating_sub(u32::from(peer_closed(s.state))) > 0;
         let unsent = s.wqueue > 0 || info.unacked > 0 || info.notsent_bytes.is_some_and(|n| n > 0);
-        let moving = moved_at.is_some_and(|at| now.saturating_duration_since(at) < self.quiet);
         let state = if unread {
             State::Busy(Busy::Unread)
         } else if unsent {
             State::Busy(Busy::Unsent)
-        } else if in_flight {
-            State::Busy(Busy::InFlight)
-        } else if moving {
-            State::Busy(Busy::Moving)
-        } else {
+        } else if never_received {
             State::Idle
+        } else {
+            match app_wrote_last {
+                Some(false) | None => State::Busy(Busy::InFlight),
+                Some(true) if peer_closed(s.state) => State::Idle,
+                Some(true) => State::Unsure,
+            }
         };
-        Track { seen: now, counters, received_round, written_round, moved_at, state }
+        let track = Track { seen: now, counters, received_round, written_round, state };
+        (track, arrival)
     }
 }
 
@@ -341,12 +437,10 @@ mod tests {
     }
 
     const IDLE: State = State::Idle;
+    const UNSURE: State = State::Unsure;
     const UNREAD: State = State::Busy(Busy::Unread);
     const UNSENT: State = State::Busy(Busy::Unsent);
     const IN_FLIGHT: State = State::Busy(Busy::InFlight);
-    const MOVING: State = State::Busy(Busy::Moving);
-
-    const QUIET: Duration = Duration::from_secs(1);
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
@@ -359,14 +453,14 @@ mod tests {
     }
 
     impl Reads {
-        fn new(quiet: Duration) -> Reads {
+        fn new() -> Reads {
             // Far enough from the clock's start for the kernel's dates to fit before it.
-            Reads { tracker: Tracker::new(quiet), t0: Instant::now() + Duration::from_secs(3600) }
+            Reads { tracker: Tracker::new(), t0: Instant::now() + Duration::from_secs(3600) }
         }
 
         fn read(&mut self, after: Duration, s: Sample) -> State {
             let cookie = s.cookie;
-            self.tracker.update(&[s], self.t0 + after);
+            self.tracker.update(&[s], 0, self.t0 + after);
             state(&self.tracker, cookie).unwrap()
         }
     }
@@ -374,103 +468,69 @@ mod tests {
     #[test]
     fn a_request_on_a_fresh_connection_is_in_flight_on_a_tie() {
         // Request read, not answered; it came within the handshake's jiffy: a tie.
-        let mut r = Reads::new(QUIET);
+        let mut r = Reads::new();
         assert_eq!(r.read(ms(0), sample(1, info(4, 4, 0, 18))), IN_FLIGHT);
-        // Nothing changes while the app works: still in flight, long after `quiet`.
+        // Nothing changes while the app works: still in flight, however long.
         assert_eq!(r.read(ms(100), sample(1, info(104, 104, 0, 18))), IN_FLIGHT);
         assert_eq!(r.read(ms(5000), sample(1, info(5004, 5004, 0, 18))), IN_FLIGHT);
         // Recorded: the request came two jiffies after the handshake; no tie.
-        let mut r = Reads::new(QUIET);
+        let mut r = Reads::new();
         assert_eq!(r.read(ms(0), sample(1, info(8, 0, 0, 18))), IN_FLIGHT);
     }
 
     #[test]
     fn a_pooled_connection_that_never_carried_a_request_is_idle() {
         // Recorded: 300 ms after the handshake, nothing sent or received, the dates tie.
-        let mut r = Reads::new(QUIET);
+        let mut r = Reads::new();
         assert_eq!(r.read(ms(0), sample(1, info(304, 304, 0, 0))), IDLE);
         // Even one just opened: no byte has moved on it.
         assert_eq!(r.read(ms(0), sample(2, info(0, 0, 0, 0))), IDLE);
     }
 
     #[test]
-    fn a_keep_alive_connection_is_idle_after_its_answer() {
-        // Recorded: request read (in flight), then answered within the same jiffy (a tie).
-        let mut r = Reads::new(QUIET);
+    fn after_the_app_wrote_last_a_connection_is_unsure_for_good() {
+        // Answered a jiffy after the request, or long ago: TCP cannot tell a complete answer
+        // from one paused mid-stream, so it stays unsure while nothing moves.
+        let mut r = Reads::new();
         assert_eq!(r.read(ms(0), sample(1, info(8, 0, 0, 18))), IN_FLIGHT);
-        assert_eq!(r.read(ms(100), sample(1, info(8, 8, 27, 18))), MOVING, "answered");
-        assert_eq!(r.read(ms(400), sample(1, info(312, 312, 27, 18))), MOVING);
-        assert_eq!(r.read(ms(1100), sample(1, info(1008, 1008, 27, 18))), IDLE);
-        // Seen for the first time after its answer (the drain starts then): the same.
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), sample(1, info(8, 8, 27, 18))), MOVING);
-        assert_eq!(r.read(ms(992), sample(1, info(1000, 1000, 27, 18))), IDLE);
-        // An answer a jiffy or more after the request needs no counters.
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), sample(1, info(4000, 5000, 27, 18))), IDLE);
+        assert_eq!(r.read(ms(100), sample(1, info(8, 92, 27, 18))), UNSURE);
+        assert_eq!(r.read(ms(60_000), sample(1, info(59_908, 59_992, 27, 18))), UNSURE);
+        let mut r = Reads::new();
+        assert_eq!(r.read(ms(0), sample(1, info(4000, 5000, 27, 18))), UNSURE);
+        // Recorded: the headers of an answer flushed at once, its body due in 4 s.
+        let mut r = Reads::new();
+        assert_eq!(r.read(ms(0), sample(1, info(4, 8, 38, 18))), UNSURE);
+        assert_eq!(r.read(ms(3000), sample(1, info(3004, 3008, 38, 18))), UNSURE);
+    }
+
+    #[test]
+    fn a_tie_the_counters_cannot_order_is_unsure() {
+        // Request and answer between the same two reads, dates tied: answered, or a request
+        // that came in the same jiffy as the previous answer and is being worked on.
+        let mut r = Reads::new();
+        assert_eq!(r.read(ms(0), sample(1, info(2000, 2000, 27, 18))), UNSURE);
+        assert_eq!(r.read(ms(100), sample(1, info(40, 40, 54, 36))), UNSURE);
+        assert_eq!(r.read(ms(5100), sample(1, info(5040, 5040, 54, 36))), UNSURE);
     }
 
     #[test]
     fn a_request_tied_with_the_previous_answer_is_in_flight_when_seen_across_reads() {
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), sample(1, info(2000, 2000, 27, 18))), IDLE);
+        let mut r = Reads::new();
+        assert_eq!(r.read(ms(0), sample(1, info(2000, 2000, 27, 18))), UNSURE);
         // A second request (18 more bytes), read, nothing written since; the dates tie.
         assert_eq!(r.read(ms(100), sample(1, info(8, 8, 27, 36))), IN_FLIGHT);
         // Nothing moves while the app works: the order seen across reads holds.
         assert_eq!(r.read(ms(3000), sample(1, info(2908, 2908, 27, 36))), IN_FLIGHT);
         // The answer goes out.
-        assert_eq!(r.read(ms(3100), sample(1, info(4, 4, 54, 36))), MOVING);
-        assert_eq!(r.read(ms(4100), sample(1, info(1004, 1004, 54, 36))), IDLE);
-    }
-
-    #[test]
-    fn request_and_answer_between_the_same_two_reads_count_as_answered() {
-        // The documented guess: within one jiffy the order is unknown; request-then-answer
-        // is taken, and the connection is busy for `quiet` all the same.
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), sample(1, info(2000, 2000, 27, 18))), IDLE);
-        assert_eq!(r.read(ms(100), sample(1, info(40, 40, 54, 36))), MOVING);
-        assert_eq!(r.read(ms(1099), sample(1, info(1039, 1039, 54, 36))), MOVING);
-        assert_eq!(r.read(ms(1100), sample(1, info(1040, 1040, 54, 36))), IDLE);
-    }
-
-    #[test]
-    fn a_trickling_stream_is_busy_while_its_chunks_come_within_quiet() {
-        // Recorded: a chunk of 13 bytes every 255 ms, read 5 ms and 255 ms after each.
-        let reads = [
-            (5, info(4, 16, 54, 36)),
-            (10, info(12, 32, 67, 36)),
-            (260, info(264, 284, 67, 36)),
-            (265, info(8, 304, 80, 36)),
-            (515, info(264, 560, 80, 36)),
-            (520, info(4, 572, 93, 36)),
-            (770, info(260, 828, 93, 36)),
-        ];
-        let mut r = Reads::new(QUIET);
-        for (at, info) in reads {
-            assert_eq!(r.read(ms(at), sample(1, info)), MOVING, "at {at} ms");
-        }
-        // The stream stops: idle `quiet` after the read that saw the last chunk.
-        assert_eq!(r.read(ms(1519), sample(1, info(1004, 1572, 93, 36))), MOVING);
-        assert_eq!(r.read(ms(1520), sample(1, info(1004, 1572, 93, 36))), IDLE);
-        // A `quiet` shorter than the gap between chunks sees it idle between them.
-        let mut r = Reads::new(ms(200));
-        for (at, info) in &reads[..3] {
-            r.read(ms(*at), sample(1, *info));
-        }
-        assert_eq!(state(&r.tracker, 1), Some(IDLE));
+        assert_eq!(r.read(ms(3100), sample(1, info(4, 4, 54, 36))), UNSURE);
     }
 
     #[test]
     fn unread_request_bytes_hold_the_drain() {
-        // Recorded: a pooled connection's first request, not yet read.
-        let mut s = sample(1, info(320, 4, 0, 18));
+        // Recorded: 18 request bytes not yet read by the app.
+        let mut s = sample(1, info(4, 4, 0, 18));
         s.rqueue = 18;
-        assert_eq!(Reads::new(Duration::ZERO).read(ms(0), s), UNREAD);
-        // A connection the app has not accepted yet: no inode, the same.
-        let mut s = sample(2, info(300, 300, 0, 18));
-        (s.inode, s.rqueue) = (0, 18);
-        assert_eq!(Reads::new(QUIET).read(ms(0), s), UNREAD);
+        assert_eq!(Reads::new().read(ms(0), s), UNREAD);
     }
 
     #[test]
@@ -487,83 +547,143 @@ mod tests {
         };
         let mut s = sample(1, recorded);
         s.wqueue = 3_877_888;
-        let mut r = Reads::new(Duration::ZERO);
+        let mut r = Reads::new();
         assert_eq!(r.read(ms(0), s), UNSENT);
         // Each sign alone is enough.
-        let idle = info(5000, 5000, 27, 18);
-        let unacked = TcpInfo { unacked: 1, ..idle };
-        let notsent = TcpInfo { notsent_bytes: Some(1), ..idle };
-        let mut queued = sample(4, idle);
+        let answered = info(5000, 5000, 27, 18);
+        let unacked = TcpInfo { unacked: 1, ..answered };
+        let notsent = TcpInfo { notsent_bytes: Some(1), ..answered };
+        let mut queued = sample(4, answered);
         queued.wqueue = 1;
         assert_eq!(r.read(ms(0), sample(2, unacked)), UNSENT);
         assert_eq!(r.read(ms(0), sample(3, notsent)), UNSENT);
         assert_eq!(r.read(ms(0), queued), UNSENT);
-        assert_eq!(r.read(ms(0), sample(5, idle)), IDLE);
+        assert_eq!(r.read(ms(0), sample(5, answered)), UNSURE);
     }
 
     #[test]
-    fn the_quiet_window_ends_exactly_quiet_after_the_read_that_saw_bytes_move() {
-        let quiet = ms(500);
-        let mut r = Reads::new(quiet);
-        r.read(ms(0), sample(1, info(9000, 9000, 27, 18)));
-        // Bytes moved between the reads at 0 and 100 ms: dated at 100 ms, never earlier.
-        assert_eq!(r.read(ms(100), sample(1, info(60, 60, 54, 36))), MOVING);
-        let just_before = ms(600) - Duration::from_nanos(1);
-        assert_eq!(r.read(just_before, sample(1, info(560, 560, 54, 36))), MOVING);
-        assert_eq!(r.read(ms(600), sample(1, info(560, 560, 54, 36))), IDLE);
-        // On a first read, the kernel's dates: here 100 ms ago.
-        let mut r = Reads::new(quiet);
-        assert_eq!(r.read(ms(0), sample(1, info(100, 100, 27, 18))), MOVING);
-        assert_eq!(r.read(ms(399), sample(1, info(499, 499, 27, 18))), MOVING);
-        assert_eq!(r.read(ms(400), sample(1, info(500, 500, 27, 18))), IDLE);
-        // No quiet at all: only the other signs.
-        let mut r = Reads::new(Duration::ZERO);
-        assert_eq!(r.read(ms(0), sample(1, info(0, 0, 27, 18))), IDLE);
+    fn a_peer_that_closed_after_the_apps_last_write_leaves_an_idle_connection() {
+        // Answered, then the client hung up: the FIN waits unread in the receive queue.
+        let mut s = sample(1, info(9000, 9000, 27, 19));
+        (s.state, s.rqueue) = (CLOSE_WAIT, 1);
+        assert_eq!(Reads::new().read(ms(0), s.clone()), IDLE);
+        // With a request before the FIN still unread, it is busy.
+        (s.rqueue, s.info) = (19, Some(info(9000, 8000, 27, 37)));
+        assert_eq!(Reads::new().read(ms(0), s.clone()), UNREAD);
+        // A request read and not answered before the FIN: in flight.
+        (s.rqueue, s.info) = (1, Some(info(9000, 8000, 27, 37)));
+        assert_eq!(Reads::new().read(ms(0), s), IN_FLIGHT);
     }
 
     #[test]
-    fn sockets_that_vanish_are_forgotten_but_their_last_request_is_not() {
-        let mut tracker = Tracker::new(QUIET);
-        let t0 = Instant::now() + Duration::from_secs(3600);
-        let busy = sample(1, info(8, 0, 0, 18));
-        let idle = sample(2, info(9000, 9000, 27, 18));
-        let totals = tracker.update(&[busy, idle.clone()], t0);
-        assert_eq!((totals.busy, totals.idle), (1, 1));
-        assert_eq!(totals.last_request, Some(t0), "the in-flight request, 0 ms ago");
-        let totals = tracker.update(&[idle], t0 + ms(100));
-        assert_eq!((totals.busy, totals.idle, totals.last_request), (0, 1, Some(t0)));
-        assert_eq!(state(&tracker, 1), None);
-        assert_eq!(tracker.sockets.keys().collect::<Vec<_>>(), [&2]);
-        assert_eq!(state(&tracker, 2), Some(IDLE));
-        let totals = tracker.update(&[], t0 + ms(200));
-        assert_eq!((totals.busy, totals.idle, totals.last_request), (0, 0, Some(t0)));
-    }
-
-    #[test]
-    fn the_last_request_is_dated_by_the_kernel_but_not_before_the_previous_read() {
-        let mut r = Reads::new(QUIET);
+    fn activity_is_dated_by_the_kernel_but_not_before_the_previous_read() {
+        let mut r = Reads::new();
         r.read(ms(0), sample(1, info(700, 500, 27, 18)));
-        assert_eq!(r.tracker.totals().last_request, Some(r.t0 - ms(500)));
+        assert_eq!(r.tracker.totals().last_activity, Some(r.t0 - ms(500)));
         // Request bytes between reads: the kernel's date (40 ms before the read)...
         r.read(ms(1000), sample(1, info(1700, 40, 27, 36)));
-        assert_eq!(r.tracker.totals().last_request, Some(r.t0 + ms(960)));
+        assert_eq!(r.tracker.totals().last_activity, Some(r.t0 + ms(960)));
         // ... unless that is before the previous read (jiffy rounding).
         r.read(ms(1010), sample(1, info(1710, 12, 27, 40)));
-        assert_eq!(r.tracker.totals().last_request, Some(r.t0 + ms(1000)));
+        assert_eq!(r.tracker.totals().last_activity, Some(r.t0 + ms(1000)));
         // Answers do not move it.
         r.read(ms(2000), sample(1, info(4, 1002, 54, 40)));
-        assert_eq!(r.tracker.totals().last_request, Some(r.t0 + ms(1000)));
+        assert_eq!(r.tracker.totals().last_activity, Some(r.t0 + ms(1000)));
         // Nor does a peer's FIN, which the kernel counts as a received byte.
         let mut fin = sample(1, info(1004, 2002, 54, 41));
         (fin.state, fin.rqueue) = (CLOSE_WAIT, 1);
         assert_eq!(r.read(ms(3000), fin), IDLE);
-        assert_eq!(r.tracker.totals().last_request, Some(r.t0 + ms(1000)));
+        assert_eq!(r.tracker.totals().last_activity, Some(r.t0 + ms(1000)));
+    }
+
+    #[test]
+    fn connections_accepted_gone_or_closed_by_the_app_are_activity_at_the_read() {
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let mut t = Tracker::new();
+        let idle = sample(2, info(9000, 9000, 0, 0));
+        assert_eq!(
+            t.update(&[sample(1, info(9000, 9000, 27, 18)), idle.clone()], 7, t0).last_activity,
+            Some(t0 - ms(9000))
+        );
+        // One went away between reads: it may have carried a request then.
+        assert_eq!(
+            t.update(std::slice::from_ref(&idle), 7, t0 + ms(100)).last_activity,
+            Some(t0 + ms(100))
+        );
+        // A connection accepted and gone between two reads leaves the count behind.
+        assert_eq!(
+            t.update(std::slice::from_ref(&idle), 8, t0 + ms(200)).last_activity,
+            Some(t0 + ms(200))
+        );
+        // lastcall's own accepts are not in the count; one seen early stays counted.
+        assert_eq!(
+            t.update(std::slice::from_ref(&idle), 7, t0 + ms(300)).last_activity,
+            Some(t0 + ms(200))
+        );
+        // Closed by the app 59.5 s before its time-wait ends: 500 ms ago.
+        let mut closed = sample(3, info(0, 0, 0, 0));
+        (closed.state, closed.expires, closed.info) = (TIME_WAIT, 59_500, None);
+        let totals = t.update(&[idle.clone(), closed.clone()], 7, t0 + ms(1000));
+        assert_eq!(totals.last_activity, Some(t0 + ms(500)));
+        assert_eq!((totals.busy, totals.unsure, totals.idle), (0, 0, 1), "time-wait is not open");
+        // Seen again later, it does not date anything anew.
+        closed.expires = 1000;
+        let totals = t.update(&[idle, closed], 7, t0 + ms(60_000));
+        assert_eq!(totals.last_activity, Some(t0 + ms(500)));
+    }
+
+    #[test]
+    fn arrivals_count_accepts_and_each_further_request_on_a_connection() {
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let mut t = Tracker::new();
+        // The first read only sets the baseline: what came before is not dated here.
+        let rhythm = t.update(&[sample(1, info(500, 500, 27, 18))], 100, t0).rhythm;
+        assert_eq!(rhythm, Rhythm::default());
+        // Three accepted since, one of them still open with its first request: three.
+        let fresh = sample(2, info(4, 4, 0, 18));
+        let rhythm =
+            t.update(&[sample(1, info(600, 600, 27, 18)), fresh], 103, t0 + ms(100)).rhythm;
+        assert_eq!(
+            (rhythm.arrivals, rhythm.first, rhythm.last),
+            (3, Some(t0 + ms(100)), Some(t0 + ms(100)))
+        );
+        // A second request on the old connection (dated by the kernel) and on the new one.
+        let old = sample(1, info(700, 30, 27, 36));
+        let fresh = sample(2, info(10, 20, 27, 36));
+        let rhythm = t.update(&[old, fresh], 103, t0 + ms(200)).rhythm;
+        assert_eq!(rhythm.arrivals, 5);
+        assert_eq!(rhythm.last, Some(t0 + ms(180)));
+        assert_eq!(rhythm.longest_gap, ms(70));
+        // Then one accept after a pause: the gap is measured.
+        let rhythm = t.update(&[], 104, t0 + ms(1200)).rhythm;
+        assert_eq!((rhythm.arrivals, rhythm.longest_gap), (6, ms(1020)));
+    }
+
+    #[test]
+    fn the_peers_of_unsure_connections_are_kept_up_to_four() {
+        let mut t = Tracker::new();
+        let now = Instant::now() + Duration::from_secs(3600);
+        let from = |cookie: u64, addr: &str| {
+            let mut s = sample(cookie, info(4000, 5000, 27, 18));
+            s.remote = addr.parse().unwrap();
+            s
+        };
+        let two =
+            [from(1, "10.0.0.1:1000"), from(2, "[::ffff:10.0.0.1]:1001"), from(3, "10.0.0.2:1")];
+        let peers = t.update(&two, 0, now).unsure_from;
+        assert!(peers.all(|a| a == "10.0.0.1".parse::<IpAddr>().unwrap()
+            || a == "10.0.0.2".parse::<IpAddr>().unwrap()));
+        assert!(!peers.all(|a| a == "10.0.0.1".parse::<IpAddr>().unwrap()));
+        let five: Vec<Sample> = (1..=5).map(|i| from(i, &format!("10.0.0.{i}:80"))).collect();
+        let peers = t.update(&five, 0, now).unsure_from;
+        assert!(!peers.all(|_| true), "one peer is not known");
+        assert!(!Tracker::new().update(&[], 0, now).unsure_from.all(|_| true), "none to vouch");
     }
 
     #[test]
     fn counters_that_go_back_are_a_new_socket() {
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), sample(1, info(9000, 9000, 54, 36))), IDLE);
+        let mut r = Reads::new();
+        assert_eq!(r.read(ms(0), sample(1, info(9000, 9000, 54, 36))), UNSURE);
         // The same key, counters back at 0: a fresh connection, judged as one.
         assert_eq!(r.read(ms(100), sample(1, info(4, 4, 0, 0))), IDLE);
         assert_eq!(r.read(ms(200), sample(1, info(104, 104, 0, 18))), IN_FLIGHT);
@@ -572,146 +692,28 @@ mod tests {
         (wild.wqueue, wild.rqueue) = (u32::MAX, u32::MAX);
         assert_eq!(r.read(ms(300), wild), UNREAD);
         let wild = sample(3, info(u32::MAX, 0, u64::MAX, u64::MAX));
-        let mut t = Tracker::new(Duration::MAX);
-        t.update(&[wild], Instant::now());
+        let mut t = Tracker::new();
+        t.update(&[wild], u64::MAX, Instant::now());
         assert_eq!(state(&t, 3), Some(IN_FLIGHT));
     }
 
     #[test]
-    fn a_peers_fin_is_neither_a_request_nor_unread() {
-        // Answered, then the client hung up: the FIN waits unread in the receive queue.
-        let mut s = sample(1, info(9000, 9000, 27, 19));
-        (s.state, s.rqueue) = (CLOSE_WAIT, 1);
-        assert_eq!(Reads::new(QUIET).read(ms(0), s.clone()), IDLE);
-        // With a request before the FIN still unread, it is.
-        (s.rqueue, s.info) = (19, Some(info(9000, 8000, 27, 37)));
-        assert_eq!(Reads::new(QUIET).read(ms(0), s), UNREAD);
+    fn without_byte_counters_a_tie_is_busy() {
+        let no_counters = TcpInfo { bytes_acked: None, bytes_received: None, ..info(8, 8, 0, 0) };
+        assert_eq!(Reads::new().read(ms(0), sample(1, no_counters)), IN_FLIGHT);
+        let wrote_last = TcpInfo { bytes_acked: None, bytes_received: None, ..info(8, 20, 0, 0) };
+        assert_eq!(Reads::new().read(ms(0), sample(1, wrote_last)), UNSURE);
     }
 
     #[test]
     fn sockets_the_app_has_closed_are_left_out() {
         let mut orphan = sample(1, info(8, 8, 27, 18));
         (orphan.inode, orphan.state, orphan.wqueue) = (0, FIN_WAIT1, 100);
-        let mut tracker = Tracker::new(QUIET);
-        let totals = tracker.update(&[orphan.clone()], Instant::now());
-        assert_eq!((totals.busy, totals.idle), (0, 0));
+        let mut tracker = Tracker::new();
+        let totals = tracker.update(&[orphan.clone()], 0, Instant::now());
+        assert_eq!((totals.busy, totals.unsure, totals.idle), (0, 0, 0));
         // Shut down for writing but still held by the app: counted.
         orphan.inode = 7;
-        assert_eq!(tracker.update(&[orphan], Instant::now()).busy, 1);
-    }
-
-    #[test]
-    fn without_tcp_info_only_a_handshake_is_idle() {
-        let mut s = sample(1, info(0, 0, 0, 0));
-        s.info = None;
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), s.clone()), State::Busy(Busy::Unknown));
-        s.state = SYN_RECV;
-        assert_eq!(r.read(ms(0), s.clone()), IDLE);
-        s.rqueue = 3;
-        assert_eq!(r.read(ms(0), s), UNREAD);
-    }
-
-    #[test]
-    fn without_byte_counters_a_tie_is_busy() {
-        // A kernel before 4.1: the dates alone.
-        let old = |sent, recv| TcpInfo {
-            bytes_acked: None,
-            bytes_received: None,
-            notsent_bytes: None,
-            bytes_sent: None,
-            ..info(sent, recv, 0, 0)
-        };
-        let mut r = Reads::new(QUIET);
-        assert_eq!(r.read(ms(0), sample(1, old(5000, 5000))), IN_FLIGHT);
-        assert_eq!(r.read(ms(0), sample(2, old(5000, 4000))), IN_FLIGHT);
-        assert_eq!(r.read(ms(0), sample(3, old(4000, 5000))), IDLE);
-        assert_eq!(r.read(ms(0), sample(4, old(400, 5000))), MOVING);
-    }
-
-    // --- Real sockets: the kernel's samples and the rule agree ---
-
-    fn a_real_exchange(ip: &str) {
-        use std::io::{Read, Write};
-        let mut p = crate::drain::diag::tests::pair(ip);
-        let mut tracker = Tracker::new(QUIET);
-        // Each read is dated `skip` later than the clock says, to skip quiet windows.
-        let mut read = |p: &crate::drain::diag::tests::Pair, skip: Duration| {
-            std::thread::sleep(ms(20)); // the loopback's packets processed
-            let now = Instant::now() + skip;
-            let s = p.sample();
-            tracker.update(std::slice::from_ref(&s), now);
-            (state(&tracker, s.cookie).unwrap(), tracker.totals(), now)
-        };
-        let (state, _, t0) = read(&p, Duration::ZERO);
-        assert_eq!(state, IDLE, "a fresh connection");
-
-        p.client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        let (state, totals, _) = read(&p, Duration::ZERO);
-        assert_eq!((state, totals.busy), (UNREAD, 1));
-        assert!(totals.last_request.is_some_and(|at| at >= t0), "{totals:?}");
-
-        let mut request = [0; 18];
-        p.server.read_exact(&mut request).unwrap();
-        assert_eq!(read(&p, Duration::ZERO).0, IN_FLIGHT);
-        assert_eq!(read(&p, QUIET * 3).0, IN_FLIGHT, "however long it takes");
-
-        p.server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-        assert_eq!(read(&p, QUIET * 3).0, MOVING);
-        let (state, totals, _) = read(&p, QUIET * 4);
-        assert_eq!((state, totals.busy, totals.idle), (IDLE, 0, 1));
-
-        // The next request, answered at once: request and answer tie, or nearly.
-        p.client.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
-        std::thread::sleep(ms(5));
-        p.server.read_exact(&mut request).unwrap();
-        p.server.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").unwrap();
-        assert_eq!(read(&p, QUIET * 4).0, MOVING);
-        assert_eq!(read(&p, QUIET * 5).0, IDLE);
-    }
-
-    #[test]
-    fn a_real_exchange_ipv4() {
-        a_real_exchange("127.0.0.1");
-    }
-
-    #[test]
-    fn a_real_exchange_ipv6() {
-        a_real_exchange("::1");
-    }
-
-    #[test]
-    fn a_real_answer_the_client_does_not_read() {
-        use std::io::Write;
-        let mut p = crate::drain::diag::tests::pair("127.0.0.1");
-        p.server.set_nonblocking(true).unwrap();
-        let chunk = vec![b'x'; 1 << 16];
-        while p.server.write(&chunk).is_ok() {}
-        std::thread::sleep(ms(20));
-        let s = p.sample();
-        assert!(s.wqueue > 0 && s.info.unwrap().notsent_bytes.unwrap() > 0, "{s:?}");
-        let mut tracker = Tracker::new(Duration::ZERO);
-        tracker.update(std::slice::from_ref(&s), Instant::now());
-        assert_eq!(state(&tracker, s.cookie), Some(UNSENT));
-    }
-
-    #[test]
-    fn a_connection_the_app_closed_dates_the_last_request() {
-        // Far enough from the clock's start for a minute's subtraction.
-        let t0 = Instant::now() + Duration::from_secs(120);
-        let mut tracker = Tracker::new(QUIET);
-        let closed = Sample {
-            state: TIME_WAIT,
-            inode: 0,
-            expires: 59_700, // closed 300 ms ago
-            info: None,
-            ..sample(9, info(0, 0, 0, 0))
-        };
-        let totals = tracker.update(std::slice::from_ref(&closed), t0);
-        assert_eq!(totals.last_request, Some(t0 - ms(300)));
-        assert_eq!((totals.busy, totals.idle), (0, 0), "not a connection of the app's");
-        // An older one does not move the date back.
-        let older = Sample { cookie: 10, expires: 30_000, ..closed };
-        assert_eq!(tracker.update(&[older], t0 + ms(100)).last_request, Some(t0 - ms(300)));
+        assert_eq!(tracker.update(&[orphan], 0, Instant::now()).busy, 1);
     }
 }

@@ -2,7 +2,8 @@
 //! ports, and a summary of its connections on them at each read.
 //!
 //! Read through socket diagnostics ([`crate::drain::diag`]): each connection with its
-//! `tcp_info`, which the activity [`Tracker`] turns into busy or idle across reads. Where the
+//! `tcp_info`, which the activity [`Tracker`] turns into busy, unsure or idle across reads,
+//! with the namespace's count of connections accepted for the rhythm of the traffic. Where the
 //! kernel will not answer (seccomp, an LSM, an old kernel), from /proc/net/tcp and tcp6
 //! instead ([`crate::drain::procfs`]), for good, and said once at warn: they show only a
 //! connection's state, so every established connection counts as busy. Either way, which
@@ -10,11 +11,12 @@
 
 use std::collections::HashSet;
 use std::os::fd::RawFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::unistd::Pid;
 
 use crate::drain::activity::Tracker;
+pub use crate::drain::activity::{Peers, Rhythm};
 use crate::drain::diag::{self, CONNECTED, LISTENING, Ports, TIME_WAIT};
 use crate::drain::procfs;
 use crate::init::reaper;
@@ -28,23 +30,46 @@ pub enum DrainPorts {
     Ports(Vec<u16>),
 }
 
-/// The app's connections at one read.
+/// The app's connections at one read, and its traffic since the drain's first read. The
+/// activity module says what each count proves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AppSummary {
+    /// Connections with a request TCP shows to be unanswered.
     pub busy: usize,
+    /// Connections the app wrote last on, nothing moving: answered, or an answer paused.
+    pub unsure: usize,
     pub idle: usize,
-    /// When request bytes last arrived on any connection seen in this drain, gone ones
+    /// The peers of the unsure connections.
+    pub unsure_from: Peers,
+    /// The last thing seen that may be a request reaching the app, gone connections
     /// included; `None` if none was seen, or if the read cannot tell.
-    pub last_request: Option<Instant>,
+    pub last_activity: Option<Instant>,
+    /// The requests seen arriving since the first read.
+    pub rhythm: Rhythm,
     pub by: ReadBy,
+}
+
+impl AppSummary {
+    /// A count from /proc: nothing but open connections, each taken as busy.
+    fn counted() -> AppSummary {
+        AppSummary {
+            busy: 0,
+            unsure: 0,
+            idle: 0,
+            unsure_from: Peers::default(),
+            last_activity: None,
+            rhythm: Rhythm::default(),
+            by: ReadBy::Counted,
+        }
+    }
 }
 
 /// How the app's connections were read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadBy {
-    /// By socket diagnostics: each connection busy or idle, and the last request dated.
+    /// By socket diagnostics: each connection busy, unsure or idle, and the activity dated.
     Sockets,
-    /// Counted from /proc/net/tcp: every open connection is busy, and no request is dated.
+    /// Counted from /proc/net/tcp: every open connection is busy, and nothing is dated.
     Counted,
 }
 
@@ -86,16 +111,13 @@ pub struct Eyes {
     /// The ports of this drain, from [`Eyes::find_ports`].
     ports: Vec<u16>,
     diag: Diag,
-    /// `--drain-quiet`, for the tracker.
-    quiet: Duration,
     tracker: Tracker,
 }
 
 impl Eyes {
-    pub fn new(choice: DrainPorts, held: &[RawFd], quiet: Duration) -> Eyes {
+    pub fn new(choice: DrainPorts, held: &[RawFd]) -> Eyes {
         let held = held.iter().filter_map(|fd| procfs::inode_of(*fd)).collect();
-        let (ports, diag, tracker) = (vec![], Diag::Usable, Tracker::new(quiet));
-        Eyes { choice, held, ports, diag, quiet, tracker }
+        Eyes { choice, held, ports: vec![], diag: Diag::Usable, tracker: Tracker::new() }
     }
 
     /// A drain begins: the app's ports, which [`Eyes::read`] watches from now on. Those
@@ -103,7 +125,7 @@ impl Eyes {
     /// (lastcall's own endpoint is not among them: the child cannot hold it, as it is
     /// close-on-exec).
     pub fn find_ports(&mut self) -> Vec<u16> {
-        self.tracker = Tracker::new(self.quiet);
+        self.tracker = Tracker::new();
         self.ports = match &self.choice {
             DrainPorts::Ports(ports) => ports.clone(),
             DrainPorts::Off => vec![],
@@ -131,11 +153,15 @@ impl Eyes {
         procfs::listening_in(&procfs::tables(), &inodes)
     }
 
-    /// The app's connections on its ports, read at `now`; why not, if this read failed (the
-    /// next one may not).
-    pub fn read(&mut self, now: Instant) -> Result<AppSummary, String> {
+    /// The app's connections on its ports, read at `now`, when lastcall's endpoint has
+    /// accepted `own_accepts` connections in all; why not, if this read failed (the next one
+    /// may not).
+    pub fn read(&mut self, now: Instant, own_accepts: u64) -> Result<AppSummary, String> {
         let own = procfs::own_socket_inodes();
         if let Diag::Usable = self.diag {
+            // Read first: a connection lastcall accepts meanwhile is then left out, not
+            // taken for the app's.
+            let accepted = procfs::passive_opens()?.saturating_sub(own_accepts);
             // Remote ports too: lastcall's own connections to the app are how its ends are
             // found. TIME_WAIT too: the trace of a connection the app closed, however short.
             let ports = Ports::Of { list: &self.ports, remote: true };
@@ -143,9 +169,16 @@ impl Eyes {
                 Ok(all) => {
                     let app =
                         procfs::the_apps(all, |s| (s.inode, s.local, s.remote), &self.ports, &own);
-                    let t = self.tracker.update(&app, now);
-                    let (busy, idle, last_request) = (t.busy, t.idle, t.last_request);
-                    return Ok(AppSummary { busy, idle, last_request, by: ReadBy::Sockets });
+                    let t = self.tracker.update(&app, accepted, now);
+                    return Ok(AppSummary {
+                        busy: t.busy,
+                        unsure: t.unsure,
+                        idle: t.idle,
+                        unsure_from: t.unsure_from,
+                        last_activity: t.last_activity,
+                        rhythm: t.rhythm,
+                        by: ReadBy::Sockets,
+                    });
                 }
                 Err(diag::Error::Unavailable(e)) => self.diag.lose(&e),
                 Err(diag::Error::Failed(e)) => return Err(e.to_string()),
@@ -155,7 +188,7 @@ impl Eyes {
             log::warn!("{warning}");
         }
         let busy = procfs::established(&procfs::tables(), &self.ports, &own);
-        Ok(AppSummary { busy, idle: 0, last_request: None, by: ReadBy::Counted })
+        Ok(AppSummary { busy, ..AppSummary::counted() })
     }
 }
 
@@ -165,8 +198,6 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     use super::*;
-
-    const QUIET: Duration = Duration::from_secs(1);
 
     #[test]
     fn the_fallback_is_told_once() {
@@ -187,12 +218,12 @@ mod tests {
     #[test]
     fn the_ports_are_those_given_none_or_the_apps_listeners() {
         let given = DrainPorts::Ports(vec![8080, 9090]);
-        assert_eq!(Eyes::new(given, &[], QUIET).find_ports(), [8080, 9090]);
-        assert_eq!(Eyes::new(DrainPorts::Off, &[], QUIET).find_ports(), []);
+        assert_eq!(Eyes::new(given, &[]).find_ports(), [8080, 9090]);
+        assert_eq!(Eyes::new(DrainPorts::Off, &[]).find_ports(), []);
         // A socket held for the app (`--socket`) is the app's.
         let held = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = held.local_addr().unwrap().port();
-        let mut eyes = Eyes::new(DrainPorts::Auto, &[held.as_raw_fd()], QUIET);
+        let mut eyes = Eyes::new(DrainPorts::Auto, &[held.as_raw_fd()]);
         assert!(eyes.find_ports().contains(&port));
         // lastcall's own listener is not.
         let own = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -203,12 +234,12 @@ mod tests {
     fn a_read_sums_up_the_apps_connections() {
         // This process holds both ends: lastcall's own connection, not the app's.
         let p = crate::drain::diag::tests::pair("127.0.0.1");
-        let mut eyes = Eyes::new(DrainPorts::Ports(vec![p.port()]), &[], QUIET);
+        let mut eyes = Eyes::new(DrainPorts::Ports(vec![p.port()]), &[]);
         eyes.find_ports();
-        let read = eyes.read(Instant::now()).unwrap();
-        assert_eq!((read.busy, read.idle, read.by), (0, 0, ReadBy::Sockets));
-        let mut none = Eyes::new(DrainPorts::Off, &[], QUIET);
+        let read = eyes.read(Instant::now(), 0).unwrap();
+        assert_eq!((read.busy, read.unsure, read.idle, read.by), (0, 0, 0, ReadBy::Sockets));
+        let mut none = Eyes::new(DrainPorts::Off, &[]);
         none.find_ports();
-        assert_eq!(none.read(Instant::now()).map(|r| r.busy + r.idle), Ok(0));
+        assert_eq!(none.read(Instant::now(), 0).map(|r| r.busy + r.unsure + r.idle), Ok(0));
     }
 }

@@ -1,8 +1,9 @@
 //! What /proc says of TCP sockets, and the one rule of which sockets are the app's.
 //!
-//! Three things, all read-only: the rows of /proc/net/tcp and tcp6 (the drain's fallback where
+//! Four things, all read-only: the rows of /proc/net/tcp and tcp6 (the drain's fallback where
 //! socket diagnostics are refused: they show lastcall's network namespace, the child's too,
-//! but only a connection's state); the socket inodes in /proc/PID/fd (whose sockets are
+//! but only a connection's state); the namespace's count of TCP connections accepted, from
+//! /proc/net/snmp; the socket inodes in /proc/PID/fd (whose sockets are
 //! whose); and the rule that both sources of connections go through, [`the_apps`]: only
 //! connections whose local port is one of the app's count, not lastcall's own sockets (its
 //! endpoint, its readiness checks), and not the app's side of a connection that lastcall
@@ -63,6 +64,22 @@ fn parse_end(text: &str) -> Option<SocketAddr> {
         _ => Ipv6Addr::from(<[u8; 16]>::try_from(&bytes[..]).ok()?).into(),
     };
     Some(SocketAddr::new(ip, port))
+}
+
+/// TCP connections accepted in lastcall's network namespace since it was made (`Tcp:
+/// PassiveOpens` of /proc/net/snmp): those of every listener, lastcall's own included.
+pub fn passive_opens() -> Result<u64, String> {
+    let text = std::fs::read_to_string("/proc/net/snmp")
+        .map_err(|e| format!("reading /proc/net/snmp: {e}"))?;
+    passive_opens_in(&text).ok_or_else(|| "no Tcp: PassiveOpens in /proc/net/snmp".to_string())
+}
+
+/// `PassiveOpens` from the text of /proc/net/snmp: a `Tcp:` line of names, then one of values.
+fn passive_opens_in(text: &str) -> Option<u64> {
+    let mut tcp = text.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next()?, tcp.next()?);
+    let at = names.split_whitespace().position(|n| n == "PassiveOpens")?;
+    values.split_whitespace().nth(at)?.parse().ok()
 }
 
 /// The app's established connections on `ports` in the tables' text (the fallback's count).
@@ -309,5 +326,16 @@ mod tests {
         assert_eq!(listening(&HashSet::new()), []);
         // A process that is gone has no ports.
         assert!(app_socket_inodes(&[i32::MAX], &HashSet::new()).is_empty());
+    }
+
+    #[test]
+    fn passive_opens_are_read_by_name() {
+        let snmp = "Ip: Forwarding DefaultTTL\nIp: 1 64\nTcp: RtoAlgorithm RtoMin ActiveOpens \
+                    PassiveOpens AttemptFails\nTcp: 1 200 1234 5678 9\nUdp: InDatagrams\nUdp: 3\n";
+        assert_eq!(passive_opens_in(snmp), Some(5678));
+        assert_eq!(passive_opens_in("Tcp: PassiveOpens\n"), None, "no values");
+        assert_eq!(passive_opens_in("Tcp: PassiveOpens\nTcp: x\n"), None);
+        assert_eq!(passive_opens_in(""), None);
+        assert!(passive_opens().is_ok(), "this machine has /proc/net/snmp");
     }
 }

@@ -151,11 +151,47 @@ impl View<'_> {
                 &mut out,
                 "lastcall_app_connections",
                 "gauge",
-                "The app's connections at the last read of the drain, busy or idle.",
+                "The app's connections at the last read of the drain: busy (a request TCP shows \
+                 unanswered), unsure (the app wrote last: answered, or an answer paused), idle.",
             );
-            let (busy, idle) = (seen.busy, seen.idle);
-            let _ = writeln!(out, "lastcall_app_connections{{state=\"busy\"}} {busy}");
-            let _ = writeln!(out, "lastcall_app_connections{{state=\"idle\"}} {idle}");
+            for (state, n) in [("busy", seen.busy), ("unsure", seen.unsure), ("idle", seen.idle)] {
+                let _ = writeln!(out, "lastcall_app_connections{{state=\"{state}\"}} {n}");
+            }
+        }
+        if let Some(e) = last.evidence {
+            family(
+                &mut out,
+                "lastcall_last_drain_silence_seconds",
+                "gauge",
+                "What ended the last drain early: how long no request came (observed), and how \
+                 long the rule needed (needed).",
+            );
+            for (kind, d) in [("observed", e.silence), ("needed", e.needed)] {
+                let _ = writeln!(
+                    out,
+                    "lastcall_last_drain_silence_seconds{{kind=\"{kind}\"}} {:.3}",
+                    d.as_secs_f64()
+                );
+            }
+            if let Some(rate) = e.rate {
+                family(
+                    &mut out,
+                    "lastcall_last_drain_arrival_rate",
+                    "gauge",
+                    "The cautious rate of requests (per second) the last drain's early end \
+                     assumed, from the arrivals it saw.",
+                );
+                let _ = writeln!(out, "lastcall_last_drain_arrival_rate {rate:.3}");
+            }
+            if e.probers > 0 {
+                family(
+                    &mut out,
+                    "lastcall_last_drain_probers_told",
+                    "gauge",
+                    "The fewest 503 answers a prober of the last drain had when it ended early.",
+                );
+                let _ = writeln!(out, "lastcall_last_drain_probers_told {}", e.told);
+            }
         }
         if let Some(ended) = last.ended {
             family(
@@ -229,11 +265,26 @@ impl View<'_> {
         }
         let last = self.machine.last_shutdown();
         if let Some(seen) = last.seen {
-            let (busy, idle) = (seen.busy, seen.idle);
-            let _ = writeln!(text, "app connections: {busy} busy, {idle} idle");
+            let (busy, unsure, idle) = (seen.busy, seen.unsure, seen.idle);
+            let _ = writeln!(text, "app connections: {busy} busy, {unsure} unsure, {idle} idle");
         }
         if let Some(ended) = last.ended {
             let _ = writeln!(text, "last drain ended: {}", ended.name());
+        }
+        if let Some(e) = last.evidence {
+            let _ = write!(
+                text,
+                "last drain's evidence: no request for {} ({} needed)",
+                show::duration(e.silence),
+                show::duration(e.needed)
+            );
+            if let Some(rate) = e.rate {
+                let _ = write!(text, ", arrivals at {rate:.1}/s or more");
+            }
+            if e.probers > 0 {
+                let _ = write!(text, ", probers told {} times", e.told);
+            }
+            text.push('\n');
         }
         text
     }
@@ -333,5 +384,51 @@ mod tests {
         m.step(Input::OomKills { new: 2, since: t0, limit: None }, t0 + Duration::from_secs(7));
         let text = View { machine: &m, checker: &checker, now: t0 }.render(&http);
         assert!(text.lines().any(|l| l == "lastcall_oom_kills_total 2"), "{text}");
+    }
+
+    #[test]
+    fn an_early_end_shows_its_evidence() {
+        use crate::machine::{AppSummary, Policy, Probe, ReadBy};
+        let t0 = Instant::now();
+        let policy = Policy { drain_idle: true, ..Policy::for_tests() };
+        let mut m = Machine::new(policy, nix::unistd::Pid::from_raw(42), t0);
+        let probe = Probe { from: [10, 0, 0, 1].into(), ready: true, kubelet: false, lb: None };
+        m.step(Input::Probed(probe), t0);
+        m.step(Input::Probed(probe), t0);
+        m.step(Input::Signal(crate::init::signals::SIGTERM), t0);
+        m.step(Input::AppPorts(vec![8080]), t0);
+        for _ in 0..3 {
+            m.step(Input::Probed(Probe { ready: false, ..probe }), t0);
+        }
+        let read = AppSummary {
+            busy: 0,
+            unsure: 0,
+            idle: 2,
+            unsure_from: Default::default(),
+            last_activity: None,
+            rhythm: Default::default(),
+            by: ReadBy::Sockets,
+        };
+        m.step(Input::AppRead(Ok(read)), t0 + Duration::from_millis(1200));
+        let checker = crate::endpoint::checks::Checker::none(t0);
+        let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_secs(2) };
+        let text = view.render(&HttpCounters::default());
+        well_formed(&text);
+        for line in [
+            "lastcall_app_connections{state=\"busy\"} 0",
+            "lastcall_app_connections{state=\"unsure\"} 0",
+            "lastcall_app_connections{state=\"idle\"} 2",
+            "lastcall_last_drain_end{reason=\"app_idle\"} 1",
+            "lastcall_last_drain_silence_seconds{kind=\"observed\"} 1.200",
+            "lastcall_last_drain_silence_seconds{kind=\"needed\"} 1.000",
+            "lastcall_last_drain_probers_told 3",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
+        }
+        assert!(!text.contains("arrival_rate"), "probers, not the rhythm, ended it");
+        assert!(view.explain().ends_with(
+            "app connections: 0 busy, 0 unsure, 2 idle\nlast drain ended: app_idle\nlast \
+             drain's evidence: no request for 1.2s (1.0s needed), probers told 3 times\n"
+        ));
     }
 }

@@ -70,7 +70,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     reaper::claim_orphans(config.subreaper);
 
     let held: Vec<_> = sockets.iter().map(Bound::fd).collect();
-    let eyes = eyes::Eyes::new(config.drain_ports, &held, config.policy.drain_quiet);
+    let eyes = eyes::Eyes::new(config.drain_ports, &held);
     let given = child::Given {
         own_pid: std::process::id(),
         private_notify: child_notify.as_ref().map(|p| p.env_value.as_str()),
@@ -370,7 +370,10 @@ impl Supervisor {
                 });
             }
             Action::FindAppPorts => return Some(Input::AppPorts(self.eyes.find_ports())),
-            Action::ReadApp => return Some(Input::AppRead(self.eyes.read(Instant::now()))),
+            Action::ReadApp => {
+                let own = self.endpoint.as_ref().map_or(0, Endpoint::accepted);
+                return Some(Input::AppRead(self.eyes.read(Instant::now(), own)));
+            }
             Action::StopChecks => self.checker.stop(self.poll.registry()),
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {

@@ -32,7 +32,7 @@ use crate::init::status::ChildStatus;
 
 pub use ending::Ending;
 pub use shutdown::{DrainEnd, Phase};
-pub use watch::{AppSummary, Probe, ReadBy};
+pub use watch::{AppSummary, Evidence, Probe, ReadBy};
 
 /// `--prestop-delay`.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -226,7 +226,7 @@ impl Stats {
 }
 
 /// The last shutdown, as `/metrics` reports it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct LastShutdown {
     /// From the drain's start to the stop signal.
     pub drain: Option<Duration>,
@@ -236,6 +236,8 @@ pub struct LastShutdown {
     pub seen: Option<AppSummary>,
     /// Why the drain ended.
     pub ended: Option<DrainEnd>,
+    /// What showed that a request-aware drain could end early, when it did.
+    pub evidence: Option<Evidence>,
 }
 
 pub struct Machine {

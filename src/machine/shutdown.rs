@@ -235,7 +235,7 @@ impl Machine {
             ),
             Fields { pid: Some(pid), signal: Some(sig), delay: Some(delay), ..Fields::NONE },
         ));
-        self.last.seen = None;
+        (self.last.seen, self.last.evidence) = (None, None);
         if delay.is_zero() {
             self.stop(pid, drain, DrainEnd::NoDelay, now, out);
         } else if watch.is_some() {
@@ -246,7 +246,8 @@ impl Machine {
 
     fn rule(&self) -> Rule {
         let p = &self.policy;
-        Rule { quiet: p.drain_quiet, probes: p.drain_probes, min: p.drain_min }
+        let in_kubernetes = p.in_kubernetes;
+        Rule { quiet: p.drain_quiet, probes: p.drain_probes, min: p.drain_min, in_kubernetes }
     }
 
     /// The ports a request-aware drain watches: reading starts at once, and an app with no
@@ -276,8 +277,8 @@ impl Machine {
         }
     }
 
-    /// A read of the app's connections: the preStop phase ends once the app is idle and its
-    /// probers were told; else the next read is due in [`COUNT_EVERY`].
+    /// A read of the app's connections (or why it failed): the preStop phase ends once the
+    /// watch's rule has its evidence; else the next read is due in [`COUNT_EVERY`].
     pub(super) fn on_app_read(
         &mut self,
         read: Result<AppSummary, String>,
@@ -289,20 +290,29 @@ impl Machine {
         };
         match read {
             Ok(seen) => {
-                if self.last.seen.map(|s| (s.busy, s.idle)) != Some((seen.busy, seen.idle)) {
+                let counts = |s: &AppSummary| (s.busy, s.unsure, s.idle);
+                if self.last.seen.as_ref().map(counts) != Some(counts(&seen)) {
                     out.push(log(
                         Level::Debug,
-                        format!("the app's connections: {} busy, {} idle", seen.busy, seen.idle),
+                        format!(
+                            "the app's connections: {} busy, {} unsure, {} idle",
+                            seen.busy, seen.unsure, seen.idle
+                        ),
                     ));
                 }
                 self.last.seen = Some(seen);
-                watch.seen = Some(seen);
+                (watch.seen, watch.failed) = (Some(seen), false);
             }
-            Err(e) => out.push(log(Level::Debug, format!("reading the app's connections: {e}"))),
+            Err(e) => {
+                out.push(log(Level::Debug, format!("reading the app's connections: {e}")));
+                watch.failed = true;
+            }
         }
         let count_at = Some(now + COUNT_EVERY);
         self.phase = Phase::Draining { pid, drain, until, count_at, watch: Some(watch) };
-        if let Some(line) = watch.idle(&self.probers, self.rule(), drain.started, now) {
+        if let Some((line, evidence)) = watch.ended(&self.probers, self.rule(), drain.started, now)
+        {
+            self.last.evidence = Some(evidence);
             let took = Some(now.saturating_duration_since(drain.started));
             out.push(self.said(line, Fields { pid: Some(pid), took, ..Fields::NONE }));
             self.stop(pid, drain, DrainEnd::AppIdle, now, out);
@@ -450,7 +460,7 @@ impl Machine {
             Phase::Draining { pid, drain, until, watch, .. } if now >= until => {
                 let delay = until.saturating_duration_since(drain.started);
                 if let Some(watch) = watch {
-                    let why = watch.not_idle(&self.probers, self.rule(), drain.started, now);
+                    let why = watch.not_ended(&self.probers, self.rule(), drain.started, now);
                     let line = format!("preStop delay of {} reached {why}", show::duration(delay));
                     let fields = Fields { pid: Some(pid), delay: Some(delay), ..Fields::NONE };
                     out.push(self.said(line, fields));
@@ -490,6 +500,7 @@ mod tests {
     use log::Level;
 
     use super::super::testing::*;
+    use super::super::watch::Rhythm;
     use super::super::{Input, Policy, Probe, ReadBy};
     use super::*;
 
@@ -699,25 +710,47 @@ mod tests {
     }
 
     fn probe(kubelet: bool) -> Probe {
-        Probe { from: "10.0.0.1".parse().unwrap(), ready: true, kubelet }
+        Probe { from: "10.0.0.1".parse().unwrap(), ready: true, kubelet, lb: None }
     }
 
     /// A read by socket diagnostics: `busy` and `idle` connections, the last request at
-    /// `last_request`.
-    fn read(busy: usize, idle: usize, last_request: Option<Instant>) -> Input {
-        Input::AppRead(Ok(AppSummary { busy, idle, last_request, by: ReadBy::Sockets }))
+    /// `last`, no arrival during the drain.
+    fn read(busy: usize, idle: usize, last: Option<Instant>) -> Input {
+        Input::AppRead(Ok(AppSummary { busy, idle, last_activity: last, ..summary() }))
+    }
+
+    fn summary() -> AppSummary {
+        AppSummary {
+            busy: 0,
+            unsure: 0,
+            idle: 0,
+            unsure_from: Default::default(),
+            last_activity: None,
+            rhythm: Default::default(),
+            by: ReadBy::Sockets,
+        }
     }
 
     /// A count from /proc: `n` open connections, each taken as busy.
     fn counted(n: usize) -> Input {
-        Input::AppRead(Ok(AppSummary { busy: n, idle: 0, last_request: None, by: ReadBy::Counted }))
+        Input::AppRead(Ok(AppSummary { busy: n, by: ReadBy::Counted, ..summary() }))
     }
 
-    /// A request-aware drain, started at t0, watching port 8080.
-    fn watching(policy: Policy) -> Run {
+    /// A request-aware drain, started at t0, watching port 8080; with `prober`, 10.0.0.1
+    /// probed `/readyz` twice before it, and is told three times at once.
+    fn watching(policy: Policy, prober: bool) -> Run {
         let mut r = Run::new(policy);
+        if prober {
+            r.step(Input::Probed(probe(false)));
+            r.step(Input::Probed(probe(false)));
+        }
         assert_eq!(r.step(Input::Signal(SIGTERM)), vec![Action::FindAppPorts]);
         assert_eq!(r.step(Input::AppPorts(vec![8080])), vec![Action::ReadApp]);
+        if prober {
+            for _ in 0..3 {
+                r.step(Input::Probed(Probe { ready: false, ..probe(false) }));
+            }
+        }
         r
     }
 
@@ -729,25 +762,28 @@ mod tests {
 
     #[test]
     fn idle_connections_do_not_hold_the_drain() {
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         let pooled = read(0, 2, Some(r.t0));
         assert_eq!(r.step(pooled.clone()), vec![], "--drain-min first");
         assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
         assert_eq!(r.at(secs(1)).step(Input::Tick), vec![Action::ReadApp]);
         assert_eq!(
             r.logs(pooled, Level::Info)[0],
-            "app idle: 0 busy of 2 connections, no request for 1.0s, no prober to tell, after \
-             1.0s of drain"
+            "load balancers let go: probers told 3 times, no request for 1.0s, 0 busy of 2 \
+             connections, after 1.0s of drain"
         );
         assert!(matches!(r.m.phase(), Phase::Stopping { .. }));
-        assert_eq!(r.m.last_shutdown().ended, Some(DrainEnd::AppIdle));
-        let seen = r.m.last_shutdown().seen.unwrap();
-        assert_eq!((seen.busy, seen.idle), (0, 2));
+        let last = r.m.last_shutdown();
+        assert_eq!(last.ended, Some(DrainEnd::AppIdle));
+        assert_eq!(last.seen.map(|s| (s.busy, s.idle)), Some((0, 2)));
+        let evidence = last.evidence.unwrap();
+        assert_eq!((evidence.silence, evidence.needed, evidence.rate), (secs(1), secs(1), None));
+        assert_eq!((evidence.probers, evidence.told), (1, 3));
     }
 
     #[test]
     fn a_busy_connection_then_a_recent_request_hold_the_drain() {
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         let t0 = r.t0;
         r.step(read(1, 0, Some(t0)));
         for t in [1, 2, 3] {
@@ -762,16 +798,76 @@ mod tests {
 
     #[test]
     fn the_upper_bound_says_what_held_the_drain() {
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         r.step(read(1, 1, None));
         let logs = r.at(secs(30)).logs(Input::Tick, Level::Info);
         assert_eq!(logs[0], "preStop delay of 30.0s reached with 1 busy connection");
         assert_eq!(r.m.last_shutdown().ended, Some(DrainEnd::Delay));
-        let mut r = watching(idle_policy());
+        assert_eq!(r.m.last_shutdown().evidence, None);
+        let mut r = watching(idle_policy(), true);
         r.step(read(0, 3, Some(r.t0 + ms(29_500))));
         assert_eq!(
             r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
             "preStop delay of 30.0s reached with 0 busy of 3 connections, last request 500ms ago"
+        );
+        let mut r = watching(idle_policy(), true);
+        r.step(Input::AppRead(Ok(AppSummary { unsure: 2, ..summary() })));
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with 2 connections the app wrote last on (an answer \
+             paused mid-stream looks the same as a finished one)"
+        );
+        let mut r = watching(idle_policy(), false);
+        r.step(read(0, 3, None));
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with too little traffic seen to tell that it \
+             stopped (0 arrivals in the drain, no request seen in 30.0s)"
+        );
+    }
+
+    #[test]
+    fn without_a_prober_the_drain_ends_on_the_traffics_rhythm() {
+        // Outside Kubernetes, nobody probes: 40 arrivals at 20/s, the last at 2 s.
+        let mut r = watching(idle_policy(), false);
+        let t0 = r.t0;
+        let rhythm = Rhythm {
+            arrivals: 40,
+            first: Some(t0 + ms(50)),
+            last: Some(t0 + secs(2)),
+            longest_gap: ms(200),
+        };
+        let seen = |last| {
+            Input::AppRead(Ok(AppSummary { idle: 1, last_activity: last, rhythm, ..summary() }))
+        };
+        r.step(seen(Some(t0 + secs(2))));
+        assert_eq!(read_at(&mut r, ms(2_900), seen(Some(t0 + secs(2)))), vec![], "quiet first");
+        assert_eq!(
+            r.logs(Input::Tick, Level::Info),
+            Vec::<String>::new(),
+            "the next read is not due yet"
+        );
+        r.at(secs(3)).step(Input::Tick);
+        let logs = r.logs(seen(Some(t0 + secs(2))), Level::Info);
+        assert_eq!(
+            logs[0],
+            "traffic stopped: no request for 1.0s (1.0s needed after 40 arrivals at 13.6/s or \
+             more), 0 busy of 1 connection, after 3.0s of drain"
+        );
+        let evidence = r.m.last_shutdown().evidence.unwrap();
+        assert!(evidence.rate.is_some_and(|r| (13.0..14.0).contains(&r)));
+    }
+
+    #[test]
+    fn in_kubernetes_the_rhythm_counts_even_with_probers() {
+        let policy = Policy { in_kubernetes: true, ..idle_policy() };
+        let mut r = watching(policy, true);
+        let idle = read(0, 1, Some(r.t0));
+        r.step(idle.clone());
+        assert_eq!(
+            r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
+            "preStop delay of 30.0s reached with too little traffic seen to tell that it \
+             stopped (0 arrivals in the drain, last request 30.0s ago)"
         );
     }
 
@@ -811,8 +907,8 @@ mod tests {
         assert_eq!(r.step(Input::Tick), vec![Action::ReadApp]);
         assert_eq!(
             r.logs(read(0, 0, None), Level::Info)[0],
-            "app idle: 0 busy of 0 connections, no request seen, probers told 3 times, after \
-             3.0s of drain"
+            "load balancers let go: probers told 3 times, no request seen, 0 busy of 0 \
+             connections, after 3.0s of drain"
         );
     }
 
@@ -848,7 +944,7 @@ mod tests {
 
     #[test]
     fn a_count_from_proc_holds_the_drain_while_any_connection_is_open() {
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         assert_eq!(r.logs(counted(2), Level::Warn), Vec::<String>::new(), "the drain warns");
         r.at(secs(1)).step(Input::Tick);
         r.step(counted(2));
@@ -856,9 +952,9 @@ mod tests {
         r.at(secs(2)).step(Input::Tick);
         assert_eq!(
             r.logs(counted(0), Level::Info)[0],
-            "app idle: no connection open, no prober to tell, after 2.0s of drain"
+            "load balancers let go: probers told 3 times, no connection open, after 2.0s of drain"
         );
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         r.step(counted(2));
         assert_eq!(
             r.at(secs(30)).logs(Input::Tick, Level::Info)[0],
@@ -868,7 +964,7 @@ mod tests {
 
     #[test]
     fn a_failed_read_is_tried_again() {
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         let failed = Input::AppRead(Err("no buffer".into()));
         assert_eq!(r.logs(failed, Level::Debug), ["reading the app's connections: no buffer"]);
         assert_eq!(r.m.deadline(), Some(r.t0 + COUNT_EVERY));
@@ -897,15 +993,15 @@ mod tests {
 
     #[test]
     fn connection_counts_are_logged_as_they_change() {
-        let mut r = watching(idle_policy());
+        let mut r = watching(idle_policy(), true);
         let said = r.logs(read(0, 2, None), Level::Debug);
-        assert_eq!(said, ["the app's connections: 0 busy, 2 idle"]);
+        assert_eq!(said, ["the app's connections: 0 busy, 0 unsure, 2 idle"]);
         r.at(ms(100)).step(Input::Tick);
         assert!(r.logs(read(0, 2, None), Level::Debug).is_empty(), "no change");
         r.at(ms(200)).step(Input::Tick);
         assert_eq!(
             r.logs(read(1, 1, None), Level::Debug),
-            ["the app's connections: 1 busy, 1 idle"]
+            ["the app's connections: 1 busy, 0 unsure, 1 idle"]
         );
     }
 

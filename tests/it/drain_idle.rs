@@ -1,7 +1,9 @@
-//! The request-aware drain: the stop signal comes once no connection to the app is busy, no
-//! request came for `--drain-quiet`, and the clients probing `/readyz` were told, not at the
-//! end of the preStop delay. Idle keep-alive connections do not hold it; a request in flight
-//! does; lastcall's own check connections do not count; `auto` finds the app's ports.
+//! The request-aware drain: the stop signal comes before the end of the preStop delay only on
+//! evidence. The clients probing `/readyz` were told (or, without one, the traffic seen has
+//! stopped), no request came for `--drain-quiet`, and nothing can be in flight: a connection
+//! that never carried a request does not hold it; a request in flight does; a connection the
+//! app wrote last on does, until its load balancer says it has nothing in flight;
+//! lastcall's own check connections do not count; `auto` finds the app's ports.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -10,7 +12,9 @@ use std::time::{Duration, Instant};
 use crate::support::apps::{
     HOLDER, PY_PRELUDE, lastcall_with_app, metrics, readyz, stderr_count, term_at, wait_readyz,
 };
-use crate::support::{Running, TestDir, free_port, has_python, spawn_listening, unix_nanos};
+use crate::support::{
+    Running, TestDir, free_port, has_python, own_network, spawn_listening, unix_nanos,
+};
 
 /// An HTTP/1.1 app that keeps connections alive: `/` answers at once, `/slow` marks `asked`
 /// and answers once the test creates `$DIR/answer`.
@@ -83,21 +87,48 @@ fn no_stop_for(dir: &TestDir, within: Duration, why: &str) {
     }
 }
 
+/// A load balancer's health checks before the drain: this test's address asks `/readyz`
+/// twice, so it is a prober of the drain.
+fn probe_before(port: u16) {
+    for _ in 0..2 {
+        assert_eq!(readyz(port), 200, "/readyz before the drain");
+    }
+}
+
+/// The prober hears 503 three times, as HAProxy's `fall 3` needs to take the app out.
+fn tell(port: u16) {
+    for _ in 0..3 {
+        assert_eq!(readyz(port), 503, "/readyz during the drain");
+    }
+}
+
+/// A health check that says what HAProxy's `http-check send-state` says: `word` is the
+/// value of its `X-Haproxy-Server-State` header.
+fn say(port: u16, word: &str) -> u16 {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to lastcall");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let request = format!("GET /readyz HTTP/1.0\r\nX-Haproxy-Server-State: {word}\r\n\r\n");
+    stream.write_all(request.as_bytes()).expect("sending a health check");
+    let mut got = String::new();
+    let _ = stream.read_to_string(&mut got);
+    got.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
 #[test]
-fn a_pooled_idle_keep_alive_connection_does_not_hold_the_drain() {
-    if !has_python() {
+fn a_connection_that_never_carried_a_request_does_not_hold_the_drain() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_pooled");
     let app = free_port();
-    let (mut lastcall, _port) = keep_alive(&dir, app, &["--drain-quiet", "300ms"]);
-    // A load balancer's pooled connection: it carried a request, and stays open.
-    let mut pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
-    ask(&mut pooled, "/");
-    assert_eq!(answer(&mut pooled), "HTTP/1.1 200 OK");
-
+    let (mut lastcall, port) = keep_alive(&dir, app, &["--drain-quiet", "300ms"]);
+    // A load balancer's pooled connection, opened ahead and never used.
+    let pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    probe_before(port);
     let sent = unix_nanos();
     lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    tell(port);
     lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
     let waited = stop_after(&dir, sent);
     let out = lastcall.wait();
@@ -109,24 +140,69 @@ fn a_pooled_idle_keep_alive_connection_does_not_hold_the_drain() {
         .assert_stderr_has(&format!(
             "lastcall: the drain watches the app's connections on port {app}"
         ))
-        .assert_stderr_has("lastcall: app idle: 0 busy of 1 connection, no request for ");
+        .assert_stderr_has("lastcall: load balancers let go: probers told 3 times, no request ")
+        .assert_stderr_has(", 0 busy of 1 connection, after ");
+    drop(pooled);
+}
+
+#[test]
+fn a_connection_the_app_wrote_last_on_holds_until_its_load_balancer_says_it_is_done() {
+    if !has_python() || !own_network() {
+        return;
+    }
+    let dir = TestDir::new("drain_idle_unsure");
+    let app = free_port();
+    let (mut lastcall, port) = keep_alive(&dir, app, &["--drain-quiet", "300ms"]);
+    // A pooled connection that carried a request: answered, or an answer paused mid-stream,
+    // TCP cannot tell.
+    let mut pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    ask(&mut pooled, "/");
+    assert_eq!(answer(&mut pooled), "HTTP/1.1 200 OK");
+    probe_before(port);
+    lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    tell(port);
+    no_stop_for(&dir, Duration::from_millis(1500), "a connection was unsure");
+    let counted = metrics(port);
+    assert!(
+        counted.contains("lastcall_app_connections{state=\"unsure\"} 1\n"),
+        "expected one unsure connection in:\n{counted}"
+    );
+    // The load balancer has requests in flight with the app, then none.
+    assert_eq!(say(port, "DOWN; address=127.0.0.1; scur=1/1; qcur=0"), 503);
+    no_stop_for(&dir, Duration::from_millis(500), "the load balancer had a request in flight");
+    let done = unix_nanos();
+    assert_eq!(say(port, "DOWN; address=127.0.0.1; scur=0/0; qcur=0"), 503);
+    lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
+    let out = lastcall.wait();
+    out.assert_code(128 + libc::SIGTERM)
+        .check(term_at(&dir) >= done, "the stop signal came before the load balancer's word")
+        .assert_stderr_has(
+            "lastcall: load balancers let go: probers told 5 times, and said they have no \
+             request in flight, no request for ",
+        )
+        .assert_stderr_has(
+            "0 busy of 1 connection (1 the app wrote last on, cleared by the prober)",
+        );
     drop(pooled);
 }
 
 #[test]
 fn a_request_in_flight_holds_the_drain_until_it_is_answered() {
-    if !has_python() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_in_flight");
     let app = free_port();
     let (mut lastcall, port) = keep_alive(&dir, app, &["--drain-quiet", "300ms"]);
+    probe_before(port);
     let mut client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
     ask(&mut client, "/slow");
     lastcall.wait_until("the app has the request", || dir.exists("asked"));
 
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    tell(port);
     no_stop_for(&dir, Duration::from_millis(1500), "a request was in flight");
     let counted = metrics(port);
     assert!(
@@ -138,6 +214,8 @@ fn a_request_in_flight_holds_the_drain_until_it_is_answered() {
     let answered = unix_nanos();
     dir.write("answer", "");
     assert_eq!(answer(&mut client), "HTTP/1.1 200 OK", "the request in flight was answered");
+    // The client hangs up after its answer: nothing can be in flight on that connection.
+    drop(client);
     lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
     let out = lastcall.wait();
     out.assert_code(128 + libc::SIGTERM)
@@ -146,12 +224,12 @@ fn a_request_in_flight_holds_the_drain_until_it_is_answered() {
             stop_after(&dir, answered) < Duration::from_secs(5),
             format!("the stop signal came {:?} after the answer", stop_after(&dir, answered)),
         )
-        .assert_stderr_has("lastcall: app idle: 0 busy of 1 connection");
+        .assert_stderr_has("lastcall: load balancers let go: probers told 4 times");
 }
 
 #[test]
-fn short_requests_on_fresh_connections_hold_the_drain() {
-    if !has_python() {
+fn without_a_prober_the_drain_waits_for_the_traffic_to_stop() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_short");
@@ -160,22 +238,20 @@ fn short_requests_on_fresh_connections_hold_the_drain() {
     let (mut lastcall, _port) = keep_alive(&dir, app, &options);
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("lastcall: the drain watches the app's connections");
-    // A request every 300 ms, each on its own connection, answered in a few milliseconds:
-    // a read every 100 ms rarely sees one open, but the app closes each one first, and the
-    // closed connection stays in TIME_WAIT.
+    // A request every 100 ms for 2 s, each on its own connection, answered in a few
+    // milliseconds, as kube-proxy would route them until it lets go.
     let start = Instant::now();
     let mut last = unix_nanos();
-    while start.elapsed() < Duration::from_millis(3000) {
+    while start.elapsed() < Duration::from_millis(2000) {
         assert!(!dir.exists("term"), "the stop signal came while requests kept coming");
         let mut client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
         let request = "GET / HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n";
         client.write_all(request.as_bytes()).unwrap();
-        // To the end, as a load balancer does: the app closes first.
         let mut got = String::new();
         client.read_to_string(&mut got).unwrap();
         assert!(got.starts_with("HTTP/1.1 200 OK"), "answered: {got:?}");
         last = unix_nanos();
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(100));
     }
     lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
     let quiet = stop_after(&dir, last);
@@ -184,18 +260,20 @@ fn short_requests_on_fresh_connections_hold_the_drain() {
         quiet >= Duration::from_millis(1500),
         format!("the stop signal came {quiet:?} after the last request; --drain-quiet is 2s"),
     )
-    .assert_stderr_has("lastcall: app idle: 0 busy of 0 connections, no request for 2.");
+    .check(quiet < Duration::from_secs(10), format!("the stop signal came {quiet:?} late"))
+    .assert_stderr_has("lastcall: traffic stopped: no request for 2.")
+    .assert_stderr_has(" arrivals at ");
 }
 
 #[test]
 fn auto_finds_the_port_of_an_app_that_listens_through_a_grandchild() {
-    if !has_python() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_grandchild");
     let app = free_port();
     let body = format!("{PY_PRELUDE}{KEEP_ALIVE_APP}");
-    let (mut lastcall, _port) = spawn_listening(
+    let (mut lastcall, port) = spawn_listening(
         |port| {
             dir.lastcall()
                 .args(["--listen", &format!("127.0.0.1:{port}"), "--group"])
@@ -205,11 +283,12 @@ fn auto_finds_the_port_of_an_app_that_listens_through_a_grandchild() {
         },
         || dir.exists("listening"),
     );
-    let mut pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
-    ask(&mut pooled, "/");
-    assert_eq!(answer(&mut pooled), "HTTP/1.1 200 OK");
+    let pooled = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
+    probe_before(port);
     let sent = unix_nanos();
     lastcall.signal(libc::SIGTERM);
+    lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    tell(port);
     lastcall.wait_until("the app gets the stop signal", || dir.exists("term"));
     let waited = stop_after(&dir, sent);
     let out = lastcall.wait();
@@ -217,12 +296,13 @@ fn auto_finds_the_port_of_an_app_that_listens_through_a_grandchild() {
         .assert_stderr_has(&format!(
             "lastcall: the drain watches the app's connections on port {app}"
         ))
-        .assert_stderr_has("lastcall: app idle: 0 busy of 1 connection");
+        .assert_stderr_has("0 busy of 1 connection");
+    drop(pooled);
 }
 
 #[test]
 fn the_drain_waits_until_the_prober_was_told() {
-    if !has_python() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_prober");
@@ -243,7 +323,8 @@ fn the_drain_waits_until_the_prober_was_told() {
     let out = lastcall.wait();
     out.check(term_at(&dir) >= told, "the stop signal came before the third 503")
         .assert_stderr_has(
-            "lastcall: app idle: 0 busy of 0 connections, no request seen, probers told 3 times",
+            "lastcall: load balancers let go: probers told 3 times, no request seen, 0 busy of 0 \
+             connections",
         );
 }
 
@@ -261,12 +342,14 @@ fn holder(dir: &TestDir, app: u16, options: &[&str]) -> (Running, u16) {
     )
 }
 
-/// Sends SIGTERM to a lastcall from [`holder`] whose app has no connection of its own: the
-/// stop signal comes after --drain-min.
+/// Sends SIGTERM to a lastcall from [`holder`] whose app has no connection of its own, and
+/// tells its prober: the stop signal comes after --drain-min.
 fn assert_stop_after_drain_min(dir: &TestDir, mut lastcall: Running, port: u16) {
+    probe_before(port);
     let sent = unix_nanos();
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("lastcall: the drain watches the app's connections");
+    tell(port);
     if !dir.exists("term") {
         let counted = metrics(port);
         assert!(
@@ -286,12 +369,12 @@ fn assert_stop_after_drain_min(dir: &TestDir, mut lastcall: Running, port: u16) 
             waited < Duration::from_secs(10),
             format!("the stop signal came {waited:?} after SIGTERM (delay 30s)"),
         )
-        .assert_stderr_has("lastcall: app idle: 0 busy of ");
+        .assert_stderr_has("lastcall: load balancers let go: probers told 3 times");
 }
 
 #[test]
 fn drain_with_no_connection_stops_after_drain_min() {
-    if !has_python() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_none");
@@ -301,14 +384,13 @@ fn drain_with_no_connection_stops_after_drain_min() {
 
 #[test]
 fn lastcalls_own_check_connections_do_not_count() {
-    if !has_python() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_checks");
     let app = free_port();
     let check = format!("127.0.0.1:{app}");
-    // This test's own probes are not a load balancer's: no 503s to wait for.
-    let options = ["--ready-tcp", &check, "--ready-interval", "100ms", "--drain-probes", "0"];
+    let options = ["--ready-tcp", &check, "--ready-interval", "100ms"];
     let (mut lastcall, port) = holder(&dir, app, &options);
     wait_readyz(&mut lastcall, port, 200);
     // Several checks have connected: the app holds its side of each.
@@ -348,13 +430,13 @@ fn no_netlink() -> Vec<libc::sock_filter> {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn without_socket_diagnostics_the_drain_counts_from_proc() {
-    if !has_python() {
+    if !has_python() || !own_network() {
         return;
     }
     let dir = TestDir::new("drain_idle_fallback");
     let app = free_port();
     let filter = no_netlink();
-    let (mut lastcall, _port) = spawn_listening(
+    let (mut lastcall, port) = spawn_listening(
         |port| {
             let filter = filter.clone();
             let cmd = lastcall_with_app(
@@ -385,8 +467,10 @@ fn without_socket_diagnostics_the_drain_counts_from_proc() {
     // Idle, but all /proc/net/tcp shows is an established connection: it holds the drain.
     let client = TcpStream::connect(("127.0.0.1", app)).expect("connecting to the app");
     lastcall.wait_until("the app accepted the connection", || dir.read("accepted") == "1");
+    probe_before(port);
     lastcall.signal(libc::SIGTERM);
     lastcall.wait_stderr("lastcall: socket diagnostics are unavailable (");
+    tell(port);
     no_stop_for(&dir, Duration::from_millis(1200), "a connection was open");
     let closed = unix_nanos();
     drop(client);
@@ -398,6 +482,8 @@ fn without_socket_diagnostics_the_drain_counts_from_proc() {
             "lastcall: the drain watches the app's connections on port {app}"
         ))
         .assert_stderr_has("from /proc/net/tcp, where an idle keep-alive connection holds it")
-        .assert_stderr_has("lastcall: app idle: no connection open");
+        .assert_stderr_has(
+            "lastcall: load balancers let go: probers told 3 times, no connection open",
+        );
     assert_eq!(stderr_count(&dir, "socket diagnostics are unavailable"), 1, "said once");
 }

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::io::Write;
 
-use super::{HttpCounters, MAX_HEAD, MAX_OUT, Snapshot};
+use super::{HttpCounters, LbWord, MAX_HEAD, MAX_OUT, Snapshot};
 
 const MAX_HEADERS: usize = 64;
 
@@ -135,6 +135,8 @@ pub struct Processed {
     pub readyz: u32,
     /// One of them came from the kubelet (`User-Agent: kube-probe/...`).
     pub kubelet: bool,
+    /// The last load balancer's word among them.
+    pub lb: Option<LbWord>,
 }
 
 /// Answers the complete requests at the start of `input` (pipelining), appending the answers
@@ -209,6 +211,11 @@ fn answer(
         done.kubelet |= req.headers.iter().any(|h| {
             h.name.eq_ignore_ascii_case("user-agent") && h.value.starts_with(b"kube-probe/")
         });
+        let word =
+            req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("x-haproxy-server-state"));
+        if let Some(word) = word.and_then(|h| LbWord::parse(h.value)) {
+            done.lb = Some(word);
+        }
     }
     let mut response = route(method, target, snap, http);
     response.close |= !keep_alive;
@@ -448,6 +455,40 @@ mod tests {
             let (whole, _) = feed_in_pieces(input.as_bytes(), &[]);
             let (pieces, _) = feed_in_pieces(input.as_bytes(), &cuts);
             proptest::prop_assert_eq!(String::from_utf8_lossy(&whole), String::from_utf8_lossy(&pieces));
+        }
+    }
+
+    #[test]
+    fn a_load_balancers_word_in_a_probe_is_read() {
+        let check = "GET /readyz HTTP/1.0\r\nx-haproxy-server-state: DOWN; address=127.0.0.1; \
+                     port=18081; name=b/s1; node=vm; weight=1/0; scur=2/7; qcur=1\r\n\r\n";
+        let (_, done) = run(check.as_bytes(), true);
+        assert_eq!(done.lb, Some(LbWord { down: true, sessions: 2, queued: 1 }));
+        // Only /readyz's count; the last one wins.
+        let two = "GET /readyz HTTP/1.1\r\nX-Haproxy-Server-State: UP 2/3; scur=0/0; qcur=0\r\n\r\n\
+                   GET /readyz HTTP/1.1\r\nX-Haproxy-Server-State: MAINT; scur=0/0; qcur=0\r\n\r\n";
+        assert_eq!(
+            run(two.as_bytes(), true).1.lb,
+            Some(LbWord { down: true, sessions: 0, queued: 0 })
+        );
+        let livez = "GET /livez HTTP/1.1\r\nX-Haproxy-Server-State: DOWN; scur=0/0; qcur=0\r\n\r\n";
+        assert_eq!(run(livez.as_bytes(), true).1.lb, None);
+    }
+
+    #[test]
+    fn a_load_balancers_word_is_all_there_or_nothing() {
+        let up = LbWord::parse(b"UP 2/3; address=10.0.0.1; scur=13/22; qcur=0");
+        assert_eq!(up, Some(LbWord { down: false, sessions: 13, queued: 0 }));
+        for bad in [
+            &b""[..],
+            b"DOWN",
+            b"DOWN; scur=0/0",
+            b"DOWN; qcur=0",
+            b"DOWN; scur=x; qcur=0",
+            b"\xff; scur=0; qcur=0",
+            b"; scur=0; qcur=0",
+        ] {
+            assert_eq!(LbWord::parse(bad), None, "{}", String::from_utf8_lossy(bad));
         }
     }
 }

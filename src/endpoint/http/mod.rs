@@ -54,6 +54,9 @@ pub struct HttpCounters {
     pub evicted: [u64; 3],
     /// Connections dropped for a timeout, bad input, or not reading their answers.
     pub dropped: u64,
+    /// Connections accepted, those closed at once included: the drain leaves them out of the
+    /// network namespace's count.
+    pub accepted: u64,
 }
 
 /// One `/readyz` answer: who asked, and what it was told.
@@ -65,6 +68,38 @@ pub struct Probe {
     pub ready: bool,
     /// The kubelet asked (`User-Agent: kube-probe/...`).
     pub kubelet: bool,
+    /// What a load balancer said of itself in the probe, if it did.
+    pub lb: Option<LbWord>,
+}
+
+/// A load balancer's own word on the app, sent with its health check: HAProxy's
+/// `http-check send-state` adds `X-Haproxy-Server-State: DOWN; ...; scur=0/4; qcur=0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LbWord {
+    /// It has taken the app out of its rotation (DOWN or MAINT).
+    pub down: bool,
+    /// Requests it has in flight with the app (`scur`), and queued for it (`qcur`).
+    pub sessions: u32,
+    pub queued: u32,
+}
+
+impl LbWord {
+    /// Reads the header's value; `None` unless the state, `scur` and `qcur` are all there.
+    pub fn parse(value: &[u8]) -> Option<LbWord> {
+        let text = std::str::from_utf8(value).ok()?;
+        let mut parts = text.split(';').map(str::trim);
+        let state = parts.next()?.split_whitespace().next()?;
+        let (mut sessions, mut queued) = (None, None);
+        for part in parts {
+            match part.split_once('=') {
+                Some(("scur", v)) => sessions = v.split('/').next()?.parse().ok(),
+                Some(("qcur", v)) => queued = v.parse().ok(),
+                _ => {}
+            }
+        }
+        let down = matches!(state, "DOWN" | "MAINT");
+        Some(LbWord { down, sessions: sessions?, queued: queued? })
+    }
 }
 
 /// What the endpoint did in one call that the supervisor must know.
@@ -277,7 +312,10 @@ impl Endpoint {
     fn accept_all(&mut self, registry: &Registry, now: Instant) {
         loop {
             let (mut stream, peer) = match self.listener.accept() {
-                Ok((stream, peer)) => (stream, peer.ip().to_canonical()),
+                Ok((stream, peer)) => {
+                    self.shared.counters.accepted += 1;
+                    (stream, peer.ip().to_canonical())
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -386,6 +424,11 @@ impl Endpoint {
     }
 
     /// Whether some connection has work left from its last turn.
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.shared.counters.accepted
+    }
+
     pub fn has_more(&self) -> bool {
         !self.again.is_empty()
     }
@@ -415,6 +458,7 @@ impl Endpoint {
         match accepted {
             Ok((stream, _)) => {
                 drop(stream);
+                self.shared.counters.accepted += 1;
                 self.shared.counters.rejected += 1;
                 true
             }
@@ -590,7 +634,8 @@ impl Conn {
             }
             budget -= done.answered.min(budget);
             conn.answered += done.answered as u64;
-            let probe = Probe { from: conn.peer, ready: snap.ready, kubelet: done.kubelet };
+            let (ready, kubelet, lb) = (snap.ready, done.kubelet, done.lb);
+            let probe = Probe { from: conn.peer, ready, kubelet, lb };
             happened.probes.extend((0..done.readyz).map(|_| probe));
             if done.close {
                 conn.state = State::Closing;

@@ -636,6 +636,33 @@ pub fn required(what: &str, met: bool) -> bool {
     false
 }
 
+/// Moves the calling test's thread, and whatever it starts from now on, into a network
+/// namespace of its own with only loopback, up: a pod's, as far as the drain can tell. The
+/// drain counts every connection accepted in its namespace as traffic that may be the app's;
+/// in the one the tests share, those of the tests running beside it would hold its drains.
+/// Needs root; elsewhere the test is skipped (or fails, in CI).
+pub fn own_network() -> bool {
+    // SAFETY: plain libc call.
+    if !required("root, for a network namespace of its own", unsafe { libc::geteuid() } == 0) {
+        return false;
+    }
+    // SAFETY: unshare affects this thread only; the ioctl's buffer is a local ifreq.
+    unsafe {
+        assert_eq!(libc::unshare(libc::CLONE_NEWNET), 0, "unshare(CLONE_NEWNET)");
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "a socket to bring loopback up");
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (to, from) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *to = *from as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0, "SIOCGIFFLAGS lo");
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &req), 0, "SIOCSIFFLAGS lo up");
+        libc::close(fd);
+    }
+    true
+}
+
 /// Whether the PID-1 tests can run: root, and util-linux `unshare`.
 pub fn can_unshare() -> bool {
     // SAFETY: plain libc call.
