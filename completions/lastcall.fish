@@ -16,6 +16,13 @@ complete -c lastcall -l drain-idle-port -d 'The app\'s TCP ports that the drain 
 complete -c lastcall -l drain-quiet -d 'The app counts as idle once no bytes moved on its connections for this long' -r
 complete -c lastcall -l drain-probes -d 'The 503 answers each client that was probing /readyz must have had before the drain ends early (HAProxy\'s `fall` and the kubelet\'s `failureThreshold` default to 3)' -r
 complete -c lastcall -l drain-min -d 'The shortest preStop phase of a drain that watches the app' -r
+complete -c lastcall -l wait-for -d 'Before starting the child, wait until this answers (repeatable): tcp://HOST:PORT (a connect succeeds) or http://HOST:PORT/PATH (a GET answers 2xx); HOST is resolved once' -r
+complete -c lastcall -l wait-for-exec -d 'Before starting the child, wait until `sh -c CMD` exits 0 (repeatable; the variable holds one command)' -r
+complete -c lastcall -l wait-timeout -d 'How long to wait for --wait-for and --wait-for-exec before giving up' -r
+complete -c lastcall -l on-wait-timeout -d 'When --wait-timeout passes with a dependency down: `exit` (status 124, the child never starts) or `start` (start the child anyway, with a warning)' -r
+complete -c lastcall -l on-exit -d 'When the child and every process under lastcall are gone, POST to this http:// URL before exiting (repeatable; e.g. a proxy\'s quit endpoint); never changes the exit status' -r
+complete -c lastcall -l on-exit-exec -d 'When the child and every process under lastcall are gone, run `sh -c CMD` before exiting (repeatable, after the --on-exit URLs; the variable holds one command)' -r
+complete -c lastcall -l on-exit-timeout -d 'How long each --on-exit or --on-exit-exec hook may take; a command is then killed' -r
 complete -c lastcall -l socket -d 'Bind this socket and pass it to the child by socket activation (repeatable): [NAME=]tcp://HOST:PORT or [NAME=]unix:/path' -r
 complete -c lastcall -l reload-signal -d 'With --socket: on this signal, start a new child on the same sockets, wait until it is ready, then drain the old one [default: HUP]' -r
 complete -c lastcall -l user -d 'Run the child as USER (name or uid) with its HOME and groups, or with GROUP alone, from /etc/passwd and /etc/group, and no capability; lastcall stays as it is (root)' -r

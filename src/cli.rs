@@ -16,9 +16,10 @@ use log::LevelFilter;
 
 use crate::drain::eyes::DrainPorts;
 use crate::endpoint::checks::{Check, MAX_CHECKS};
+use crate::endpoint::hooks::{Hook, MAX_HOOKS};
 use crate::endpoint::http::Limits;
 use crate::init::signals::{Class, Sig};
-use crate::machine::{Policy, Prestop};
+use crate::machine::{OnWaitTimeout, Policy, Prestop};
 use crate::platform::logger::Format;
 use crate::platform::notify;
 use crate::platform::sockets::{MAX_SOCKETS, Spec};
@@ -156,6 +157,47 @@ pub struct Args {
           value_parser = parse_duration, help_heading = "Drain")]
     pub drain_min: Duration,
 
+    /// Before starting the child, wait until this answers (repeatable): tcp://HOST:PORT (a
+    /// connect succeeds) or http://HOST:PORT/PATH (a GET answers 2xx); HOST is resolved once
+    #[arg(long, env = "LASTCALL_WAIT_FOR", value_name = "URL", value_delimiter = ',',
+          value_parser = parse_wait_for, help_heading = "Dependencies and sidecars")]
+    pub wait_for: Vec<Awaited>,
+
+    /// Before starting the child, wait until `sh -c CMD` exits 0 (repeatable; the variable
+    /// holds one command)
+    #[arg(long, env = "LASTCALL_WAIT_FOR_EXEC", value_name = "CMD",
+          value_parser = parse_wait_for_exec, help_heading = "Dependencies and sidecars")]
+    pub wait_for_exec: Vec<Awaited>,
+
+    /// How long to wait for --wait-for and --wait-for-exec before giving up
+    #[arg(long, env = "LASTCALL_WAIT_TIMEOUT", value_name = "DUR", default_value = "60s",
+          value_parser = parse_timeout, help_heading = "Dependencies and sidecars")]
+    pub wait_timeout: Duration,
+
+    /// When --wait-timeout passes with a dependency down: `exit` (status 124, the child never
+    /// starts) or `start` (start the child anyway, with a warning)
+    #[arg(long, env = "LASTCALL_ON_WAIT_TIMEOUT", value_name = "exit|start",
+          default_value = "exit", value_parser = parse_on_wait_timeout,
+          help_heading = "Dependencies and sidecars")]
+    pub on_wait_timeout: OnWaitTimeout,
+
+    /// When the child and every process under lastcall are gone, POST to this http:// URL
+    /// before exiting (repeatable; e.g. a proxy's quit endpoint); never changes the exit status
+    #[arg(long, env = "LASTCALL_ON_EXIT", value_name = "URL", value_delimiter = ',',
+          value_parser = Hook::post, help_heading = "Dependencies and sidecars")]
+    pub on_exit: Vec<Hook>,
+
+    /// When the child and every process under lastcall are gone, run `sh -c CMD` before
+    /// exiting (repeatable, after the --on-exit URLs; the variable holds one command)
+    #[arg(long, env = "LASTCALL_ON_EXIT_EXEC", value_name = "CMD",
+          value_parser = Hook::exec, help_heading = "Dependencies and sidecars")]
+    pub on_exit_exec: Vec<Hook>,
+
+    /// How long each --on-exit or --on-exit-exec hook may take; a command is then killed
+    #[arg(long, env = "LASTCALL_ON_EXIT_TIMEOUT", value_name = "DUR", default_value = "2s",
+          value_parser = parse_timeout, help_heading = "Dependencies and sidecars")]
+    pub on_exit_timeout: Duration,
+
     /// Bind this socket and pass it to the child by socket activation (repeatable):
     /// [NAME=]tcp://HOST:PORT or [NAME=]unix:/path
     #[arg(long, env = "LASTCALL_SOCKET", value_name = "ADDR", value_delimiter = ',',
@@ -193,6 +235,13 @@ pub struct Args {
     /// The program to supervise, and its arguments
     #[arg(value_name = "COMMAND", trailing_var_arg = true)]
     pub command: Vec<OsString>,
+}
+
+/// One dependency of `--wait-for` or `--wait-for-exec`: how it was named, and how to probe it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Awaited {
+    pub name: String,
+    pub check: Check,
 }
 
 /// `--termination-log`.
@@ -236,6 +285,13 @@ pub struct Config {
     /// systemd's notify socket (NOTIFY_SOCKET), when lastcall runs as a `Type=notify`
     /// service; `policy` says the same.
     pub systemd: Option<notify::Systemd>,
+    /// `--wait-for` then `--wait-for-exec`, at most [`MAX_CHECKS`]; their names are the
+    /// policy's `wait`.
+    pub wait: Vec<Check>,
+    /// `--on-exit` then `--on-exit-exec`, at most [`MAX_HOOKS`].
+    pub hooks: Vec<Hook>,
+    /// `--on-exit-timeout`: how long each hook may take.
+    pub hook_timeout: Duration,
 }
 
 /// Why lastcall stops before supervising anything.
@@ -305,6 +361,17 @@ impl Args {
         if checks.len() > MAX_CHECKS {
             return usage(format!("{} readiness checks given; at most {MAX_CHECKS}", checks.len()));
         }
+        let awaited: Vec<Awaited> = self.wait_for.into_iter().chain(self.wait_for_exec).collect();
+        if awaited.len() > MAX_CHECKS {
+            return usage(format!(
+                "{} dependencies to wait for; at most {MAX_CHECKS}",
+                awaited.len()
+            ));
+        }
+        let hooks: Vec<Hook> = self.on_exit.into_iter().chain(self.on_exit_exec).collect();
+        if hooks.len() > MAX_HOOKS {
+            return usage(format!("{} on-exit hooks given; at most {MAX_HOOKS}", hooks.len()));
+        }
         if self.socket.len() > MAX_SOCKETS {
             return usage(format!("{} sockets given; at most {MAX_SOCKETS}", self.socket.len()));
         }
@@ -351,6 +418,10 @@ impl Args {
             startup_timeout: self.startup_timeout,
             systemd: systemd.is_some(),
             watchdog: systemd.as_ref().and_then(|s| s.watchdog_every),
+            wait: awaited.iter().map(|a| a.name.clone()).collect(),
+            wait_timeout: self.wait_timeout,
+            on_wait_timeout: self.on_wait_timeout,
+            on_exit: !hooks.is_empty(),
         };
         Ok(Config {
             command: self.command,
@@ -374,6 +445,9 @@ impl Args {
             termination_log,
             user,
             systemd,
+            wait: awaited.into_iter().map(|a| a.check).collect(),
+            hooks,
+            hook_timeout: self.on_exit_timeout,
         })
     }
 }
@@ -448,6 +522,33 @@ pub fn parse_reload_signal(text: &str) -> Result<Sig, String> {
         Class::Forward if !crash.contains(&sig.0) => Ok(sig),
         Class::Drain => Err(format!("{sig} starts the drain; it cannot also reload (try HUP)")),
         _ => Err(format!("{sig} cannot be the reload signal (try HUP or USR2)")),
+    }
+}
+
+/// `--wait-for`: `tcp://HOST:PORT` or `http://HOST[:PORT][/PATH]`.
+pub fn parse_wait_for(text: &str) -> Result<Awaited, String> {
+    let text = text.trim();
+    let expected = "expected tcp://HOST:PORT or http://HOST:PORT/PATH";
+    let scheme = text.find("://").map(|i| text[..i].to_ascii_lowercase());
+    let check = match scheme.as_deref() {
+        Some("tcp") => Check::tcp(&text[6..]).map_err(|e| format!("{e}; {expected}"))?,
+        Some("http") => Check::http(text)?,
+        Some("https") => return Err("https is not supported: --wait-for uses plain HTTP".into()),
+        _ => return Err(expected.to_string()),
+    };
+    Ok(Awaited { name: text.to_string(), check })
+}
+
+/// `--wait-for-exec`: a command for `sh -c`.
+pub fn parse_wait_for_exec(text: &str) -> Result<Awaited, String> {
+    Ok(Awaited { name: format!("exec '{text}'"), check: Check::exec(text)? })
+}
+
+pub fn parse_on_wait_timeout(text: &str) -> Result<OnWaitTimeout, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "exit" => Ok(OnWaitTimeout::Exit),
+        "start" => Ok(OnWaitTimeout::Start),
+        _ => Err("expected exit or start".to_string()),
     }
 }
 
@@ -665,6 +766,49 @@ mod tests {
         assert_eq!(config.policy.systemd, config.systemd.is_some());
         let watchdog = config.systemd.as_ref().and_then(|s| s.watchdog_every);
         assert_eq!(config.policy.watchdog, watchdog);
+    }
+
+    #[test]
+    fn dependencies_and_hooks() {
+        let up = parse_wait_for("tcp://127.0.0.1:15021").unwrap();
+        assert_eq!(up.name, "tcp://127.0.0.1:15021");
+        assert!(matches!(up.check, Check::Tcp { addr, .. } if addr.port() == 15021));
+        let up = parse_wait_for("HTTP://127.0.0.1:15021/healthz/ready").unwrap();
+        assert!(matches!(up.check, Check::Http { ref path, .. } if path == "/healthz/ready"));
+        assert_eq!(
+            parse_wait_for("127.0.0.1:15021").unwrap_err(),
+            "expected tcp://HOST:PORT or http://HOST:PORT/PATH"
+        );
+        assert!(parse_wait_for("tcp://127.0.0.1").unwrap_err().starts_with("expected HOST:PORT"));
+        assert!(parse_wait_for("https://x/").unwrap_err().contains("https"));
+        assert_eq!(parse_wait_for_exec("pg_isready").unwrap().name, "exec 'pg_isready'");
+        assert!(parse_wait_for_exec("").is_err());
+        assert_eq!(parse_on_wait_timeout("Start"), Ok(OnWaitTimeout::Start));
+        assert!(parse_on_wait_timeout("later").is_err());
+
+        let argv = [
+            "lastcall",
+            "--wait-for",
+            "tcp://127.0.0.1:1",
+            "--wait-for-exec",
+            "true",
+            "--on-exit-exec",
+            "echo bye",
+            "--on-exit",
+            "http://127.0.0.1:15020/quitquitquit",
+            "app",
+        ];
+        let Ok(Ok(config)) = Args::try_parse_from(argv).map(Args::into_config) else {
+            panic!("rejected");
+        };
+        assert_eq!(config.policy.wait, ["tcp://127.0.0.1:1", "exec 'true'"]);
+        assert_eq!(config.wait.len(), 2);
+        assert_eq!(config.policy.wait_timeout, Duration::from_secs(60), "the default");
+        assert_eq!(config.policy.on_wait_timeout, OnWaitTimeout::Exit, "the default");
+        let hooks: Vec<String> = config.hooks.iter().map(Hook::to_string).collect();
+        assert_eq!(hooks, ["POST http://127.0.0.1:15020/quitquitquit", "exec 'echo bye'"]);
+        assert!(config.policy.on_exit);
+        assert_eq!(config.hook_timeout, Duration::from_secs(2), "the default");
     }
 
     #[test]

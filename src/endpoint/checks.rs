@@ -205,6 +205,15 @@ impl Checker {
         self.slots.iter().map(|s| (s.check.to_string(), &s.last))
     }
 
+    /// What each check said at its last round, in order; not checked yet is a failure.
+    pub fn outcomes(&self) -> impl Iterator<Item = Result<(), String>> + '_ {
+        self.slots.iter().map(|s| match &s.last {
+            Outcome::Pass => Ok(()),
+            Outcome::Unknown => Err("no answer yet".to_string()),
+            Outcome::Fail(reason) => Err(reason.clone()),
+        })
+    }
+
     /// The first failing check and why, if any.
     fn failing(&self) -> Option<String> {
         self.slots.iter().find_map(|s| match &s.last {

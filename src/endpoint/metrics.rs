@@ -145,6 +145,36 @@ impl View<'_> {
                     writeln!(out, "lastcall_check_passing{{check=\"{}\"}} {pass}", escape(&name));
             }
         }
+        if let Some(deps) = self.machine.dependencies() {
+            family(
+                &mut out,
+                "lastcall_dependency_up",
+                "gauge",
+                "1 once the awaited dependency (--wait-for, --wait-for-exec) has answered.",
+            );
+            for dep in &deps.deps {
+                let up = u8::from(dep.up_after.is_some());
+                let _ = writeln!(
+                    out,
+                    "lastcall_dependency_up{{dependency=\"{}\"}} {up}",
+                    escape(&dep.name)
+                );
+            }
+            family(
+                &mut out,
+                "lastcall_dependency_wait_seconds",
+                "gauge",
+                "How long lastcall waited for the dependency: until it answered, else so far.",
+            );
+            for dep in &deps.deps {
+                let waited = deps.waited(dep, self.now).as_secs_f64();
+                let _ = writeln!(
+                    out,
+                    "lastcall_dependency_wait_seconds{{dependency=\"{}\"}} {waited:.3}",
+                    escape(&dep.name)
+                );
+            }
+        }
         let last = self.machine.last_shutdown();
         if let Some(seen) = last.seen {
             family(
@@ -262,6 +292,18 @@ impl View<'_> {
                 Outcome::Fail(why) => format!("fail: {why}"),
             };
             let _ = writeln!(text, "check {name}: {result}");
+        }
+        if let Some(deps) = self.machine.dependencies() {
+            for dep in &deps.deps {
+                let waited = show::duration(deps.waited(dep, self.now));
+                let _ = match (&dep.up_after, &dep.failing) {
+                    (Some(_), _) => writeln!(text, "awaited {}: up after {waited}", dep.name),
+                    (None, Some(why)) => {
+                        writeln!(text, "awaited {}: down for {waited}: {why}", dep.name)
+                    }
+                    (None, None) => writeln!(text, "awaited {}: no answer for {waited}", dep.name),
+                };
+            }
         }
         let last = self.machine.last_shutdown();
         if let Some(seen) = last.seen {

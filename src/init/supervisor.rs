@@ -14,6 +14,11 @@
 //!
 //! An action that brings an input back (a reload's new child, a connection count) queues it,
 //! and the queue is empty before the next step of the turn: no recursion.
+//!
+//! With `--wait-for`, the child starts when the machine asks ([`Action::StartChild`]); until
+//! then the dependencies are probed in step 3 like the readiness checks, by a checker of
+//! their own. When the machine says lastcall exits, the `--on-exit` hooks run one after the
+//! other before [`run`] returns ([`Supervisor::tell_sidecars`]), each bounded.
 
 use std::collections::VecDeque;
 use std::io;
@@ -25,14 +30,17 @@ use mio::{Events, Interest, Poll, Registry, Token};
 
 use crate::cli::Config;
 use crate::drain::eyes;
-use crate::endpoint::checks::{self, Checker, MAX_CHECKS};
+use crate::endpoint::checks::{self, Check, Checker, MAX_CHECKS};
+use crate::endpoint::hooks::{self, Hook, Posted};
 use crate::endpoint::http::{Endpoint, Happened, Snapshot};
 use crate::endpoint::metrics::View;
 use crate::init::child::{self, Spawner};
 use crate::init::fatal::{Fatal, setup};
 use crate::init::fd_limit;
 use crate::init::reaper;
-use crate::init::signals::{self, SIGCHLD, Sig, Signals};
+use crate::init::signals::{self, SIGCHLD, SIGKILL, Sig, Signals};
+use crate::init::spawn;
+use crate::init::status::ChildStatus;
 use crate::machine::{Action, Fields, Input, Machine};
 use crate::platform::logger::{self, Field};
 use crate::platform::notify::{self, Said};
@@ -51,8 +59,16 @@ const NOTIFY_PER_TURN: usize = 64;
 /// How often a turn that reaps nothing reads the OOM-kill counter at most: well inside the
 /// second within which the machine lays a kill on a death.
 const OOM_LOOK_EVERY: Duration = Duration::from_millis(10);
+/// How often an awaited dependency is tried: the wait's granularity. A refused connect
+/// costs microseconds, so a proxy that comes up is seen within this.
+const WAIT_EVERY: Duration = Duration::from_millis(100);
+/// How long one attempt at an awaited dependency may take before it counts as down.
+const WAIT_ATTEMPT: Duration = Duration::from_secs(1);
+/// How long a killed hook command or left-over probe may take to be reaped at the end.
+const REAP_AT_END: Duration = Duration::from_secs(1);
 const FIRST_CHECK: usize = 16;
-const FIRST_CONNECTION: usize = FIRST_CHECK + MAX_CHECKS;
+const FIRST_DEP: usize = FIRST_CHECK + MAX_CHECKS;
+const FIRST_CONNECTION: usize = FIRST_DEP + MAX_CHECKS;
 
 /// Supervises `config.command` to the end; returns lastcall's exit code.
 pub fn run(config: Config) -> Result<u8, Fatal> {
@@ -80,33 +96,64 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
     };
     let options = child::options(std::env::vars_os(), given);
     let spawner = Spawner::new(config.command, options, sockets);
-    let pid = spawner.spawn().map_err(Fatal::Spawn)?;
-    log::debug!("started child {pid}");
-    let oom = watch_oom();
-
-    let checker = Checker::new(
-        config.checks,
-        config.policy.ready_interval,
-        config.check_timeout,
-        FIRST_CHECK,
-        started,
-    );
+    let ready = ReadyChecks {
+        checks: config.checks,
+        interval: config.policy.ready_interval,
+        timeout: config.check_timeout,
+    };
+    let deps = Checker::new(config.wait, WAIT_EVERY, WAIT_ATTEMPT, FIRST_DEP, started);
+    let (machine, checker, later, oom) = if deps.is_active() {
+        let machine = Machine::waiting(config.policy, started);
+        (machine, ready.checker(started, true), Some(ready), watch_oom())
+    } else {
+        let pid = spawner.spawn().map_err(Fatal::Spawn)?;
+        log::debug!("started child {pid}");
+        let oom = watch_oom();
+        (Machine::new(config.policy, pid, started), ready.checker(started, false), None, oom)
+    };
     let mut supervisor = Supervisor {
-        machine: Machine::new(config.policy, pid, started),
+        machine,
         poll,
         events: Events::with_capacity(256),
         signals,
         more: Woke::default(),
         endpoint,
         checker,
+        later,
+        deps,
+        awaited: Vec::new(),
         child_notify,
         systemd: config.systemd,
         eyes,
         spawner,
         oom,
         termination_log: config.termination_log,
+        hooks: config.hooks,
+        hook_timeout: config.hook_timeout,
+        hooks_due: false,
+        fatal: None,
     };
-    supervisor.supervise().map_err(setup("waiting for events"))
+    let code = supervisor.supervise();
+    supervisor.finish();
+    match supervisor.fatal.take() {
+        Some(fatal) => Err(fatal),
+        None => code.map_err(setup("waiting for events")),
+    }
+}
+
+/// The `--ready-*` checks, to start once the child runs.
+struct ReadyChecks {
+    checks: Vec<Check>,
+    interval: Duration,
+    timeout: Duration,
+}
+
+impl ReadyChecks {
+    /// Their checker, started at `now`; with nothing to check while `held`.
+    fn checker(&self, now: Instant, held: bool) -> Checker {
+        let checks = if held { Vec::new() } else { self.checks.clone() };
+        Checker::new(checks, self.interval, self.timeout, FIRST_CHECK, now)
+    }
 }
 
 /// Starts counting the OOM kills in lastcall's memory cgroup: kills before this are not this
@@ -155,6 +202,8 @@ struct Woke {
     /// before the loop began.
     reap: bool,
     notify: bool,
+    /// Events on the awaited dependencies' sockets.
+    deps: Vec<Token>,
     /// Connections of the endpoint's with work left from their last turn.
     endpoint: bool,
     listener: bool,
@@ -172,6 +221,12 @@ struct Supervisor {
     more: Woke,
     endpoint: Option<Endpoint>,
     checker: Checker,
+    /// The readiness checks, held while lastcall waits for the dependencies.
+    later: Option<ReadyChecks>,
+    /// The awaited dependencies' probes (none without `--wait-for`), and what the machine
+    /// was last told of them.
+    deps: Checker,
+    awaited: Vec<Result<(), String>>,
     child_notify: Option<notify::Private>,
     /// systemd's notify socket, when lastcall runs as a `Type=notify` service.
     systemd: Option<notify::Systemd>,
@@ -182,6 +237,13 @@ struct Supervisor {
     oom: OomWatch,
     /// `--termination-log`: where the machine's last word goes.
     termination_log: Option<PathBuf>,
+    /// `--on-exit`, `--on-exit-exec`, and how long each may take.
+    hooks: Vec<Hook>,
+    hook_timeout: Duration,
+    /// The machine asked for the hooks ([`Action::OnExit`]).
+    hooks_due: bool,
+    /// The child could not be started when the wait was over.
+    fatal: Option<Fatal>,
 }
 
 impl Supervisor {
@@ -195,6 +257,9 @@ impl Supervisor {
             if let Some(code) = self.machine.exit_code() {
                 return Ok(code);
             }
+            if self.fatal.is_some() {
+                return Ok(0);
+            }
             woke = self.wait()?;
         }
     }
@@ -205,6 +270,7 @@ impl Supervisor {
             self.machine.deadline(),
             self.endpoint.as_ref().and_then(Endpoint::deadline),
             self.checker.deadline(),
+            self.deps.deadline(),
         ]
         .into_iter()
         .flatten()
@@ -227,6 +293,7 @@ impl Supervisor {
                 LISTENER => woke.listener = true,
                 CHILD_NOTIFY => woke.notify = true,
                 token if self.checker.owns(token) => woke.checks.push(token),
+                token if self.deps.owns(token) => woke.deps.push(token),
                 token if endpoint.is_some_and(|e| e.owns(token)) => {
                     woke.connections.push((token, event.is_read_closed()))
                 }
@@ -269,6 +336,14 @@ impl Supervisor {
         for report in reports {
             self.feed(checks_input(report));
         }
+        if self.deps.is_active() {
+            let registry = self.poll.registry();
+            for &token in &woke.deps {
+                self.deps.on_event(registry, token);
+            }
+            self.deps.on_tick(registry, Instant::now());
+            self.tell_awaited();
+        }
         for probe in self.serve(woke).probes {
             self.feed(Input::Probed(probe));
         }
@@ -280,12 +355,19 @@ impl Supervisor {
         let reaped = reaper::reap();
         let collected = reaped.exits.len();
         let mut exits = Vec::new();
+        let mut probed = false;
         for (pid, status) in reaped.exits {
             match self.checker.on_exit(pid, status) {
                 checks::Exit::Mine(Some(report)) => self.feed(checks_input(report)),
                 checks::Exit::Mine(None) => {}
-                checks::Exit::NotMine => exits.push((pid, status)),
+                checks::Exit::NotMine => match self.deps.on_exit(pid, status) {
+                    checks::Exit::Mine(_) => probed = true,
+                    checks::Exit::NotMine => exits.push((pid, status)),
+                },
             }
+        }
+        if probed {
+            self.tell_awaited();
         }
         if collected > 0 {
             // The kernel's OOM killer kills with SIGKILL: only its counter tells. Read after
@@ -293,6 +375,129 @@ impl Supervisor {
             // machine hears of them.
             self.look_for_oom_kills();
             self.feed(Input::Reaped { exits, children_left: reaped.children_left });
+        }
+    }
+
+    /// What the awaited dependencies said, when it changed since the machine last heard.
+    fn tell_awaited(&mut self) {
+        let now: Vec<Result<(), String>> = self.deps.outcomes().collect();
+        if now != self.awaited {
+            self.awaited = now.clone();
+            self.feed(Input::Awaited(now));
+        }
+    }
+
+    /// The wait is over: the child starts, its readiness checks with it; the dependencies
+    /// are not probed any more.
+    fn start_child(&mut self) -> Option<Input> {
+        self.deps.stop(self.poll.registry());
+        match self.spawner.spawn() {
+            Ok(pid) => {
+                if let Some(ready) = self.later.take() {
+                    self.checker = ready.checker(Instant::now(), false);
+                }
+                Some(Input::Started(pid))
+            }
+            Err(e) => {
+                self.fatal = Some(Fatal::Spawn(e));
+                None
+            }
+        }
+    }
+
+    /// The end of the run: probes still in flight are killed and reaped (nothing started
+    /// under lastcall outlives it), then the hooks run if the machine asked for them.
+    fn finish(&mut self) {
+        self.deps.stop(self.poll.registry());
+        self.checker.stop(self.poll.registry());
+        self.wait_for_exit(None, Instant::now() + REAP_AT_END);
+        if self.hooks_due {
+            self.tell_sidecars();
+        }
+    }
+
+    /// Runs the `--on-exit` hooks in order, each bounded by `--on-exit-timeout`, each logged
+    /// with what it answered. What they answer changes nothing of lastcall's exit.
+    fn tell_sidecars(&mut self) {
+        let hooks = std::mem::take(&mut self.hooks);
+        for hook in &hooks {
+            let start = Instant::now();
+            let deadline = start + self.hook_timeout;
+            let took = || crate::show::duration(start.elapsed());
+            match hook {
+                Hook::Post { addr, host, path, .. } => {
+                    match hooks::post(*addr, host, path, deadline) {
+                        Posted::Answered(line) => log::info!("on-exit {hook}: {line} ({})", took()),
+                        Posted::Gone => log::info!(
+                            "on-exit {hook}: connection refused, the sidecar is already gone"
+                        ),
+                        Posted::TimedOut => log::warn!(
+                            "on-exit {hook}: no answer within {}",
+                            crate::show::duration(self.hook_timeout)
+                        ),
+                        Posted::Failed(why) => log::warn!("on-exit {hook}: {why} ({})", took()),
+                    }
+                }
+                Hook::Exec { command } => {
+                    let argv = ["/bin/sh".into(), "-c".into(), command.into()];
+                    let pid = match spawn::spawn_check(&argv) {
+                        Ok(pid) => pid,
+                        Err(e) => {
+                            log::warn!("on-exit {hook}: {e}");
+                            continue;
+                        }
+                    };
+                    match self.wait_for_exit(Some(pid), deadline) {
+                        Some(ChildStatus::Exited(0)) => {
+                            log::info!("on-exit {hook}: exited with status 0 ({})", took())
+                        }
+                        Some(status) => log::warn!("on-exit {hook}: {status} ({})", took()),
+                        None => {
+                            // Its own process group: the command and what it started.
+                            let _ = signals::send(-pid.as_raw(), SIGKILL);
+                            log::warn!(
+                                "on-exit {hook}: not done within {}: killed",
+                                crate::show::duration(self.hook_timeout)
+                            );
+                            self.wait_for_exit(Some(pid), Instant::now() + REAP_AT_END);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reaps until `pid` has ended (its status), or with `None` until no child is left, or
+    /// until `deadline`. Only SIGCHLD matters here: other signals are taken and dropped, the
+    /// end being near and bounded.
+    fn wait_for_exit(
+        &mut self,
+        pid: Option<nix::unistd::Pid>,
+        deadline: Instant,
+    ) -> Option<ChildStatus> {
+        loop {
+            let reaped = reaper::reap();
+            if let Some(pid) = pid {
+                if let Some(&(_, status)) = reaped.exits.iter().find(|(p, _)| *p == pid) {
+                    return Some(status);
+                }
+            } else if !reaped.children_left {
+                return None;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            match self.poll.poll(&mut self.events, Some(sleep_for(left))) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return None,
+            }
+            let mut received = Vec::new();
+            self.signals.read(SIGNALS_PER_TURN, &mut received);
+            for sig in received.into_iter().filter(|&s| s != SIGCHLD) {
+                log::debug!("received {sig} at the end of the run: dropped");
+            }
         }
     }
 
@@ -384,6 +589,8 @@ impl Supervisor {
                 logger::log_fields(level, &line, &step_fields(fields))
             }
             Action::Ended(why) => termination::record(self.termination_log.as_deref(), &why),
+            Action::StartChild => return self.start_child(),
+            Action::OnExit => self.hooks_due = true,
         }
         None
     }

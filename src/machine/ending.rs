@@ -311,7 +311,7 @@ impl Machine {
                 }
             }
             // The child is gone in these: not its end.
-            Phase::Reaping { .. } | Phase::Exited { .. } => ChildEnd {
+            Phase::Waiting { .. } | Phase::Reaping { .. } | Phase::Exited { .. } => ChildEnd {
                 ending: Ending::Own(status),
                 shown: format!("child {status}"),
                 took: None,
@@ -328,7 +328,16 @@ impl Machine {
             Some(ending) => ending.to_string(),
             None => format!("exiting with {code}"),
         };
+        self.exit_with(code, why, out);
+    }
+
+    /// lastcall exits with `code`, and says `why`; then the `--on-exit` hooks run.
+    pub(super) fn exit_with(&mut self, code: u8, why: String, out: &mut Vec<Action>) {
+        self.phase = Phase::Exited { code };
         out.push(Action::Ended(why));
+        if self.policy.on_exit {
+            out.push(Action::OnExit);
+        }
     }
 
     /// How the main child ended: as the phase it ended in tells it (`from_phase`), unless the

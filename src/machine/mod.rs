@@ -12,8 +12,10 @@
 //! - [`systemd`]: what systemd hears (READY=1, STOPPING=1, STATUS=, the watchdog);
 //! - [`watch`]: when a request-aware drain may end: the app's connections, as the drain wing
 //!   sums up each read ([`AppSummary`]), and the clients probing `/readyz`;
-//! - [`ending`]: the termination message, and which deaths by SIGKILL were OOM kills.
+//! - [`ending`]: the termination message, and which deaths by SIGKILL were OOM kills;
+//! - [`deps`]: the wait for the app's dependencies before the child starts.
 
+mod deps;
 mod ending;
 mod gate;
 mod reload;
@@ -30,6 +32,7 @@ use nix::unistd::Pid;
 use crate::init::signals::{Class, Sig, class};
 use crate::init::status::ChildStatus;
 
+pub use deps::{Deps, OnWaitTimeout};
 pub use ending::Ending;
 pub use shutdown::{DrainEnd, Phase};
 pub use watch::{AppSummary, Evidence, Probe, ReadBy};
@@ -79,6 +82,15 @@ pub struct Policy {
     pub systemd: bool,
     /// How often to ping systemd's watchdog (half of `WATCHDOG_USEC`), if asked to.
     pub watchdog: Option<Duration>,
+    /// `--wait-for`, `--wait-for-exec`: the dependencies awaited before the child starts, by
+    /// name (used only by [`Machine::waiting`]).
+    pub wait: Vec<String>,
+    /// `--wait-timeout`.
+    pub wait_timeout: Duration,
+    /// `--on-wait-timeout`.
+    pub on_wait_timeout: OnWaitTimeout,
+    /// `--on-exit` or `--on-exit-exec` were given: the hooks run when lastcall exits.
+    pub on_exit: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,6 +122,11 @@ pub enum Input {
     /// in bytes, if there is one. Read after each reaping pass's `waitpid`s, just before its
     /// [`Input::Reaped`], and at the start of every other turn of the loop.
     OomKills { new: u64, since: Instant, limit: Option<u64> },
+    /// What each awaited dependency said at its last attempt, in the order of
+    /// [`Policy::wait`]; brought whenever that changes.
+    Awaited(Vec<Result<(), String>>),
+    /// The child asked for by [`Action::StartChild`] was started.
+    Started(Pid),
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -147,6 +164,11 @@ pub enum Action {
     Log(Level, String, Fields),
     /// lastcall is about to exit: why, in one line, for `--termination-log`.
     Ended(String),
+    /// The wait is over: start the child, and report it as [`Input::Started`] (a failure to
+    /// start it is fatal, as at start-up).
+    StartChild,
+    /// lastcall is about to exit and nothing is left under it: run the `--on-exit` hooks.
+    OnExit,
 }
 
 /// The data of a shutdown step, beside its log line: `--log-format json` writes each as a
@@ -242,7 +264,7 @@ pub struct LastShutdown {
 
 pub struct Machine {
     policy: Policy,
-    /// When lastcall started its child.
+    /// When lastcall started: its child, or without one yet, its wait for the dependencies.
     started: Instant,
     phase: Phase,
     gate: gate::Gate,
@@ -255,6 +277,8 @@ pub struct Machine {
     oom: ending::Oom,
     /// How the main child ended, once it has.
     ending: Option<Ending>,
+    /// The wait for the dependencies, when there was one.
+    deps: Option<Deps>,
 }
 
 impl Machine {
@@ -271,6 +295,7 @@ impl Machine {
             probers: watch::Probers::default(),
             oom: ending::Oom::default(),
             ending: None,
+            deps: None,
             policy,
         }
     }
@@ -279,6 +304,7 @@ impl Machine {
     pub fn step(&mut self, input: Input, now: Instant) -> Vec<Action> {
         let mut out = Vec::new();
         let was_running = matches!(self.phase, Phase::Running { .. });
+        self.announce_wait(&mut out);
         match input {
             Input::Signal(sig) => self.on_signal(sig, now, &mut out),
             Input::Reaped { exits, children_left } => {
@@ -303,7 +329,10 @@ impl Machine {
             Input::OomKills { new, since, limit } => {
                 self.oom.on_kills(new, since, limit, now, &mut out)
             }
+            Input::Awaited(results) => self.on_awaited(results, now, &mut out),
+            Input::Started(pid) => self.on_started(pid, now),
             Input::Tick => {
+                self.wait_tick(now, &mut out);
                 self.on_tick(now, &mut out);
                 self.reload_tick(now, &mut out);
                 let running = matches!(self.phase, Phase::Running { .. });
@@ -327,6 +356,9 @@ impl Machine {
 
     fn on_signal(&mut self, sig: Sig, now: Instant, out: &mut Vec<Action>) {
         Stats::count(&mut self.stats.received, sig);
+        if let Phase::Waiting { .. } = self.phase {
+            return self.signal_while_waiting(sig, now, out);
+        }
         if Some(sig) == self.policy.reload_signal {
             return self.reload(sig, out);
         }
@@ -405,7 +437,7 @@ impl Machine {
         self.phase
     }
 
-    /// When lastcall started the first child.
+    /// When lastcall started (the first child, or the wait before it).
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -423,9 +455,9 @@ impl Machine {
         matches!(self.phase, Phase::Running { .. }) && self.gate.ready()
     }
 
-    /// What `/livez` answers: the child is alive, drain or not.
+    /// What `/livez` answers: the child is alive, drain or not, or lastcall waits to start it.
     pub fn is_live(&self) -> bool {
-        self.child().is_some()
+        self.child().is_some() || matches!(self.phase, Phase::Waiting { .. })
     }
 
     /// The main child's pid while it is alive.
@@ -454,7 +486,14 @@ impl Machine {
     /// When the machine next wants a [`Input::Tick`]; part of the event loop's poll timeout.
     pub fn deadline(&self) -> Option<Instant> {
         let running = matches!(self.phase, Phase::Running { .. });
+        let wait = match self.phase {
+            Phase::Waiting { until, .. } => {
+                self.deps.as_ref().filter(|d| d.over.is_none()).map(|_| until)
+            }
+            _ => None,
+        };
         [
+            wait,
             self.phase.deadline(),
             self.reload.deadline(),
             self.gate.deadline(running),
@@ -496,6 +535,11 @@ impl fmt::Display for Input {
                 let limit = limit.map_or("none".to_string(), crate::show::format_bytes);
                 write!(f, "{new} new OOM kill(s) in lastcall's memory cgroup (limit: {limit})")
             }
+            Input::Awaited(results) => {
+                let up = results.iter().filter(|r| r.is_ok()).count();
+                write!(f, "{up} of {} awaited dependencies answer", results.len())
+            }
+            Input::Started(pid) => write!(f, "started child {pid}"),
             Input::Tick => write!(f, "tick"),
         }
     }
@@ -548,6 +592,10 @@ pub mod testing {
                 startup_timeout: Duration::from_secs(60),
                 systemd: false,
                 watchdog: None,
+                wait: vec![],
+                wait_timeout: Duration::from_secs(60),
+                on_wait_timeout: OnWaitTimeout::Exit,
+                on_exit: false,
             }
         }
     }
@@ -592,6 +640,7 @@ pub mod testing {
                             | Action::Systemd(_)
                             | Action::StopChecks
                             | Action::Ended(_)
+                            | Action::OnExit
                     )
                 })
                 .collect()

@@ -76,6 +76,8 @@ pub struct Drain {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
+    /// No child yet: waiting for the app's dependencies until `until` (see [`super::deps`]).
+    Waiting { since: Instant, until: Instant },
     /// The child runs; `/readyz` follows the app's readiness.
     Running { pid: Pid, since: Instant },
     /// Unready, waiting out the preStop delay so that load balancers stop routing; in a
@@ -101,17 +103,18 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase's name, for `/metrics` (one gauge each).
-    pub const NAMES: [&'static str; 6] =
-        ["running", "draining", "stopping", "killing", "reaping", "exited"];
+    pub const NAMES: [&'static str; 7] =
+        ["waiting", "running", "draining", "stopping", "killing", "reaping", "exited"];
 
     pub fn name(&self) -> &'static str {
         let i = match self {
-            Phase::Running { .. } => 0,
-            Phase::Draining { .. } => 1,
-            Phase::Stopping { .. } => 2,
-            Phase::Killing { .. } => 3,
-            Phase::Reaping { .. } => 4,
-            Phase::Exited { .. } => 5,
+            Phase::Waiting { .. } => 0,
+            Phase::Running { .. } => 1,
+            Phase::Draining { .. } => 2,
+            Phase::Stopping { .. } => 3,
+            Phase::Killing { .. } => 4,
+            Phase::Reaping { .. } => 5,
+            Phase::Exited { .. } => 6,
         };
         Phase::NAMES[i]
     }
@@ -119,7 +122,8 @@ impl Phase {
     /// When the phase began (`None` for the last one, which lasts no time).
     pub fn since(&self) -> Option<Instant> {
         match *self {
-            Phase::Running { since, .. }
+            Phase::Waiting { since, .. }
+            | Phase::Running { since, .. }
             | Phase::Stopping { since, .. }
             | Phase::Killing { since, .. }
             | Phase::Reaping { since, .. } => Some(since),
@@ -135,7 +139,7 @@ impl Phase {
             | Phase::Draining { pid, .. }
             | Phase::Stopping { pid, .. }
             | Phase::Killing { pid, .. } => Some(pid),
-            Phase::Reaping { .. } | Phase::Exited { .. } => None,
+            Phase::Waiting { .. } | Phase::Reaping { .. } | Phase::Exited { .. } => None,
         }
     }
 
@@ -211,7 +215,7 @@ impl Machine {
                     self.kill_descendants(status, since, signals, out);
                 }
             }
-            Phase::Killing { .. } | Phase::Exited { .. } => {}
+            Phase::Waiting { .. } | Phase::Killing { .. } | Phase::Exited { .. } => {}
         }
     }
 

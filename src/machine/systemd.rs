@@ -61,6 +61,7 @@ impl Report {
 
 fn status(phase: &Phase, ready: bool) -> String {
     let text = match phase {
+        Phase::Waiting { .. } => "waiting for the app's dependencies",
         Phase::Running { .. } if !ready => "running, waiting for the app to be ready",
         Phase::Running { .. } => "running, ready",
         Phase::Draining { .. } => "draining: unready, waiting out the preStop delay",

@@ -19,6 +19,7 @@ mod race;
 mod readiness;
 mod reaping;
 mod reload;
+mod sidecars;
 mod signals;
 mod support;
 mod systemd;

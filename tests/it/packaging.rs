@@ -109,28 +109,59 @@ impl Invocation {
         Ok(self.prestop()? + self.grace()? + MARGIN)
     }
 
+    /// Every value an option is given, by flag and by (comma-listed) variable.
+    fn values(&self, long: &str, var: &str) -> Vec<String> {
+        let flag = format!("--{long}");
+        let mut found = Vec::new();
+        for (i, arg) in self.flags.iter().enumerate() {
+            if *arg == flag {
+                found.extend(self.flags.get(i + 1).cloned());
+            } else if let Some(v) = arg.strip_prefix(&format!("{flag}=")) {
+                found.push(v.to_string());
+            }
+        }
+        for (_, v) in self.env.iter().filter(|(k, _)| k == var) {
+            found.extend(v.split(',').map(str::to_string));
+        }
+        found
+    }
+
+    /// Whether lastcall waits for a dependency before starting the app.
+    fn waits(&self) -> bool {
+        !self.values("wait-for", "LASTCALL_WAIT_FOR").is_empty()
+            || !self.values("wait-for-exec", "LASTCALL_WAIT_FOR_EXEC").is_empty()
+    }
+
     /// Runs the real lastcall with these flags and variables around `true` (the endpoint
-    /// off, so that no port is taken): they must be accepted.
+    /// off, so that no port is taken): they must be accepted. An example that waits for a
+    /// sidecar, which is not here, is run with a short `--wait-timeout` (its own is checked
+    /// apart) and must end as a wait that ran out does.
     fn accepted(&self) -> Result<(), String> {
         let dir = TestDir::new("packaging");
         let mut cmd = dir.lastcall();
         let mut skip = false;
+        let replaced = ["--listen", "--wait-timeout"];
         for arg in &self.flags {
             if std::mem::take(&mut skip) {
                 continue;
             }
-            if arg == "--listen" {
+            if replaced.contains(&arg.as_str()) {
                 skip = true;
-            } else if !arg.starts_with("--listen=") {
+            } else if !replaced.iter().any(|r| arg.starts_with(&format!("{r}="))) {
                 cmd = cmd.arg(arg);
             }
         }
-        for (key, value) in self.env.iter().filter(|(k, _)| k != "LASTCALL_LISTEN") {
+        let replaced = ["LASTCALL_LISTEN", "LASTCALL_WAIT_TIMEOUT"];
+        for (key, value) in self.env.iter().filter(|(k, _)| !replaced.contains(&k.as_str())) {
             cmd = cmd.env(key, value);
         }
-        let out = cmd.args(["--listen", "off", "--", "true"]).run();
+        let timeout = self.value("wait-timeout", "LASTCALL_WAIT_TIMEOUT").unwrap_or_default();
+        humantime::parse_duration(&timeout)
+            .map_err(|e| format!("wait timeout {timeout:?}: {e}"))?;
+        let out = cmd.args(["--listen", "off", "--wait-timeout", "100ms", "--", "true"]).run();
         match out.code() {
-            Some(0) => Ok(()),
+            Some(0) if !self.waits() => Ok(()),
+            Some(124) if self.waits() && out.stderr.contains("never came up") => Ok(()),
             _ => Err(format!("lastcall does not accept the example's settings:\n{out}")),
         }
     }
@@ -422,6 +453,131 @@ fn deployment_problems(text: &str) -> Vec<String> {
         problems.push(e);
     }
     problems
+}
+
+/// The containers of `pod` whose command is lastcall.
+fn lastcall_containers(pod: &Yaml) -> Vec<&Yaml> {
+    let containers = pod.at("containers").map(Yaml::list).unwrap_or_default();
+    containers
+        .iter()
+        .filter(|c| {
+            c.at("command").map(Yaml::strings).unwrap_or_default().first().map(String::as_str)
+                == Some("lastcall")
+        })
+        .collect()
+}
+
+/// What lastcall is told in `container`.
+fn invocation(container: &Yaml) -> Invocation {
+    let mut argv = container.at("command").map(Yaml::strings).unwrap_or_default();
+    argv.extend(container.at("args").map(Yaml::strings).unwrap_or_default());
+    let env: Vec<(String, String)> = container
+        .at("env")
+        .map(Yaml::list)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|e| Some((e.at("name")?.str()?.to_string(), e.at("value")?.str()?.to_string())))
+        .collect();
+    Invocation::new(&argv, env)
+}
+
+/// The URLs lastcall waits for and calls at the end must be on the pod's loopback, on a port
+/// another container of the pod (the sidecar) declares.
+fn sidecar_problems(pod: &Yaml, lastcall: &Invocation) -> Vec<String> {
+    let containers = pod.at("containers").map(Yaml::list).unwrap_or_default();
+    let theirs: Vec<u64> = containers
+        .iter()
+        .filter(|c| {
+            c.at("command").map(Yaml::strings).unwrap_or_default().first().map(String::as_str)
+                != Some("lastcall")
+        })
+        .flat_map(|c| c.at("ports").map(Yaml::list).unwrap_or_default())
+        .filter_map(|p| p.number("containerPort"))
+        .collect();
+    let mut problems = Vec::new();
+    let urls = [("wait-for", "LASTCALL_WAIT_FOR"), ("on-exit", "LASTCALL_ON_EXIT")];
+    for (long, var) in urls {
+        for url in lastcall.values(long, var) {
+            let authority =
+                url.split("://").nth(1).unwrap_or_default().split('/').next().unwrap_or_default();
+            let (host, port) = authority.rsplit_once(':').unwrap_or((authority, ""));
+            if host != "127.0.0.1" && host != "localhost" {
+                problems.push(format!("--{long} {url} is not on the pod's loopback"));
+            }
+            if !port.parse::<u64>().is_ok_and(|p| theirs.contains(&p)) {
+                problems.push(format!("--{long} {url}: no other container declares port {port:?}"));
+            }
+        }
+    }
+    problems
+}
+
+fn job_problems(text: &str) -> Vec<String> {
+    let doc = parse_yaml(text);
+    let mut problems = Vec::new();
+    if doc.at("kind").and_then(Yaml::str) != Some("Job") {
+        problems.push("not a Job".to_string());
+    }
+    let Some(pod) = doc.at("spec.template.spec") else {
+        return vec!["no spec.template.spec".to_string()];
+    };
+    if !matches!(pod.at("restartPolicy").and_then(Yaml::str), Some("Never" | "OnFailure")) {
+        problems.push("a Job's restartPolicy is Never or OnFailure".to_string());
+    }
+    let [container] = lastcall_containers(pod)[..] else {
+        return vec!["expected one container whose command is lastcall".to_string()];
+    };
+    let lastcall = invocation(container);
+    if lastcall.command.is_empty() {
+        problems.push("no app after `lastcall --`".to_string());
+    }
+    if lastcall.values("on-exit", "LASTCALL_ON_EXIT").is_empty() {
+        problems.push("no --on-exit: the sidecar would keep the Job from completing".to_string());
+    }
+    problems.extend(sidecar_problems(pod, &lastcall));
+    if let Err(e) = lastcall.accepted() {
+        problems.push(e);
+    }
+    problems
+}
+
+#[test]
+fn kubernetes_job_with_a_proxy_is_consistent() {
+    let text = packaging("kubernetes/job-with-proxy.yaml");
+    assert_no_problems("packaging/kubernetes/job-with-proxy.yaml", job_problems(&text));
+    let elsewhere = text.replace("127.0.0.1:15020/quitquitquit", "127.0.0.1:15999/quitquitquit");
+    assert_ne!(elsewhere, text, "the example's quit URL changed: update this test");
+    assert_problem("a quit URL on no sidecar's port", job_problems(&elsewhere), "15999");
+    let forever = text.replace("restartPolicy: Never", "restartPolicy: Always");
+    assert_problem("a Job that restarts", job_problems(&forever), "restartPolicy");
+}
+
+/// The problems of a Deployment's lastcall with its sidecar, and whether it waits at all.
+fn waiting_problems(text: &str) -> Vec<String> {
+    let doc = parse_yaml(text);
+    let Some(pod) = doc.at("spec.template.spec") else {
+        return vec!["no spec.template.spec".to_string()];
+    };
+    let [container] = lastcall_containers(pod)[..] else {
+        return vec!["expected one container whose command is lastcall".to_string()];
+    };
+    let lastcall = invocation(container);
+    let mut problems = sidecar_problems(pod, &lastcall);
+    if !lastcall.waits() {
+        problems.push("lastcall waits for nothing".to_string());
+    }
+    problems
+}
+
+#[test]
+fn kubernetes_deployment_waiting_for_its_proxy_is_consistent() {
+    let text = packaging("kubernetes/deployment-waits-for-proxy.yaml");
+    let what = "packaging/kubernetes/deployment-waits-for-proxy.yaml";
+    assert_no_problems(what, deployment_problems(&text));
+    assert_no_problems(what, waiting_problems(&text));
+    let off = text.replace("127.0.0.1:15021/healthz", "10.0.0.1:15021/healthz");
+    assert_ne!(off, text, "the example's --wait-for URL changed: update this test");
+    assert_problem("a dependency off the pod", waiting_problems(&off), "loopback");
 }
 
 #[test]
