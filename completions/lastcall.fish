@@ -12,8 +12,8 @@ complete -c lastcall -l ready-exec -d 'Ready only when `sh -c CMD` exits 0 (repe
 complete -c lastcall -l ready-interval -d 'Time between two rounds of readiness checks' -r
 complete -c lastcall -l ready-timeout -d 'How long one readiness check may take before it counts as failed' -r
 complete -c lastcall -l startup-timeout -d 'After this, an app that never became ready is logged as such (it keeps running, unready)' -r
-complete -c lastcall -l drain-idle-port -d 'The app\'s TCP ports that the drain watches: during the preStop delay, stop once no connection to them is busy (see --drain-quiet, --drain-probes). auto: the ports the child\'s processes and --socket listen on; off: wait the whole delay' -r
-complete -c lastcall -l drain-quiet -d 'The app counts as idle once no bytes moved on its connections for this long' -r
+complete -c lastcall -l drain-idle-port -d 'The app\'s TCP ports that the drain watches: during the preStop delay, stop early once nothing can be in flight on them and the routers have let go (see --drain-quiet, --drain-probes). auto: the ports the child\'s processes and --socket listen on; off: wait the whole delay' -r
+complete -c lastcall -l drain-quiet -d 'The shortest silence (no request to the app) after which the drain may end early' -r
 complete -c lastcall -l drain-probes -d 'The 503 answers each client that was probing /readyz must have had before the drain ends early (HAProxy\'s `fall` and the kubelet\'s `failureThreshold` default to 3)' -r
 complete -c lastcall -l drain-min -d 'The shortest preStop phase of a drain that watches the app' -r
 complete -c lastcall -l wait-for -d 'Before starting the child, wait until this answers (repeatable): tcp://HOST:PORT (a connect succeeds) or http://HOST:PORT/PATH (a GET answers 2xx); HOST is resolved once' -r

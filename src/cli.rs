@@ -133,15 +133,16 @@ pub struct Args {
           value_parser = parse_timeout, help_heading = "Readiness of the app")]
     pub startup_timeout: Duration,
 
-    /// The app's TCP ports that the drain watches: during the preStop delay, stop once no
-    /// connection to them is busy (see --drain-quiet, --drain-probes). auto: the ports the
-    /// child's processes and --socket listen on; off: wait the whole delay
+    /// The app's TCP ports that the drain watches: during the preStop delay, stop early once
+    /// nothing can be in flight on them and the routers have let go (see --drain-quiet,
+    /// --drain-probes). auto: the ports the child's processes and --socket listen on; off:
+    /// wait the whole delay
     #[arg(long, env = "LASTCALL_DRAIN_IDLE_PORT", value_name = "auto|off|PORT",
           value_delimiter = ',', default_value = "auto", value_parser = parse_drain_port,
           help_heading = "Drain")]
     pub drain_idle_port: Vec<DrainPort>,
 
-    /// The app counts as idle once no bytes moved on its connections for this long
+    /// The shortest silence (no request to the app) after which the drain may end early
     #[arg(long, env = "LASTCALL_DRAIN_QUIET", value_name = "DUR", default_value = "1s",
           value_parser = parse_duration, help_heading = "Drain")]
     pub drain_quiet: Duration,

@@ -45,10 +45,14 @@ On SIGTERM or SIGINT, lastcall drains:
 lastcall waits the preStop delay (\fB\-\-prestop\-delay\fR).
 \fBauto\fR is 5s when running in Kubernetes (\fBKUBERNETES_SERVICE_HOST\fR set) or once
 \fB/readyz\fR has been requested, and 0 otherwise; the log says which applied.
-The wait ends early once the app is idle (\fB\-\-drain\-idle\-port\fR, \fBauto\fR by
-default): no connection to its ports busy with a request, no request for
-\fB\-\-drain\-quiet\fR, every client that was probing \fB/readyz\fR answered 503
-\fB\-\-drain\-probes\fR times, and \fB\-\-drain\-min\fR over.
+The wait ends early only on evidence (\fB\-\-drain\-idle\-port\fR, \fBauto\fR by
+default): no connection to the app's ports busy with a request or left unsure (the app
+wrote last, unless its load balancer says it has nothing in flight); every client that was
+probing \fB/readyz\fR answered 503 \fB\-\-drain\-probes\fR times, or, with no such
+client and always in Kubernetes, the traffic stopped for long enough to rule out, at 1 in
+1000, traffic still arriving at the rate seen; no request for \fB\-\-drain\-quiet\fR;
+and \fB\-\-drain\-min\fR over (2s at least in Kubernetes). Where lastcall cannot tell, it
+waits the whole delay.
 .IP 3. 4
 It sends the stop signal to the child (to its process group with \fB\-\-group\fR):
 \fB\-\-stop\-signal\fR, or else the signal that started the drain.
