@@ -39,19 +39,20 @@
 //! # Activity and arrivals
 //!
 //! **Activity** is anything that may be a request reaching the app: request bytes on a
-//! connection, a connection accepted in the namespace, one that went away, one the app
-//! closed (in TIME_WAIT for a minute, with the time it has left). Its last date is what a
-//! silence is measured from. A counter that changed between two reads is dated by the
-//! kernel's date of the last data received, but never before the previous read; what has no
-//! date of its own (a connection accepted or gone) is dated at the read that saw it, at most
-//! one read late, so a silence never looks longer than it was.
+//! connection, a connection that went away, one the app closed (in TIME_WAIT for a minute,
+//! with the time it has left), and any connection accepted in the network namespace beyond
+//! lastcall's own (`PassiveOpens`), which no connection escapes however short, but which
+//! counts those of every server in the namespace. Its last date is what a silence is
+//! measured from. A counter that changed between two reads is dated by the kernel's date of
+//! the last data received, but never before the previous read; what has no date of its own
+//! is dated at the read that saw it, so a silence never looks longer than it was.
 //!
-//! **Arrivals** are what the rate of requests is measured from, from the first read on: each
-//! connection accepted in the namespace beyond lastcall's own counts once, and each growth of
-//! request bytes on a connection that had carried a request before counts once more. Several
-//! requests on one connection between two reads count as one, and connections accepted for
-//! others in the namespace (a sidecar) count too: the first makes the rate look lower, the
-//! second keeps a silence from starting; neither ends a drain sooner.
+//! **Arrivals** are what the rate of requests is measured from, from the first read on, and
+//! only what is surely the app's: a connection of the app's first seen (open, or already in
+//! TIME_WAIT), and each growth of request bytes on a connection that had carried a request
+//! before. Several requests on one connection between two reads count as one, and a
+//! connection the client opened and closed between two reads is missed: the rate can only
+//! look lower than it is, and a lower rate asks for a longer silence.
 //!
 //! # What the kernel may not say
 //!
@@ -136,18 +137,15 @@ pub struct Rhythm {
 }
 
 impl Rhythm {
-    /// `n` arrivals at `at`; dates come in order (an earlier one is taken as `last`).
-    fn note(&mut self, at: Instant, n: u32) {
-        if n == 0 {
-            return;
-        }
+    /// An arrival at `at`; dates come in order (an earlier one is taken as `last`).
+    fn note(&mut self, at: Instant) {
         let at = self.last.map_or(at, |last| at.max(last));
         if let Some(last) = self.last {
             self.longest_gap = self.longest_gap.max(at - last);
         }
         self.first = self.first.or(Some(at));
         self.last = Some(at);
-        self.arrivals = self.arrivals.saturating_add(n);
+        self.arrivals = self.arrivals.saturating_add(1);
     }
 }
 
@@ -215,6 +213,8 @@ pub struct Tracker {
     closed: HashSet<u64>,
     /// The most connections accepted for others than lastcall seen so far.
     accepted: Option<u64>,
+    /// When the last read was made.
+    last_read: Option<Instant>,
     last_activity: Option<Instant>,
     rhythm: Rhythm,
     unsure_from: Peers,
@@ -230,6 +230,8 @@ impl Tracker {
     pub fn update(&mut self, samples: &[Sample], accepted: u64, now: Instant) -> Totals {
         self.round += 1;
         let first = self.round == 1;
+        // What came between two reads is dated no earlier than the first of them.
+        let since = self.last_read.replace(now).unwrap_or(now);
         let mut arrivals: Vec<Instant> = vec![];
         let mut closed = HashSet::new();
         for s in samples.iter().filter(|s| s.state == TIME_WAIT) {
@@ -238,6 +240,10 @@ impl Tracker {
             if !self.closed.contains(&s.cookie) {
                 let closed_at = now.checked_sub(TIME_WAIT_LEN.saturating_sub(ms(s.expires)));
                 self.last_activity = self.last_activity.max(closed_at);
+                if !first && !self.sockets.contains_key(&s.cookie) {
+                    // Opened and closed since the last read.
+                    arrivals.push(closed_at.map_or(now, |at| at.clamp(since, now)));
+                }
             }
             closed.insert(s.cookie);
         }
@@ -246,13 +252,23 @@ impl Tracker {
         self.unsure_from = Peers::default();
         for s in samples.iter().filter(|s| !orphan(s) && s.state != TIME_WAIT) {
             let before = self.sockets.remove(&s.cookie);
+            let new = before.is_none();
             let (track, arrival) = self.judge(s, before, now);
             if track.state == State::Unsure {
                 self.unsure_from.add(s.remote.ip());
             }
-            if let (Some(at), false) = (arrival, first) {
-                arrivals.push(at);
-            }
+            let arrival = match (first, new) {
+                (true, _) => None,
+                // Opened since the last read: dated by its request, if it came.
+                (false, true) => Some(
+                    s.info
+                        .filter(|_| track.counters.is_some_and(|c| c.received > 0))
+                        .and_then(|i| ago(now, i.last_data_recv))
+                        .map_or(now, |at| at.clamp(since, now)),
+                ),
+                (false, false) => arrival,
+            };
+            arrivals.extend(arrival);
             sockets.insert(s.cookie, track);
         }
         if !self.sockets.is_empty() {
@@ -260,19 +276,16 @@ impl Tracker {
             self.last_activity = self.last_activity.max(Some(now));
         }
         self.sockets = sockets;
-        let new = match self.accepted {
-            Some(before) => accepted.saturating_sub(before),
-            None => 0,
-        };
-        self.accepted = Some(self.accepted.map_or(accepted, |before| before.max(accepted)));
-        if new > 0 {
+        // Accepted in the namespace since the last read: it may be the app's, however short
+        // it was. Only the most seen counts, should lastcall's own accept lag behind.
+        if self.accepted.is_some_and(|before| accepted > before) {
             self.last_activity = self.last_activity.max(Some(now));
         }
+        self.accepted = Some(self.accepted.map_or(accepted, |before| before.max(accepted)));
         arrivals.sort_unstable();
         for at in arrivals {
-            self.rhythm.note(at, 1);
+            self.rhythm.note(at);
         }
-        self.rhythm.note(now, u32::try_from(new).unwrap_or(u32::MAX));
         self.totals()
     }
 
@@ -633,30 +646,35 @@ mod tests {
     }
 
     #[test]
-    fn arrivals_count_accepts_and_each_further_request_on_a_connection() {
+    fn arrivals_are_the_apps_new_connections_and_each_further_request_on_one() {
         let t0 = Instant::now() + Duration::from_secs(3600);
         let mut t = Tracker::new();
         // The first read only sets the baseline: what came before is not dated here.
         let rhythm = t.update(&[sample(1, info(500, 500, 27, 18))], 100, t0).rhythm;
         assert_eq!(rhythm, Rhythm::default());
-        // Three accepted since, one of them still open with its first request: three.
+        // Since: a new connection with its first request (4 ms ago), one the app opened and
+        // closed (50 ms ago), and three accepted in the namespace, which are not surely the
+        // app's: two arrivals.
         let fresh = sample(2, info(4, 4, 0, 18));
-        let rhythm =
-            t.update(&[sample(1, info(600, 600, 27, 18)), fresh], 103, t0 + ms(100)).rhythm;
+        let mut closed = sample(3, info(0, 0, 0, 0));
+        (closed.state, closed.expires, closed.info) = (TIME_WAIT, 59_950, None);
+        let old = sample(1, info(600, 600, 27, 18));
+        let totals = t.update(&[old, fresh, closed.clone()], 103, t0 + ms(100));
+        let rhythm = totals.rhythm;
         assert_eq!(
             (rhythm.arrivals, rhythm.first, rhythm.last),
-            (3, Some(t0 + ms(100)), Some(t0 + ms(100)))
+            (2, Some(t0 + ms(50)), Some(t0 + ms(96)))
         );
+        assert_eq!(totals.last_activity, Some(t0 + ms(100)), "the accepts are activity");
         // A second request on the old connection (dated by the kernel) and on the new one.
         let old = sample(1, info(700, 30, 27, 36));
         let fresh = sample(2, info(10, 20, 27, 36));
-        let rhythm = t.update(&[old, fresh], 103, t0 + ms(200)).rhythm;
-        assert_eq!(rhythm.arrivals, 5);
-        assert_eq!(rhythm.last, Some(t0 + ms(180)));
-        assert_eq!(rhythm.longest_gap, ms(70));
-        // Then one accept after a pause: the gap is measured.
-        let rhythm = t.update(&[], 104, t0 + ms(1200)).rhythm;
-        assert_eq!((rhythm.arrivals, rhythm.longest_gap), (6, ms(1020)));
+        let rhythm = t.update(&[old, fresh, closed], 103, t0 + ms(200)).rhythm;
+        assert_eq!((rhythm.arrivals, rhythm.last), (4, Some(t0 + ms(180))));
+        assert_eq!(rhythm.longest_gap, ms(74));
+        // Then a connection that carried nothing yet, after a pause: dated at the read.
+        let rhythm = t.update(&[sample(4, info(0, 0, 0, 0))], 104, t0 + ms(1200)).rhythm;
+        assert_eq!((rhythm.arrivals, rhythm.longest_gap), (5, ms(1020)));
     }
 
     #[test]
