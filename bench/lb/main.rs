@@ -6,10 +6,13 @@
 //!   LOG gets `req START_MS END_MS OUTCOME PATH` per request, `event T_MS WHAT` per restart
 //!   step, then `summary ...` (bench/run's chart and table).
 //! - `cargo bench --bench lb -- drain MODE ROUNDS LOG [SCENARIO...]`: the drain scenarios
-//!   (all, or the ones named), MODE `fixed:SECS` (`--prestop-delay SECS --drain-idle-port
-//!   off`) or `aware:SECS` (the request-aware drain, SECS its upper bound), each backend
-//!   stopped ROUNDS times. A line `SCENARIO MODE REQUESTS FAILED DRAIN,DRAIN,...` (seconds)
-//!   per scenario is appended to LOG (bench/drain's table and chart).
+//!   and its edge cases (all, or the ones named), MODE `fixed:SECS` (`--prestop-delay SECS
+//!   --drain-idle-port off`), `aware:SECS` (the request-aware drain, SECS its upper bound;
+//!   `aware:5` is no drain option at all in the `kube-*` cases, lastcall's default there) or
+//!   `tini` (`--prestop-delay 0`: the app gets SIGTERM at once, as under tini), each backend
+//!   stopped, or each edge case run, ROUNDS times. A line `SCENARIO MODE REQUESTS FAILED
+//!   DRAIN,DRAIN,...` (seconds) per scenario is appended to LOG (bench/drain's table and
+//!   chart).
 //!
 //! The summary of each run goes to stderr. Exits 1 when a tool is missing, 2 on a usage error.
 
@@ -24,10 +27,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use support::lb::drain::{self, Drain, SCENARIOS};
+use support::lb::edge::{self, CASES};
 use support::lb::rolling::{self, Rolled, Setup, Step};
 
 const USAGE: &str = "usage: lb rolling lastcall|tini graceful|abrupt LOG
-       lb drain fixed:SECS|aware:SECS ROUNDS LOG [SCENARIO...]";
+       lb drain fixed:SECS|aware:SECS|tini ROUNDS LOG [SCENARIO...]";
 
 fn main() -> ExitCode {
     // `cargo bench` adds `--bench` to the arguments.
@@ -49,24 +53,30 @@ fn main() -> ExitCode {
         }
         ["drain", mode, rounds, log, names @ ..] => {
             let Some(drain) = parse_drain(mode) else {
-                return usage(&format!("{mode}: expected fixed:SECS or aware:SECS"));
+                return usage(&format!("{mode}: expected fixed:SECS, aware:SECS or tini"));
             };
             let Ok(rounds) = rounds.parse() else {
                 return usage(&format!("{rounds}: expected a number of rounds"));
             };
-            if let Some(name) = names.iter().find(|n| SCENARIOS.iter().all(|s| s.name != **n)) {
+            let known = |n: &str| SCENARIOS.iter().any(|s| s.name == n) || edge::case(n).is_some();
+            if let Some(name) = names.iter().find(|n| !known(n)) {
                 return usage(&format!("{name}: no such scenario"));
             }
-            let chosen = SCENARIOS.iter().filter(|s| names.is_empty() || names.contains(&s.name));
+            let all = SCENARIOS.iter().map(|s| s.name).chain(CASES.iter().map(|c| c.name));
+            let chosen = all.filter(|n| names.is_empty() || names.contains(n));
             let mut done = Some(());
-            for scenario in chosen {
-                let Some(f) = drain::run(scenario, drain, rounds) else {
+            for name in chosen {
+                let figures = match SCENARIOS.iter().find(|s| s.name == name) {
+                    Some(scenario) => drain::run(scenario, drain, rounds),
+                    None => edge::case(name).and_then(|case| edge::run(case, drain, rounds)),
+                };
+                let Some(f) = figures else {
                     done = None;
                     break;
                 };
                 let drains: Vec<String> =
                     f.drains.iter().map(|d| format!("{:.2}", d.as_secs_f64())).collect();
-                let (name, requests, failed) = (scenario.name, f.requests, f.failed.len());
+                let (requests, failed) = (f.requests, f.failed.len());
                 append(log, &format!("{name} {mode} {requests} {failed} {}\n", drains.join(",")));
             }
             done
@@ -87,8 +97,11 @@ fn usage(what: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// `fixed:3`, `aware:10` (seconds, a trailing `s` allowed).
+/// `fixed:3`, `aware:10` (seconds, a trailing `s` allowed), `tini`.
 fn parse_drain(mode: &str) -> Option<Drain> {
+    if mode == "tini" {
+        return Some(Drain { delay: Duration::ZERO, aware: false });
+    }
     let (kind, secs) = mode.split_once(':')?;
     let secs: f64 = secs.trim_end_matches('s').parse().ok()?;
     let delay = Duration::try_from_secs_f64(secs).ok()?;

@@ -13,6 +13,7 @@ mod exit_reasons;
 mod haproxy;
 mod hostile;
 mod lb_drain;
+mod lb_edge;
 mod notify;
 mod packaging;
 mod race;

@@ -16,7 +16,8 @@
 //! 5. `stream`: a legacy app sending 4-second streams in trickles, behind HAProxy.
 //!
 //! The tests run each scenario with the request-aware drain and stop each backend once;
-//! `bench/lb` runs them with a fixed preStop delay too, and more rounds.
+//! `bench/lb` runs them with a fixed preStop delay too, and more rounds. The drain's edge
+//! cases, one pod at a time, are [`super::edge`]'s.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -27,10 +28,12 @@ use super::{Balancer, backends, get, haproxy_config, haproxy_servers, nginx_conf
 use crate::support::{Crew, TestDir};
 
 /// The app. `/` answers at once, `/work?ms=N` after N ms, `/health` is its own readiness,
-/// `/stream?ms=N` sends a chunk every 250 ms for N ms. With `graceful`, SIGTERM makes it stop
-/// accepting, close its idle keep-alive connections, finish the requests in flight (closing
-/// their connections after them) and exit 0; with `legacy`, it dies at once.
-const APP: &str = r#"import signal, socket, sys, threading, time
+/// `/stream?ms=N` sends a chunk every 250 ms for N ms, `/pause?ms=N` sends its head at once
+/// and its body N ms later. With `graceful`, SIGTERM makes it stop accepting, close its idle
+/// keep-alive connections, finish the requests in flight (closing their connections after
+/// them) and exit 0; with `legacy`, it dies at once. It listens on 127.0.0.1, or on the
+/// address given after `graceful` or `legacy` (`::1`).
+pub(super) const APP: &str = r#"import signal, socket, sys, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -67,6 +70,14 @@ class Handler(BaseHTTPRequestHandler):
                 self.wfile.flush()
                 time.sleep(0.25)
             self.wfile.write(b"0\r\n\r\n")
+        elif url.path == "/pause":
+            body = b"ok\n"
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            time.sleep(min(ms, 30000) / 1000)
+            self.wfile.write(body)
         elif url.path in ("/", "/work", "/health"):
             time.sleep(min(ms, 5000) / 1000)
             body = b"ok\n"
@@ -91,7 +102,10 @@ class Server(ThreadingHTTPServer):
     daemon_threads = False
     block_on_close = True
 
-server = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+host = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+if ":" in host:
+    Server.address_family = socket.AF_INET6
+server = Server((host, int(sys.argv[1])), Handler)
 
 def shut_down():
     server.shutdown()
@@ -178,6 +192,7 @@ pub const SCENARIOS: [Scenario; 5] = [
 
 /// How the backends' lastcall drains: `--prestop-delay DELAY`, the request-aware drain on its
 /// defaults (`aware`, DELAY its upper bound) or off (`--drain-idle-port off`, a fixed delay).
+/// A fixed delay of 0 is what tini does: the app gets SIGTERM at once.
 #[derive(Clone, Copy, Debug)]
 pub struct Drain {
     pub delay: Duration,
@@ -185,16 +200,18 @@ pub struct Drain {
 }
 
 impl Drain {
-    fn args(self) -> Vec<String> {
+    pub(super) fn args(self) -> Vec<String> {
         let delay = format!("{}ms", self.delay.as_millis());
         let watch = if self.aware { "auto" } else { "off" };
         ["--prestop-delay", &delay, "--drain-idle-port", watch].map(String::from).to_vec()
     }
 
-    fn name(self) -> String {
+    pub(super) fn name(self) -> String {
         let secs = self.delay.as_secs_f64();
         if self.aware {
             format!("request-aware (bound {secs:.0}s)")
+        } else if self.delay.is_zero() {
+            "no (--prestop-delay 0, as tini)".to_string()
         } else {
             format!("fixed {secs:.0}s")
         }
@@ -233,6 +250,7 @@ pub fn run(scenario: &Scenario, drain: Drain, rounds: usize) -> Option<Figures> 
             let backend = format!(
                 "    http-reuse always
     option httpchk GET /readyz
+    http-check send-state
     http-check expect status 200
     default-server inter {inter_ms}ms fall {fall} rise 1
 {}",
@@ -284,7 +302,7 @@ pub fn run(scenario: &Scenario, drain: Drain, rounds: usize) -> Option<Figures> 
 
 /// The preStop phase in lastcall's line `sending SIGTERM to child N after 1.2s of drain;
 /// SIGKILL in 10.0s` (or `250ms of drain`).
-fn drain_in(line: &str) -> Option<Duration> {
+pub(super) fn drain_in(line: &str) -> Option<Duration> {
     let rest = line.split_once("lastcall: sending ")?.1.split_once(" after ")?.1;
     let (shown, _) = rest.split_once(" of drain; SIGKILL")?;
     if let Some(ms) = shown.strip_suffix("ms") {

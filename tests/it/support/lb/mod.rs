@@ -1,10 +1,11 @@
 //! What the load-balancer scenarios share: backends (an app wrapped by lastcall), HAProxy and
 //! nginx in front of them, HAProxy's stats socket, the load client's GET, and quiet ports.
-//! The scenarios themselves are [`rolling`] (HAProxy, a rolling restart) and [`drain`] (the
-//! request-aware drain behind HAProxy and nginx); the tests assert on what they find, and
-//! `bench/lb` records it.
+//! The scenarios themselves are [`rolling`] (HAProxy, a rolling restart), [`drain`] (the
+//! request-aware drain behind HAProxy and nginx) and [`edge`] (the drain's edge cases, one pod
+//! at a time); the tests assert on what they find, and `bench/lb` records it.
 
 pub mod drain;
+pub mod edge;
 pub mod rolling;
 
 use std::fmt::Write as _;

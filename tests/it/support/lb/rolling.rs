@@ -118,6 +118,7 @@ pub fn run(setup: &Setup) -> Option<Rolled> {
     let servers = haproxy_servers(&backends, setup.other.is_some());
     let backend = format!(
         "    option httpchk GET {check}
+    http-check send-state
     http-check expect status 200
     default-server inter 100ms fall 1 rise 1
 {servers}"
