@@ -40,9 +40,9 @@
 //!
 //! **Activity** is anything that may be a request reaching the app: request bytes on a
 //! connection, a connection that went away, one the app closed (in TIME_WAIT for a minute,
-//! with the time it has left), and any connection accepted in the network namespace beyond
-//! lastcall's own (`PassiveOpens`), which no connection escapes however short, but which
-//! counts those of every server in the namespace. Its last date is what a silence is
+//! with the time it has left), and, where the app's are the only listeners in the network
+//! namespace (besides lastcall's own), any connection accepted in it beyond lastcall's own
+//! (`PassiveOpens`), which no connection escapes however short. Its last date is what a silence is
 //! measured from. A counter that changed between two reads is dated by the kernel's date of
 //! the last data received, but never before the previous read; what has no date of its own
 //! is dated at the read that saw it, so a silence never looks longer than it was.
@@ -226,8 +226,9 @@ impl Tracker {
     }
 
     /// Takes a read of the app's connections made at `now` (sockets not in it are gone), and
-    /// the connections accepted in the network namespace so far, lastcall's own left out.
-    pub fn update(&mut self, samples: &[Sample], accepted: u64, now: Instant) -> Totals {
+    /// the connections accepted in the network namespace so far, lastcall's own left out,
+    /// where they are known to be the app's.
+    pub fn update(&mut self, samples: &[Sample], accepted: Option<u64>, now: Instant) -> Totals {
         self.round += 1;
         let first = self.round == 1;
         // What came between two reads is dated no earlier than the first of them.
@@ -278,10 +279,12 @@ impl Tracker {
         self.sockets = sockets;
         // Accepted in the namespace since the last read: it may be the app's, however short
         // it was. Only the most seen counts, should lastcall's own accept lag behind.
-        if self.accepted.is_some_and(|before| accepted > before) {
-            self.last_activity = self.last_activity.max(Some(now));
+        if let Some(accepted) = accepted {
+            if self.accepted.is_some_and(|before| accepted > before) {
+                self.last_activity = self.last_activity.max(Some(now));
+            }
+            self.accepted = Some(self.accepted.map_or(accepted, |before| before.max(accepted)));
         }
-        self.accepted = Some(self.accepted.map_or(accepted, |before| before.max(accepted)));
         arrivals.sort_unstable();
         for at in arrivals {
             self.rhythm.note(at);
@@ -473,7 +476,7 @@ mod tests {
 
         fn read(&mut self, after: Duration, s: Sample) -> State {
             let cookie = s.cookie;
-            self.tracker.update(&[s], 0, self.t0 + after);
+            self.tracker.update(&[s], Some(0), self.t0 + after);
             state(&self.tracker, cookie).unwrap()
         }
     }
@@ -615,33 +618,34 @@ mod tests {
         let mut t = Tracker::new();
         let idle = sample(2, info(9000, 9000, 0, 0));
         assert_eq!(
-            t.update(&[sample(1, info(9000, 9000, 27, 18)), idle.clone()], 7, t0).last_activity,
+            t.update(&[sample(1, info(9000, 9000, 27, 18)), idle.clone()], Some(7), t0)
+                .last_activity,
             Some(t0 - ms(9000))
         );
         // One went away between reads: it may have carried a request then.
         assert_eq!(
-            t.update(std::slice::from_ref(&idle), 7, t0 + ms(100)).last_activity,
+            t.update(std::slice::from_ref(&idle), Some(7), t0 + ms(100)).last_activity,
             Some(t0 + ms(100))
         );
         // A connection accepted and gone between two reads leaves the count behind.
         assert_eq!(
-            t.update(std::slice::from_ref(&idle), 8, t0 + ms(200)).last_activity,
+            t.update(std::slice::from_ref(&idle), Some(8), t0 + ms(200)).last_activity,
             Some(t0 + ms(200))
         );
         // lastcall's own accepts are not in the count; one seen early stays counted.
         assert_eq!(
-            t.update(std::slice::from_ref(&idle), 7, t0 + ms(300)).last_activity,
+            t.update(std::slice::from_ref(&idle), Some(7), t0 + ms(300)).last_activity,
             Some(t0 + ms(200))
         );
         // Closed by the app 59.5 s before its time-wait ends: 500 ms ago.
         let mut closed = sample(3, info(0, 0, 0, 0));
         (closed.state, closed.expires, closed.info) = (TIME_WAIT, 59_500, None);
-        let totals = t.update(&[idle.clone(), closed.clone()], 7, t0 + ms(1000));
+        let totals = t.update(&[idle.clone(), closed.clone()], Some(7), t0 + ms(1000));
         assert_eq!(totals.last_activity, Some(t0 + ms(500)));
         assert_eq!((totals.busy, totals.unsure, totals.idle), (0, 0, 1), "time-wait is not open");
         // Seen again later, it does not date anything anew.
         closed.expires = 1000;
-        let totals = t.update(&[idle, closed], 7, t0 + ms(60_000));
+        let totals = t.update(&[idle, closed], Some(7), t0 + ms(60_000));
         assert_eq!(totals.last_activity, Some(t0 + ms(500)));
     }
 
@@ -650,7 +654,7 @@ mod tests {
         let t0 = Instant::now() + Duration::from_secs(3600);
         let mut t = Tracker::new();
         // The first read only sets the baseline: what came before is not dated here.
-        let rhythm = t.update(&[sample(1, info(500, 500, 27, 18))], 100, t0).rhythm;
+        let rhythm = t.update(&[sample(1, info(500, 500, 27, 18))], Some(100), t0).rhythm;
         assert_eq!(rhythm, Rhythm::default());
         // Since: a new connection with its first request (4 ms ago), one the app opened and
         // closed (50 ms ago), and three accepted in the namespace, which are not surely the
@@ -659,7 +663,7 @@ mod tests {
         let mut closed = sample(3, info(0, 0, 0, 0));
         (closed.state, closed.expires, closed.info) = (TIME_WAIT, 59_950, None);
         let old = sample(1, info(600, 600, 27, 18));
-        let totals = t.update(&[old, fresh, closed.clone()], 103, t0 + ms(100));
+        let totals = t.update(&[old, fresh, closed.clone()], Some(103), t0 + ms(100));
         let rhythm = totals.rhythm;
         assert_eq!(
             (rhythm.arrivals, rhythm.first, rhythm.last),
@@ -669,11 +673,11 @@ mod tests {
         // A second request on the old connection (dated by the kernel) and on the new one.
         let old = sample(1, info(700, 30, 27, 36));
         let fresh = sample(2, info(10, 20, 27, 36));
-        let rhythm = t.update(&[old, fresh, closed], 103, t0 + ms(200)).rhythm;
+        let rhythm = t.update(&[old, fresh, closed], Some(103), t0 + ms(200)).rhythm;
         assert_eq!((rhythm.arrivals, rhythm.last), (4, Some(t0 + ms(180))));
         assert_eq!(rhythm.longest_gap, ms(74));
         // Then a connection that carried nothing yet, after a pause: dated at the read.
-        let rhythm = t.update(&[sample(4, info(0, 0, 0, 0))], 104, t0 + ms(1200)).rhythm;
+        let rhythm = t.update(&[sample(4, info(0, 0, 0, 0))], Some(104), t0 + ms(1200)).rhythm;
         assert_eq!((rhythm.arrivals, rhythm.longest_gap), (5, ms(1020)));
     }
 
@@ -688,14 +692,17 @@ mod tests {
         };
         let two =
             [from(1, "10.0.0.1:1000"), from(2, "[::ffff:10.0.0.1]:1001"), from(3, "10.0.0.2:1")];
-        let peers = t.update(&two, 0, now).unsure_from;
+        let peers = t.update(&two, Some(0), now).unsure_from;
         assert!(peers.all(|a| a == "10.0.0.1".parse::<IpAddr>().unwrap()
             || a == "10.0.0.2".parse::<IpAddr>().unwrap()));
         assert!(!peers.all(|a| a == "10.0.0.1".parse::<IpAddr>().unwrap()));
         let five: Vec<Sample> = (1..=5).map(|i| from(i, &format!("10.0.0.{i}:80"))).collect();
-        let peers = t.update(&five, 0, now).unsure_from;
+        let peers = t.update(&five, Some(0), now).unsure_from;
         assert!(!peers.all(|_| true), "one peer is not known");
-        assert!(!Tracker::new().update(&[], 0, now).unsure_from.all(|_| true), "none to vouch");
+        assert!(
+            !Tracker::new().update(&[], Some(0), now).unsure_from.all(|_| true),
+            "none to vouch"
+        );
     }
 
     #[test]
@@ -711,7 +718,7 @@ mod tests {
         assert_eq!(r.read(ms(300), wild), UNREAD);
         let wild = sample(3, info(u32::MAX, 0, u64::MAX, u64::MAX));
         let mut t = Tracker::new();
-        t.update(&[wild], u64::MAX, Instant::now());
+        t.update(&[wild], Some(u64::MAX), Instant::now());
         assert_eq!(state(&t, 3), Some(IN_FLIGHT));
     }
 
@@ -728,10 +735,20 @@ mod tests {
         let mut orphan = sample(1, info(8, 8, 27, 18));
         (orphan.inode, orphan.state, orphan.wqueue) = (0, FIN_WAIT1, 100);
         let mut tracker = Tracker::new();
-        let totals = tracker.update(&[orphan.clone()], 0, Instant::now());
+        let totals = tracker.update(&[orphan.clone()], Some(0), Instant::now());
         assert_eq!((totals.busy, totals.unsure, totals.idle), (0, 0, 0));
         // Shut down for writing but still held by the app: counted.
         orphan.inode = 7;
-        assert_eq!(tracker.update(&[orphan], 0, Instant::now()).busy, 1);
+        assert_eq!(tracker.update(&[orphan], Some(0), Instant::now()).busy, 1);
+    }
+
+    #[test]
+    fn without_the_namespaces_count_accepts_are_not_known() {
+        // Other servers listen beside the app: their accepts would be taken for the app's.
+        let t0 = Instant::now() + Duration::from_secs(3600);
+        let mut t = Tracker::new();
+        let idle = [sample(1, info(9000, 9000, 0, 0))];
+        assert_eq!(t.update(&idle, None, t0).last_activity, None);
+        assert_eq!(t.update(&idle, None, t0 + ms(100)).last_activity, None);
     }
 }

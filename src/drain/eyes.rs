@@ -3,7 +3,7 @@
 //!
 //! Read through socket diagnostics ([`crate::drain::diag`]): each connection with its
 //! `tcp_info`, which the activity [`Tracker`] turns into busy, unsure or idle across reads,
-//! with the namespace's count of connections accepted for the rhythm of the traffic. Where the
+//! with the namespace's count of connections accepted where only the app listens in it. Where the
 //! kernel will not answer (seccomp, an LSM, an old kernel), from /proc/net/tcp and tcp6
 //! instead ([`crate::drain::procfs`]), for good, and said once at warn: they show only a
 //! connection's state, so every established connection counts as busy. Either way, which
@@ -111,13 +111,16 @@ pub struct Eyes {
     /// The ports of this drain, from [`Eyes::find_ports`].
     ports: Vec<u16>,
     diag: Diag,
+    /// The namespace has no TCP listener but the app's and lastcall's own.
+    alone: bool,
     tracker: Tracker,
 }
 
 impl Eyes {
     pub fn new(choice: DrainPorts, held: &[RawFd]) -> Eyes {
         let held = held.iter().filter_map(|fd| procfs::inode_of(*fd)).collect();
-        Eyes { choice, held, ports: vec![], diag: Diag::Usable, tracker: Tracker::new() }
+        let (ports, diag, tracker) = (vec![], Diag::Usable, Tracker::new());
+        Eyes { choice, held, ports, diag, alone: false, tracker }
     }
 
     /// A drain begins: the app's ports, which [`Eyes::read`] watches from now on. Those
@@ -131,7 +134,35 @@ impl Eyes {
             DrainPorts::Off => vec![],
             DrainPorts::Auto => self.listening(),
         };
+        self.alone = self.alone();
         self.ports.clone()
+    }
+
+    /// Whether the app's ports and lastcall's own are the only TCP listeners in the network
+    /// namespace, as in a pod of its own: then every connection accepted in it is the app's
+    /// or lastcall's.
+    fn alone(&self) -> bool {
+        if self.ports.is_empty() || !matches!(self.diag, Diag::Usable) {
+            return false;
+        }
+        let own = procfs::own_socket_inodes();
+        match diag::dump(LISTENING, Ports::All, false) {
+            Ok(listeners) => {
+                let others = listeners
+                    .iter()
+                    .filter(|l| !self.ports.contains(&l.local.port()) && !own.contains(&l.inode));
+                let others: Vec<String> = others.map(|l| l.local.to_string()).collect();
+                if !others.is_empty() {
+                    log::debug!(
+                        "other servers listen in this network namespace ({}): the drain leaves \
+                         its count of accepted connections aside",
+                        others.join(", ")
+                    );
+                }
+                others.is_empty()
+            }
+            Err(_) => false,
+        }
     }
 
     fn listening(&mut self) -> Vec<u16> {
@@ -161,7 +192,10 @@ impl Eyes {
         if let Diag::Usable = self.diag {
             // Read first: a connection lastcall accepts meanwhile is then left out, not
             // taken for the app's.
-            let accepted = procfs::passive_opens()?.saturating_sub(own_accepts);
+            let accepted = match self.alone {
+                true => Some(procfs::passive_opens()?.saturating_sub(own_accepts)),
+                false => None,
+            };
             // Remote ports too: lastcall's own connections to the app are how its ends are
             // found. TIME_WAIT too: the trace of a connection the app closed, however short.
             let ports = Ports::Of { list: &self.ports, remote: true };

@@ -276,6 +276,9 @@ pub fn run(scenario: &Scenario, drain: Drain, rounds: usize) -> Option<Figures> 
         // The preStop phase, the grace period, and room to spare.
         let out = backend.stop(drain.delay + Duration::from_secs(15));
         let logged = out.stderr.lines().find_map(drain_in);
+        if std::env::var_os("LB_SHOW").is_some() {
+            let _ = writeln!(std::io::stderr(), "{}", out.stderr);
+        }
         out.check(logged.is_some(), "lastcall logged no preStop phase");
         drains.push(logged.unwrap_or_default());
         backend.start(None, &options, &legacy);
