@@ -112,6 +112,9 @@ pub fn post(addr: SocketAddr, host: &str, path: &str, deadline: Instant) -> Post
             Err(e) => return failed(e),
         }
     }
+    if answer.len() >= MAX_ANSWER {
+        return Posted::Failed(format!("no status line in the first {MAX_ANSWER} bytes"));
+    }
     if left().is_zero() {
         return Posted::TimedOut;
     }
@@ -178,6 +181,25 @@ mod tests {
         // A closed port: gone.
         let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         assert_eq!(post(closed, "x", "/", Instant::now() + Duration::from_secs(5)), Posted::Gone);
+
+        // An answer with no line end, longer than is read: said as it is, at once.
+        let chatty = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = chatty.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = chatty.accept().unwrap();
+            let _ = conn.read(&mut [0u8; 512]);
+            let _ = conn.write_all(&[b'x'; 2 * MAX_ANSWER]);
+            // Held open until the client is done.
+            let _ = conn.read(&mut [0u8; 1]);
+        });
+        let start = Instant::now();
+        let posted = post(addr, "x", "/", start + Duration::from_secs(5));
+        assert_eq!(
+            posted,
+            Posted::Failed(format!("no status line in the first {MAX_ANSWER} bytes"))
+        );
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        server.join().unwrap();
 
         // A listener that never answers: the deadline holds.
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();
