@@ -34,7 +34,9 @@ impl Hook {
         match Check::http(url) {
             Ok(Check::Http { url, addr, host, path }) => Ok(Hook::Post { url, addr, host, path }),
             Ok(_) => Err("expected a URL like http://127.0.0.1:15020/quitquitquit".to_string()),
-            Err(e) => Err(e.replace("readiness checks use", "--on-exit uses")),
+            Err(e) => Err(e
+                .replace("readiness checks use", "--on-exit uses")
+                .replace("http://127.0.0.1:8080/healthz", "http://127.0.0.1:15020/quitquitquit")),
         }
     }
 
@@ -153,7 +155,15 @@ mod tests {
             Hook::post("https://127.0.0.1/").unwrap_err(),
             "https is not supported: --on-exit uses plain HTTP"
         );
-        assert!(Hook::post("127.0.0.1:15020").is_err());
+        assert_eq!(
+            Hook::post("127.0.0.1:15020").unwrap_err(),
+            "expected a URL like http://127.0.0.1:15020/quitquitquit"
+        );
+        assert!(
+            Hook::post("http://no-such-host.invalid/")
+                .unwrap_err()
+                .starts_with("cannot resolve no-such-host.invalid:80 (")
+        );
         assert!(Hook::exec(" ").is_err());
         assert_eq!(Hook::exec("kill 1").unwrap().to_string(), "exec 'kill 1'");
     }
