@@ -86,7 +86,11 @@ impl Check {
 }
 
 fn resolve(host_port: &str) -> Result<SocketAddr, String> {
-    let mut addrs = host_port.to_socket_addrs().map_err(|e| format!("expected HOST:PORT ({e})"))?;
+    let mut addrs = host_port.to_socket_addrs().map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidInput => format!("expected HOST:PORT ({e})"),
+        // Well formed, but the name server does not know the host (now: it is resolved once).
+        _ => format!("cannot resolve {host_port} ({e})"),
+    })?;
     addrs.next().ok_or_else(|| "the host name has no address".to_string())
 }
 

@@ -34,7 +34,9 @@ impl Hook {
         match Check::http(url) {
             Ok(Check::Http { url, addr, host, path }) => Ok(Hook::Post { url, addr, host, path }),
             Ok(_) => Err("expected a URL like http://127.0.0.1:15020/quitquitquit".to_string()),
-            Err(e) => Err(e.replace("readiness checks use", "--on-exit uses")),
+            Err(e) => Err(e
+                .replace("readiness checks use", "--on-exit uses")
+                .replace("http://127.0.0.1:8080/healthz", "http://127.0.0.1:15020/quitquitquit")),
         }
     }
 
@@ -112,6 +114,9 @@ pub fn post(addr: SocketAddr, host: &str, path: &str, deadline: Instant) -> Post
             Err(e) => return failed(e),
         }
     }
+    if answer.len() >= MAX_ANSWER {
+        return Posted::Failed(format!("no status line in the first {MAX_ANSWER} bytes"));
+    }
     if left().is_zero() {
         return Posted::TimedOut;
     }
@@ -150,7 +155,15 @@ mod tests {
             Hook::post("https://127.0.0.1/").unwrap_err(),
             "https is not supported: --on-exit uses plain HTTP"
         );
-        assert!(Hook::post("127.0.0.1:15020").is_err());
+        assert_eq!(
+            Hook::post("127.0.0.1:15020").unwrap_err(),
+            "expected a URL like http://127.0.0.1:15020/quitquitquit"
+        );
+        assert!(
+            Hook::post("http://no-such-host.invalid/")
+                .unwrap_err()
+                .starts_with("cannot resolve no-such-host.invalid:80 (")
+        );
         assert!(Hook::exec(" ").is_err());
         assert_eq!(Hook::exec("kill 1").unwrap().to_string(), "exec 'kill 1'");
     }
@@ -178,6 +191,25 @@ mod tests {
         // A closed port: gone.
         let closed = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         assert_eq!(post(closed, "x", "/", Instant::now() + Duration::from_secs(5)), Posted::Gone);
+
+        // An answer with no line end, longer than is read: said as it is, at once.
+        let chatty = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = chatty.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = chatty.accept().unwrap();
+            let _ = conn.read(&mut [0u8; 512]);
+            let _ = conn.write_all(&[b'x'; 2 * MAX_ANSWER]);
+            // Held open until the client is done.
+            let _ = conn.read(&mut [0u8; 1]);
+        });
+        let start = Instant::now();
+        let posted = post(addr, "x", "/", start + Duration::from_secs(5));
+        assert_eq!(
+            posted,
+            Posted::Failed(format!("no status line in the first {MAX_ANSWER} bytes"))
+        );
+        assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+        server.join().unwrap();
 
         // A listener that never answers: the deadline holds.
         let silent = TcpListener::bind("127.0.0.1:0").unwrap();

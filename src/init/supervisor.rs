@@ -102,14 +102,23 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         timeout: config.check_timeout,
     };
     let deps = Checker::new(config.wait, WAIT_EVERY, WAIT_ATTEMPT, FIRST_DEP, started);
-    let (machine, checker, later, oom) = if deps.is_active() {
+    let (machine, checker, later, oom, failed) = if deps.is_active() {
         let machine = Machine::waiting(config.policy, started);
-        (machine, ready.checker(started, true), Some(ready), watch_oom())
+        (machine, ready.checker(started, true), Some(ready), watch_oom(), None)
     } else {
-        let pid = spawner.spawn().map_err(Fatal::Spawn)?;
-        log::debug!("started child {pid}");
-        let oom = watch_oom();
-        (Machine::new(config.policy, pid, started), ready.checker(started, false), None, oom)
+        match spawner.spawn() {
+            Ok(pid) => {
+                log::debug!("started child {pid}");
+                let oom = watch_oom();
+                let machine = Machine::new(config.policy, pid, started);
+                (machine, ready.checker(started, false), None, oom, None)
+            }
+            // Nothing to wait for, and the child cannot start: the machine ends the run.
+            Err(e) => {
+                let machine = Machine::waiting(config.policy, started);
+                (machine, ready.checker(started, true), None, watch_oom(), Some(e))
+            }
+        }
     };
     let mut supervisor = Supervisor {
         machine,
@@ -131,14 +140,25 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         hooks: config.hooks,
         hook_timeout: config.hook_timeout,
         hooks_due: false,
-        fatal: None,
     };
-    let code = supervisor.supervise();
+    let code = match failed {
+        Some(e) => {
+            let input = not_started(e);
+            supervisor.feed(input);
+            Ok(supervisor.machine.exit_code().unwrap_or(125))
+        }
+        None => supervisor.supervise(),
+    };
     supervisor.finish();
-    match supervisor.fatal.take() {
-        Some(fatal) => Err(fatal),
-        None => code.map_err(setup("waiting for events")),
-    }
+    code.map_err(setup("waiting for events"))
+}
+
+/// The main child could not be started: said now, at the error level, and brought to the
+/// machine, which ends the run with the status and termination message of [`Fatal::Spawn`].
+fn not_started(e: spawn::SpawnError) -> Input {
+    let fatal = Fatal::Spawn(e);
+    log::error!("{fatal}");
+    Input::NotStarted { code: fatal.exit_code(), why: fatal.termination_message() }
 }
 
 /// The `--ready-*` checks, to start once the child runs.
@@ -242,8 +262,6 @@ struct Supervisor {
     hook_timeout: Duration,
     /// The machine asked for the hooks ([`Action::OnExit`]).
     hooks_due: bool,
-    /// The child could not be started when the wait was over.
-    fatal: Option<Fatal>,
 }
 
 impl Supervisor {
@@ -256,9 +274,6 @@ impl Supervisor {
             self.turn(&woke);
             if let Some(code) = self.machine.exit_code() {
                 return Ok(code);
-            }
-            if self.fatal.is_some() {
-                return Ok(0);
             }
             woke = self.wait()?;
         }
@@ -398,10 +413,7 @@ impl Supervisor {
                 }
                 Some(Input::Started(pid))
             }
-            Err(e) => {
-                self.fatal = Some(Fatal::Spawn(e));
-                None
-            }
+            Err(e) => Some(not_started(e)),
         }
     }
 

@@ -88,7 +88,8 @@ impl Deps {
 
 impl Machine {
     /// A machine that waits for `policy.wait`'s dependencies before it asks for the child
-    /// ([`Action::StartChild`]); the clock starts at `now`.
+    /// ([`Action::StartChild`]); the clock starts at `now`. With none to wait for, it is the
+    /// machine of a child that could not be started ([`Input::NotStarted`](super::Input)).
     pub fn waiting(policy: super::Policy, now: Instant) -> Machine {
         let until = now + policy.wait_timeout;
         let mut m = Machine::new(policy, Pid::from_raw(0), now);
@@ -99,7 +100,7 @@ impl Machine {
 
     /// The first step of a wait says what it waits for, once.
     pub(super) fn announce_wait(&mut self, out: &mut Vec<Action>) {
-        let Some(deps) = self.deps.as_mut().filter(|d| !d.announced) else {
+        let Some(deps) = self.deps.as_mut().filter(|d| !d.announced && !d.deps.is_empty()) else {
             return;
         };
         deps.announced = true;
@@ -224,6 +225,14 @@ impl Machine {
         }
         self.phase = Phase::Running { pid, since: now };
         self.gate = super::gate::Gate::new(&self.policy, now);
+    }
+
+    /// The main child could not be started: lastcall exits as it would have without a
+    /// child, and the `--on-exit` hooks still run (a sidecar waits for them all the same).
+    pub(super) fn not_started(&mut self, code: u8, why: String, out: &mut Vec<Action>) {
+        if let Phase::Waiting { .. } = self.phase {
+            self.exit_with(code, why, out);
+        }
     }
 
     /// The wait, for `/metrics` and `?verbose`: `None` when nothing was awaited.
@@ -375,6 +384,20 @@ mod tests {
         let hooked = out.iter().position(|a| *a == Action::OnExit);
         assert!(ended < hooked, "{out:?}");
         assert_eq!(r.m.exit_code(), Some(3), "hooks never change the status");
+        // A child that cannot be started, once the wait is over or with nothing to wait for:
+        // the status and message it gives, then the hooks.
+        for wait in [vec!["exec 'true'".to_string()], vec![]] {
+            let p = Policy { wait, ..with_hooks(policy(OnWaitTimeout::Exit)) };
+            let mut r = Run::new(p.clone());
+            r.m = Machine::waiting(p, r.t0);
+            if !r.m.policy.wait.is_empty() {
+                assert!(r.all(Input::Awaited(vec![Ok(())])).contains(&Action::StartChild));
+            }
+            let why = "exec failed: /app: not found".to_string();
+            let out = r.all(Input::NotStarted { code: 127, why: why.clone() });
+            assert_eq!(out, [Action::Ended(why), Action::OnExit]);
+            assert_eq!(r.m.exit_code(), Some(127));
+        }
         // None asked for: none run.
         let mut r = Run::new(Policy::for_tests());
         assert_eq!(

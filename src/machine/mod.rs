@@ -127,6 +127,9 @@ pub enum Input {
     Awaited(Vec<Result<(), String>>),
     /// The child asked for by [`Action::StartChild`] was started.
     Started(Pid),
+    /// The main child could not be started (at start-up, or when the wait was over):
+    /// lastcall exits with `code`, `why` being its termination message.
+    NotStarted { code: u8, why: String },
     /// Time passed; a deadline may be due.
     Tick,
 }
@@ -164,8 +167,8 @@ pub enum Action {
     Log(Level, String, Fields),
     /// lastcall is about to exit: why, in one line, for `--termination-log`.
     Ended(String),
-    /// The wait is over: start the child, and report it as [`Input::Started`] (a failure to
-    /// start it is fatal, as at start-up).
+    /// The wait is over: start the child, and report it as [`Input::Started`], or as
+    /// [`Input::NotStarted`] when it cannot be.
     StartChild,
     /// lastcall is about to exit and nothing is left under it: run the `--on-exit` hooks.
     OnExit,
@@ -331,6 +334,7 @@ impl Machine {
             }
             Input::Awaited(results) => self.on_awaited(results, now, &mut out),
             Input::Started(pid) => self.on_started(pid, now),
+            Input::NotStarted { code, why } => self.not_started(code, why, &mut out),
             Input::Tick => {
                 self.wait_tick(now, &mut out);
                 self.on_tick(now, &mut out);
@@ -540,6 +544,9 @@ impl fmt::Display for Input {
                 write!(f, "{up} of {} awaited dependencies answer", results.len())
             }
             Input::Started(pid) => write!(f, "started child {pid}"),
+            Input::NotStarted { code, why } => {
+                write!(f, "the child was not started ({code}): {why}")
+            }
             Input::Tick => write!(f, "tick"),
         }
     }

@@ -287,3 +287,26 @@ fn a_dead_or_silent_sidecar_delays_the_exit_by_at_most_the_bound() {
     assert!(took < TIMEOUT);
     let _ = writeln!(std::io::stderr(), "on-exit: dead + silent + slow hooks: {took:?}");
 }
+
+#[test]
+fn the_quit_call_comes_once_when_the_child_cannot_start() {
+    // Without a wait, and once a wait is over: a command that is not there still ends with
+    // the quit call, so that a Job's proxy is not left running.
+    for wait in [&[][..], &["--wait-for-exec", "true"][..]] {
+        let dir = TestDir::new("on_exit_not_started");
+        let proxy = FakeProxy::start(false);
+        let quit = format!("http://127.0.0.1:{}/quit", proxy.port);
+        let log = dir.join("termination-log");
+        let end = dir
+            .lastcall()
+            .args(["--listen", "off", "--on-exit", &quit])
+            .args(["--termination-log", log.to_str().unwrap()])
+            .args(wait)
+            .args(["--", "/nonexistent/app"])
+            .run();
+        end.assert_code(127).assert_stderr_has("cannot run '/nonexistent/app'");
+        end.assert_stderr_has(&format!("on-exit POST {quit}: HTTP/1.1 200 OK"));
+        assert_eq!(proxy.quits().len(), 1, "{wait:?}\n{end}");
+        assert_eq!(dir.read("termination-log"), "exec failed: /nonexistent/app: not found");
+    }
+}
