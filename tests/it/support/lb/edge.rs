@@ -46,7 +46,7 @@ use super::{
     Backend, Balancer, backends, get, haproxy_config, haproxy_servers, nginx_config, python_and,
     quiet_ports, stats_socket,
 };
-use crate::support::{Crew, Running, TestDir, python3, required};
+use crate::support::{Crew, Running, TIMEOUT, TestDir, python3, required};
 
 /// What a case does; see the module's doc.
 #[derive(Clone, Copy, Debug)]
@@ -241,26 +241,40 @@ impl Pod {
     ) -> Pod {
         let dir = TestDir::new(name);
         dir.write("app.py", APP);
-        let [app_port, ready_port] = quiet_ports();
-        let mut cmd = dir.lastcall();
-        if kube {
-            // Only read for its presence: nothing is sent there.
-            cmd = cmd.env("KUBERNETES_SERVICE_HOST", "10.0.0.1");
-        }
         let script = dir.join("app.py").to_string_lossy().into_owned();
-        let mut lastcall = cmd
-            .args(["--listen", &format!("127.0.0.1:{ready_port}")])
-            .args(options)
-            .arg("--")
-            .args([python, &script, &app_port.to_string(), mode, host])
-            .spawn();
         let ip: std::net::IpAddr = host.parse().expect("an IP address");
-        let app = SocketAddr::new(ip, app_port);
-        lastcall.wait_until("the app answers /health", || {
-            Conn::open(app)
-                .is_ok_and(|mut c| c.send("/health", true).is_ok() && c.answer() == "200")
-        });
-        Pod { lastcall, app, dir }
+        // Pods start side by side: one may take a port another just found free; then the
+        // loser starts again on others.
+        for _ in 0..5 {
+            let [app_port, ready_port] = quiet_ports();
+            let mut cmd = dir.lastcall();
+            if kube {
+                // Only read for its presence: nothing is sent there.
+                cmd = cmd.env("KUBERNETES_SERVICE_HOST", "10.0.0.1");
+            }
+            let mut lastcall = cmd
+                .args(["--listen", &format!("127.0.0.1:{ready_port}")])
+                .args(options)
+                .arg("--")
+                .args([python, &script, &app_port.to_string(), mode, host])
+                .spawn();
+            let app = SocketAddr::new(ip, app_port);
+            let answers = || {
+                Conn::open(app)
+                    .is_ok_and(|mut c| c.send("/health", true).is_ok() && c.answer() == "200")
+            };
+            let start = Instant::now();
+            while !answers() && lastcall.try_wait().is_none() && start.elapsed() < TIMEOUT {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if answers() {
+                return Pod { lastcall, app, dir };
+            }
+            let out = lastcall.wait_for(Duration::from_secs(15));
+            let lost = out.stderr.contains("cannot listen") || out.stderr.contains("in use");
+            out.check(lost, "lastcall or the app exited before the app answered /health");
+        }
+        panic!("no free ports for {name} after 5 tries");
     }
 
     /// SIGTERM to lastcall.
