@@ -70,19 +70,49 @@ struct Client {
     probes: u32,
     /// 503 answers since the drain began; `None` unless it is a prober of this drain.
     told: Option<u32>,
-    /// What it said of itself in its last probe during this drain.
-    word: Option<LbWord>,
+    /// What it said of itself during this drain.
+    words: Words,
+}
+
+/// The last word a load balancer said of each of its servers that is the app, up to
+/// [`WORDS`]; `more` when it spoke of more.
+#[derive(Clone, Copy, Debug, Default)]
+struct Words {
+    each: [Option<LbWord>; WORDS],
+    more: bool,
+}
+
+/// The most servers of one load balancer's remembered.
+const WORDS: usize = 4;
+
+impl Words {
+    fn add(&mut self, word: LbWord) {
+        let same = self.each.iter_mut().flatten().find(|w| w.server == word.server);
+        match same {
+            Some(w) => *w = word,
+            None => match self.each.iter_mut().find(|w| w.is_none()) {
+                Some(free) => *free = Some(word),
+                None => self.more = true,
+            },
+        }
+    }
+
+    /// Whether it spoke, of all its servers, and each word passes `test`.
+    fn all(&self, test: impl Fn(&LbWord) -> bool) -> bool {
+        let mut words = self.each.iter().flatten().peekable();
+        !self.more && words.peek().is_some() && words.all(test)
+    }
 }
 
 impl Client {
     /// It has let go: told enough times, or it said it took the app out.
     fn let_go(&self, probes: u32) -> bool {
-        self.told.is_some_and(|t| t >= probes) || self.word.is_some_and(|w| w.down)
+        self.told.is_some_and(|t| t >= probes) || self.words.all(|w| w.down)
     }
 
     /// It said, after letting go, that it has nothing in flight with the app.
     fn done(&self) -> bool {
-        self.word.is_some_and(|w| w.down && w.sessions == 0 && w.queued == 0)
+        self.words.all(|w| w.down && w.sessions == 0 && w.queued == 0)
     }
 }
 
@@ -104,12 +134,12 @@ impl Probers {
                 None => return,
             };
         }
-        let new = Client { last: now, probes: 0, told: None, word: None };
+        let new = Client { last: now, probes: 0, told: None, words: Words::default() };
         let client = self.clients.entry(probe.from).or_insert(new);
         client.last = now;
         client.probes = client.probes.saturating_add(1);
-        if client.told.is_some() {
-            client.word = probe.lb.or(client.word);
+        if let (Some(_), Some(word)) = (client.told, probe.lb) {
+            client.words.add(word);
         }
         if let (false, Some(told)) = (probe.ready, client.told.as_mut()) {
             *told += 1;
@@ -121,7 +151,7 @@ impl Probers {
         for client in self.clients.values_mut() {
             let recent = now.saturating_duration_since(client.last) <= PROBER_WINDOW;
             client.told = (recent && client.probes >= 2).then_some(0);
-            client.word = None;
+            client.words = Words::default();
         }
     }
 
@@ -457,7 +487,7 @@ mod tests {
         assert_eq!(p.told(), (2, 1));
         assert!(!p.all_let_go(3));
         // A load balancer's own word that it took the app out is enough.
-        let down = LbWord { down: true, sessions: 2, queued: 0 };
+        let down = LbWord { down: true, sessions: 2, queued: 0, server: 0 };
         p.on_probe(Probe { lb: Some(down), ..probe(2, false) }, t0 + secs(3));
         assert!(p.all_let_go(3));
         assert!(!p.all_done(), "10.0.0.2 has requests in flight, 10.0.0.1 said nothing");
@@ -651,13 +681,17 @@ mod tests {
 
     #[test]
     fn a_connection_the_app_wrote_last_on_holds_unless_its_load_balancer_has_nothing_in_flight() {
-        let down = |sessions, queued| Some(LbWord { down: true, sessions, queued });
+        let down = |sessions, queued| Some(LbWord { down: true, sessions, queued, server: 0 });
         assert!(with_unsure(None, "10.0.0.1", 0), "nothing unsure: the probers' rule");
         assert!(!with_unsure(None, "10.0.0.1", 2), "a paused answer looks the same");
         assert!(with_unsure(down(0, 0), "10.0.0.1", 2), "HAProxy: DOWN, scur=0, qcur=0");
         assert!(!with_unsure(down(1, 0), "10.0.0.1", 2), "one request in flight");
         assert!(!with_unsure(down(0, 1), "10.0.0.1", 2), "one queued");
-        assert!(!with_unsure(Some(LbWord { down: false, sessions: 0, queued: 0 }), "10.0.0.1", 2));
+        assert!(!with_unsure(
+            Some(LbWord { down: false, sessions: 0, queued: 0, server: 0 }),
+            "10.0.0.1",
+            2
+        ));
         assert!(!with_unsure(down(0, 0), "10.0.0.7", 2), "not the prober's connection");
     }
 
@@ -676,5 +710,25 @@ mod tests {
         );
         assert_eq!(failed.hold(&p, rule, t0, t0 + secs(5)), Some(Hold::NoRead));
         assert_ne!(good.hold(&p, rule, t0, t0 + secs(5)), Some(Hold::NoRead));
+    }
+
+    #[test]
+    fn a_load_balancer_that_checks_the_app_as_two_servers_is_done_when_both_are() {
+        let t0 = Instant::now();
+        let mut p = Probers::default();
+        p.on_probe(probe(1, true), t0);
+        p.on_probe(probe(1, true), t0);
+        p.start_drain(t0);
+        let word = |server, sessions| LbWord { down: true, sessions, queued: 0, server };
+        p.on_probe(Probe { lb: Some(word(1, 0)), ..probe(1, false) }, t0);
+        p.on_probe(Probe { lb: Some(word(2, 3)), ..probe(1, false) }, t0);
+        p.on_probe(Probe { lb: Some(word(1, 0)), ..probe(1, false) }, t0);
+        assert!(!p.done(probe(1, false).from), "server 2 has three requests in flight");
+        p.on_probe(Probe { lb: Some(word(2, 0)), ..probe(1, false) }, t0);
+        assert!(p.done(probe(1, false).from));
+        for server in 3..=5 {
+            p.on_probe(Probe { lb: Some(word(server, 0)), ..probe(1, false) }, t0);
+        }
+        assert!(!p.done(probe(1, false).from), "a fifth server is not remembered");
     }
 }

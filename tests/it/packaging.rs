@@ -358,16 +358,7 @@ fn deployment_problems(text: &str) -> Vec<String> {
             ours.len()
         )];
     };
-    let mut argv = container.at("command").map(Yaml::strings).unwrap_or_default();
-    argv.extend(container.at("args").map(Yaml::strings).unwrap_or_default());
-    let env: Vec<(String, String)> = container
-        .at("env")
-        .map(Yaml::list)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| Some((e.at("name")?.str()?.to_string(), e.at("value")?.str()?.to_string())))
-        .collect();
-    let lastcall = Invocation::new(&argv, env);
+    let lastcall = invocation(container);
     if lastcall.command.is_empty() {
         problems.push("no app after `lastcall --`".to_string());
     }

@@ -463,13 +463,15 @@ mod tests {
         let check = "GET /readyz HTTP/1.0\r\nx-haproxy-server-state: DOWN; address=127.0.0.1; \
                      port=18081; name=b/s1; node=vm; weight=1/0; scur=2/7; qcur=1\r\n\r\n";
         let (_, done) = run(check.as_bytes(), true);
-        assert_eq!(done.lb, Some(LbWord { down: true, sessions: 2, queued: 1 }));
+        let word = done.lb.unwrap();
+        assert_eq!((word.down, word.sessions, word.queued), (true, 2, 1));
+        assert_ne!(word.server, 0, "name=b/s1");
         // Only /readyz's count; the last one wins.
         let two = "GET /readyz HTTP/1.1\r\nX-Haproxy-Server-State: UP 2/3; scur=0/0; qcur=0\r\n\r\n\
                    GET /readyz HTTP/1.1\r\nX-Haproxy-Server-State: MAINT; scur=0/0; qcur=0\r\n\r\n";
         assert_eq!(
             run(two.as_bytes(), true).1.lb,
-            Some(LbWord { down: true, sessions: 0, queued: 0 })
+            Some(LbWord { down: true, sessions: 0, queued: 0, server: 0 })
         );
         let livez = "GET /livez HTTP/1.1\r\nX-Haproxy-Server-State: DOWN; scur=0/0; qcur=0\r\n\r\n";
         assert_eq!(run(livez.as_bytes(), true).1.lb, None);
@@ -478,7 +480,11 @@ mod tests {
     #[test]
     fn a_load_balancers_word_is_all_there_or_nothing() {
         let up = LbWord::parse(b"UP 2/3; address=10.0.0.1; scur=13/22; qcur=0");
-        assert_eq!(up, Some(LbWord { down: false, sessions: 13, queued: 0 }));
+        assert_eq!(up, Some(LbWord { down: false, sessions: 13, queued: 0, server: 0 }));
+        let named =
+            |name: &str| LbWord::parse(format!("DOWN; name={name}; scur=0; qcur=0").as_bytes());
+        assert_eq!(named("b/s1").map(|w| w.server), named("b/s1").map(|w| w.server));
+        assert_ne!(named("b/s1").map(|w| w.server), named("b/s2").map(|w| w.server));
         for bad in [
             &b""[..],
             b"DOWN",

@@ -81,6 +81,9 @@ pub struct LbWord {
     /// Requests it has in flight with the app (`scur`), and queued for it (`qcur`).
     pub sessions: u32,
     pub queued: u32,
+    /// Which of its servers the word is about (a hash of `name=`, 0 without one): one
+    /// HAProxy may check the app as several servers, each with its own state.
+    pub server: u64,
 }
 
 impl LbWord {
@@ -89,16 +92,22 @@ impl LbWord {
         let text = std::str::from_utf8(value).ok()?;
         let mut parts = text.split(';').map(str::trim);
         let state = parts.next()?.split_whitespace().next()?;
-        let (mut sessions, mut queued) = (None, None);
+        let (mut sessions, mut queued, mut server) = (None, None, 0);
         for part in parts {
             match part.split_once('=') {
                 Some(("scur", v)) => sessions = v.split('/').next()?.parse().ok(),
                 Some(("qcur", v)) => queued = v.parse().ok(),
+                // FNV-1a: a stable name for the server, not a secret.
+                Some(("name", v)) => {
+                    server = v.bytes().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| {
+                        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                    })
+                }
                 _ => {}
             }
         }
         let down = matches!(state, "DOWN" | "MAINT");
-        Some(LbWord { down, sessions: sessions?, queued: queued? })
+        Some(LbWord { down, sessions: sessions?, queued: queued?, server })
     }
 }
 
