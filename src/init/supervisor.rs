@@ -102,6 +102,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         timeout: config.check_timeout,
     };
     let deps = Checker::new(config.wait, WAIT_EVERY, WAIT_ATTEMPT, FIRST_DEP, started);
+    let restart_checks = ready.clone();
     let (machine, checker, later, oom) = if deps.is_active() {
         let machine = Machine::waiting(config.policy, started);
         (machine, ready.checker(started, true), Some(ready), watch_oom())
@@ -120,6 +121,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         endpoint,
         checker,
         later,
+        restart_checks,
         deps,
         awaited: Vec::new(),
         child_notify,
@@ -142,6 +144,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
 }
 
 /// The `--ready-*` checks, to start once the child runs.
+#[derive(Clone)]
 struct ReadyChecks {
     checks: Vec<Check>,
     interval: Duration,
@@ -223,6 +226,8 @@ struct Supervisor {
     checker: Checker,
     /// The readiness checks, held while lastcall waits for the dependencies.
     later: Option<ReadyChecks>,
+    /// The readiness checks, started afresh for a restart's new child.
+    restart_checks: ReadyChecks,
     /// The awaited dependencies' probes (none without `--wait-for`), and what the machine
     /// was last told of them.
     deps: Checker,
@@ -580,6 +585,10 @@ impl Supervisor {
                 return Some(Input::AppRead(self.eyes.read(Instant::now(), own)));
             }
             Action::StopChecks => self.checker.stop(self.poll.registry()),
+            Action::StartChecks => {
+                self.checker.stop(self.poll.registry());
+                self.checker = self.restart_checks.checker(Instant::now(), false);
+            }
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {
                     systemd.send(&message);

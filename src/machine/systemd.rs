@@ -42,7 +42,8 @@ impl Report {
             self.last_phase = phase.name();
         }
         if phase.name() != self.last_phase {
-            if self.last_phase == "running" {
+            let up = |name: &str| name == "running" || name == "restarting";
+            if up(self.last_phase) && !up(phase.name()) {
                 // Once, when lastcall starts to go down, whatever the reason.
                 out.push(Action::Systemd("STOPPING=1".into()));
             }
@@ -68,6 +69,7 @@ fn status(phase: &Phase, ready: bool) -> String {
         Phase::Stopping { .. } => "stopping: stop signal sent, waiting for the child",
         Phase::Killing { .. } => "killing: grace period over, SIGKILL sent",
         Phase::Reaping { .. } => "child exited; stopping the processes it left",
+        Phase::Restarting { .. } => "child exited; restarting it",
         Phase::Exited { code } => return format!("exiting with {code}"),
     };
     text.to_string()
