@@ -299,9 +299,10 @@ impl Machine {
                 r.limit,
                 humantime::format_duration(r.window)
             ),
-            Some(Gave::Stopped(sig)) => {
+            Some(Gave::Stopped(sig)) if total > 0 => {
                 format!("{why}, then {sig} while restarting it ({total} restart(s) before)")
             }
+            Some(Gave::Stopped(sig)) => format!("{why}, then {sig} while restarting it"),
             Some(Gave::Failed(e)) => format!("{why}; restart {} failed: {e}", total + 1),
             None if total > 0 => format!("{why} ({total} restart(s) before)"),
             None => why,
