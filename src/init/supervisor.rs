@@ -12,8 +12,8 @@
 //! 4. the endpoint: accept, answer from a snapshot taken now, close what expired;
 //! 5. a tick, for the machine's deadlines.
 //!
-//! An action that brings an input back (a reload's new child, a connection count) queues it,
-//! and the queue is empty before the next step of the turn: no recursion.
+//! An action that brings an input back (a reload's or a restart's new child, a connection
+//! count) queues it, and the queue is empty before the next step of the turn: no recursion.
 //!
 //! With `--wait-for`, the child starts when the machine asks ([`Action::StartChild`]); until
 //! then the dependencies are probed in step 3 like the readiness checks, by a checker of
@@ -587,7 +587,9 @@ impl Supervisor {
             Action::StopChecks => self.checker.stop(self.poll.registry()),
             Action::StartChecks => {
                 self.checker.stop(self.poll.registry());
-                self.checker = self.restart_checks.checker(Instant::now(), false);
+                let mut fresh = self.restart_checks.checker(Instant::now(), false);
+                fresh.take_over(&mut self.checker);
+                self.checker = fresh;
             }
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {

@@ -210,6 +210,7 @@ impl Machine {
         let killing = match self.phase {
             Phase::Killing { .. } => true,
             Phase::Reaping { kill_at, .. } => kill_at.is_none(),
+            Phase::Restarting { left, kill_at, .. } => left && kill_at.is_none(),
             _ => false,
         };
         let main = self.child();
