@@ -35,7 +35,8 @@ impl Gate {
             checks: !policy.checks,
             failing: None,
             notify: policy.notify.then_some(false),
-            ever_ready: false,
+            // With nothing to wait for, the app is ready from its start.
+            ever_ready: !gated,
             started,
             warn_at: gated.then(|| started + policy.startup_timeout),
             startup_timeout: policy.startup_timeout,

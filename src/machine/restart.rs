@@ -566,6 +566,16 @@ mod tests {
     }
 
     #[test]
+    fn a_restarted_child_without_checks_is_ready_at_once_and_drains_with_the_delay() {
+        let mut r = Run::new(restarting(RestartOn::OnFailure));
+        crash_and_restart(&mut r, PID, secs(1), NEW);
+        assert!(r.m.is_ready(), "/readyz 200 as soon as it runs: routers send it traffic");
+        assert_eq!(r.at(secs(2)).step(Input::Signal(SIGTERM)), vec![]);
+        assert!(matches!(r.m.phase(), Phase::Draining { .. }), "{:?}", r.m.phase());
+        assert_eq!(r.at(secs(7)).step(Input::Tick), signal(SIGTERM, Target::Child(NEW)));
+    }
+
+    #[test]
     fn a_crash_abandons_a_reload_and_no_reload_while_restarting() {
         let hup = Sig(libc::SIGHUP);
         let policy = Policy { reload_signal: Some(hup), ..restarting(RestartOn::OnFailure) };
