@@ -6,9 +6,11 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::support::{TestDir, free_port, has_python, http, metric, wait_until};
+use crate::support::{
+    LASTCALL, TestDir, can_unshare, free_port, has_python, http, metric, wait_until,
+};
 
 /// Appends `start <ns> <pid>` to $DIR/marks and sets `n` to the number of starts so far: the
 /// child's own record of when each start happened.
@@ -140,6 +142,35 @@ fn the_old_childs_processes_are_gone_before_the_new_child_starts() {
     lastcall.signal_and_wait(libc::SIGTERM).assert_code(143);
 }
 
+/// As PID 1 of a PID namespace, with `--group`: a leftover in its own session that ignores
+/// SIGTERM is killed after the grace period, and only then does the new child start.
+#[test]
+fn as_pid_1_a_leftover_ignoring_sigterm_is_killed_before_the_new_child() {
+    if !can_unshare() {
+        return;
+    }
+    let dir = TestDir::new("restart-pid1");
+    let script = format!(
+        "{MARK_START}; if [ $n -eq 1 ]; then setsid sh -c 'trap \"\" TERM; echo $$ > \"$DIR/orphan\"; \
+         exec sleep 600' & while [ ! -s \"$DIR/orphan\" ]; do sleep 0.01; done; exit 1; fi; \
+         if kill -0 $(cat \"$DIR/orphan\") 2>/dev/null; then echo alive > \"$DIR/seen\"; \
+         else echo gone > \"$DIR/seen\"; fi; exec sleep 600"
+    );
+    let mut lastcall = dir
+        .command("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "--", LASTCALL])
+        .args(["--listen", "off", "--group", "--grace-period", "500ms"])
+        .args(["--restart", "on-failure", "--restart-delay", "10ms", "--", "sh", "-c", &script])
+        .spawn();
+    lastcall.wait_until("the second child looked", || dir.read("seen").ends_with('\n'));
+    assert_eq!(dir.read("seen"), "gone\n", "the leftover was killed before the new child");
+    lastcall.wait_stderr("sending SIGKILL to the remaining processes");
+    // unshare passes no signal on: lastcall is its child.
+    let pid = *crate::support::children_of(lastcall.pid()).first().expect("lastcall under unshare");
+    crate::support::send(pid, libc::SIGTERM);
+    lastcall.wait().assert_code(128 + libc::SIGTERM);
+}
+
 /// A socket-activated HTTP server on fd 3 that answers with its pid and says READY=1 after a
 /// start-up pause; after an answer, with `$DIR/crash` present, it removes it and crashes.
 const SERVER: &str = r#"
@@ -197,12 +228,14 @@ fn held_sockets_refuse_no_connection_through_three_crash_restarts() {
             if s.load(Ordering::Relaxed) {
                 return;
             }
+            let sent = Instant::now();
             match request(port) {
                 Ok(pid) => {
                     o.fetch_add(1, Ordering::Relaxed);
                     let mut seen = p.lock().unwrap();
-                    if seen.last() != Some(&pid) {
-                        seen.push(pid);
+                    // Each child's first answer, and how long its request waited for it.
+                    if seen.last().map(|&(last, _)| last) != Some(pid) {
+                        seen.push((pid, sent.elapsed()));
                     }
                 }
                 Err(e) => f.lock().unwrap().push(e),
@@ -222,7 +255,13 @@ fn held_sockets_refuse_no_connection_through_three_crash_restarts() {
     let failed = failed.lock().unwrap().clone();
     let served = ok.load(Ordering::Relaxed);
     assert!(failed.is_empty(), "{} of {served} requests failed: {failed:?}", failed.len());
-    assert_eq!(pids.lock().unwrap().len(), 4, "four children served");
+    let firsts = pids.lock().unwrap().clone();
+    assert_eq!(firsts.len(), 4, "four children served: {firsts:?}");
+    // The request sent right after each crash waited in the backlog through the backoff
+    // (100ms at least) and the new child's start: requests were made while no child ran.
+    for (n, &(pid, waited)) in firsts.iter().enumerate().skip(1) {
+        assert!(waited >= ms(100), "restart {n}: child {pid}'s first request waited {waited:?}");
+    }
     let out = lastcall.signal_and_wait(libc::SIGTERM);
     out.assert_code(143);
     // Unready from each crash until the new child's READY=1.
