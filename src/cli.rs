@@ -420,6 +420,15 @@ impl Args {
                 humantime::format_duration(self.restart_max_delay)
             ));
         }
+        // Without the subreaper the old child's orphans go to the real init: a restart could
+        // neither stop them nor wait for them before the new child starts.
+        if self.restart != RestartOn::Never && self.no_subreaper && std::process::id() != 1 {
+            return usage(
+                "--restart needs lastcall to reap the old child's orphans: not with \
+                 --no-subreaper (unless lastcall is PID 1)"
+                    .into(),
+            );
+        }
         let restart = Restart {
             when: self.restart,
             delay: self.restart_delay,
@@ -796,6 +805,12 @@ mod tests {
             "--restart-delay 10s is longer than --restart-max-delay 1s"
         );
         assert!(Args::try_parse_from(["lastcall", "--restart-window", "0s", "true"]).is_err());
+        // Not PID 1 here: the old child's orphans would go to the real init, out of reach.
+        assert_eq!(
+            usage(&["lastcall", "--restart", "always", "--no-subreaper", "true"]),
+            "--restart needs lastcall to reap the old child's orphans: not with --no-subreaper \
+             (unless lastcall is PID 1)"
+        );
     }
 
     #[test]

@@ -92,6 +92,8 @@ restarted: lastcall exits with its status, and its termination message says how 
 restarts there were.
 Once a drain has begun, no child is restarted; a SIGTERM or SIGINT during a backoff ends the
 run at once, with the status of the child that ended.
+\fB\-\-restart\fR is refused with \fB\-\-no\-subreaper\fR unless lastcall is PID 1: the old
+child's orphans would be out of its reach.
 "#;
 
 const SIGNALS: &str = r#".SH SIGNALS
