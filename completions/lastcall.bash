@@ -23,7 +23,7 @@ _lastcall() {
 
     case "${cmd}" in
         lastcall)
-            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-quiet --drain-probes --drain-min --wait-for --wait-for-exec --wait-timeout --on-wait-timeout --on-exit --on-exit-exec --on-exit-timeout --socket --reload-signal --user --log-level --log-format --termination-log --help --version"
+            opts="-h -V --listen --prestop-delay --grace-period --stop-signal --group --success-exit --no-subreaper --max-connections --request-timeout --idle-timeout --ready-tcp --ready-http --ready-exec --ready-notify --ready-interval --ready-timeout --startup-timeout --drain-idle-port --drain-quiet --drain-probes --drain-min --wait-for --wait-for-exec --wait-timeout --on-wait-timeout --on-exit --on-exit-exec --on-exit-timeout --socket --reload-signal --restart --restart-delay --restart-max-delay --restart-limit --restart-window --user --log-level --log-format --termination-log --help --version"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -134,6 +134,26 @@ _lastcall() {
                     return 0
                     ;;
                 --reload-signal)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-delay)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-max-delay)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-limit)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --restart-window)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

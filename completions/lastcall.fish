@@ -25,6 +25,11 @@ complete -c lastcall -l on-exit-exec -d 'When the child and every process under 
 complete -c lastcall -l on-exit-timeout -d 'How long each --on-exit or --on-exit-exec hook may take; a command is then killed' -r
 complete -c lastcall -l socket -d 'Bind this socket and pass it to the child by socket activation (repeatable): [NAME=]tcp://HOST:PORT or [NAME=]unix:/path' -r
 complete -c lastcall -l reload-signal -d 'With --socket: on this signal, start a new child on the same sockets, wait until it is ready, then drain the old one [default: HUP]' -r
+complete -c lastcall -l restart -d 'Start the child again when it exits on its own while running: `on-failure` (a non-zero status after --success-exit, or a signal), `always`, or `never`; a drain ends it' -r
+complete -c lastcall -l restart-delay -d 'The backoff before the first restart within --restart-window; doubled for each restart made within it' -r
+complete -c lastcall -l restart-max-delay -d 'The longest backoff' -r
+complete -c lastcall -l restart-limit -d 'At most this many restarts within --restart-window: a child that ends past it is not restarted, and lastcall exits with its status' -r
+complete -c lastcall -l restart-window -d 'The window the restart budget and the backoff count restarts in' -r
 complete -c lastcall -l user -d 'Run the child as USER (name or uid) with its HOME and groups, or with GROUP alone, from /etc/passwd and /etc/group, and no capability; lastcall stays as it is (root)' -r
 complete -c lastcall -l log-level -d 'error, warn, info, debug or trace' -r
 complete -c lastcall -l log-format -d 'How log lines look on stderr: `text` (lastcall: message) or `json` (one object per line, with ts, level, msg, and the shutdown steps\' data)' -r

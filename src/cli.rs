@@ -19,7 +19,7 @@ use crate::endpoint::checks::{Check, MAX_CHECKS};
 use crate::endpoint::hooks::{Hook, MAX_HOOKS};
 use crate::endpoint::http::Limits;
 use crate::init::signals::{Class, Sig};
-use crate::machine::{OnWaitTimeout, Policy, Prestop};
+use crate::machine::{OnWaitTimeout, Policy, Prestop, Restart, RestartOn};
 use crate::platform::logger::Format;
 use crate::platform::notify;
 use crate::platform::sockets::{MAX_SOCKETS, Spec};
@@ -211,6 +211,34 @@ pub struct Args {
           value_parser = parse_reload_signal, help_heading = "Reload")]
     pub reload_signal: Option<Sig>,
 
+    /// Start the child again when it exits on its own while running: `on-failure` (a non-zero
+    /// status after --success-exit, or a signal), `always`, or `never`; a drain ends it
+    #[arg(long, env = "LASTCALL_RESTART", value_name = "WHEN", default_value = "never",
+          value_parser = parse_restart, help_heading = "Restart")]
+    pub restart: RestartOn,
+
+    /// The backoff before the first restart within --restart-window; doubled for each
+    /// restart made within it
+    #[arg(long, env = "LASTCALL_RESTART_DELAY", value_name = "DUR", default_value = "100ms",
+          value_parser = parse_duration, help_heading = "Restart")]
+    pub restart_delay: Duration,
+
+    /// The longest backoff
+    #[arg(long, env = "LASTCALL_RESTART_MAX_DELAY", value_name = "DUR", default_value = "5m",
+          value_parser = parse_duration, help_heading = "Restart")]
+    pub restart_max_delay: Duration,
+
+    /// At most this many restarts within --restart-window: a child that ends past it is not
+    /// restarted, and lastcall exits with its status
+    #[arg(long, env = "LASTCALL_RESTART_LIMIT", value_name = "N", default_value = "5",
+          value_parser = parse_restart_limit, help_heading = "Restart")]
+    pub restart_limit: u32,
+
+    /// The window the restart budget and the backoff count restarts in
+    #[arg(long, env = "LASTCALL_RESTART_WINDOW", value_name = "DUR", default_value = "10m",
+          value_parser = parse_timeout, help_heading = "Restart")]
+    pub restart_window: Duration,
+
     /// Run the child as USER (name or uid) with its HOME and groups, or with GROUP alone, from
     /// /etc/passwd and /etc/group, and no capability; lastcall stays as it is (root)
     #[arg(long, env = "LASTCALL_USER", value_name = "USER[:GROUP]")]
@@ -385,6 +413,29 @@ impl Args {
             (sig, false) => Some(sig.unwrap_or(Sig(libc::SIGHUP))),
             (None, true) => None,
         };
+        if self.restart_delay > self.restart_max_delay {
+            return usage(format!(
+                "--restart-delay {} is longer than --restart-max-delay {}",
+                humantime::format_duration(self.restart_delay),
+                humantime::format_duration(self.restart_max_delay)
+            ));
+        }
+        // Without the subreaper the old child's orphans go to the real init: a restart could
+        // neither stop them nor wait for them before the new child starts.
+        if self.restart != RestartOn::Never && self.no_subreaper && std::process::id() != 1 {
+            return usage(
+                "--restart needs lastcall to reap the old child's orphans: not with \
+                 --no-subreaper (unless lastcall is PID 1)"
+                    .into(),
+            );
+        }
+        let restart = Restart {
+            when: self.restart,
+            delay: self.restart_delay,
+            max_delay: self.restart_max_delay,
+            limit: self.restart_limit,
+            window: self.restart_window,
+        };
         let drain_ports = match drain_ports(&self.drain_idle_port) {
             Some(ports) => ports,
             None => return usage("--drain-idle-port takes auto, off, or ports, not a mix".into()),
@@ -423,6 +474,7 @@ impl Args {
             wait_timeout: self.wait_timeout,
             on_wait_timeout: self.on_wait_timeout,
             on_exit: !hooks.is_empty(),
+            restart,
         };
         Ok(Config {
             command: self.command,
@@ -550,6 +602,25 @@ pub fn parse_on_wait_timeout(text: &str) -> Result<OnWaitTimeout, String> {
         "exit" => Ok(OnWaitTimeout::Exit),
         "start" => Ok(OnWaitTimeout::Start),
         _ => Err("expected exit or start".to_string()),
+    }
+}
+
+pub fn parse_restart(text: &str) -> Result<RestartOn, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "never" => Ok(RestartOn::Never),
+        "on-failure" => Ok(RestartOn::OnFailure),
+        "always" => Ok(RestartOn::Always),
+        _ => Err("expected on-failure, always or never".to_string()),
+    }
+}
+
+pub fn parse_restart_limit(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(n) if (1..=10_000).contains(&n) => Ok(n),
+        _ => {
+            Err("expected a number of restarts from 1 to 10000 (--restart never for none)"
+                .to_string())
+        }
     }
 }
 
@@ -715,6 +786,31 @@ mod tests {
             Ok(Ok(_)) => panic!("{argv:?} was accepted"),
             _ => panic!("{argv:?} did not parse"),
         }
+    }
+
+    #[test]
+    fn restart_flags() {
+        let config =
+            |argv: &[&str]| Args::try_parse_from(argv).ok().and_then(|a| a.into_config().ok());
+        let Some(c) = config(&["lastcall", "true"]) else { panic!("defaults refused") };
+        assert_eq!(c.policy.restart, Restart::DEFAULT, "never, 100ms to 5m, 5 in 10m");
+        let argv = ["lastcall", "--restart", "on-failure", "--restart-limit", "3", "true"];
+        let Some(c) = config(&argv) else { panic!("{argv:?} refused") };
+        assert_eq!((c.policy.restart.when, c.policy.restart.limit), (RestartOn::OnFailure, 3));
+        assert_eq!(parse_restart("Always"), Ok(RestartOn::Always));
+        assert_eq!(parse_restart("sometimes").unwrap_err(), "expected on-failure, always or never");
+        assert!(parse_restart_limit("0").is_err() && parse_restart_limit("x").is_err());
+        assert_eq!(
+            usage(&["lastcall", "--restart-delay", "10s", "--restart-max-delay", "1s", "true"]),
+            "--restart-delay 10s is longer than --restart-max-delay 1s"
+        );
+        assert!(Args::try_parse_from(["lastcall", "--restart-window", "0s", "true"]).is_err());
+        // Not PID 1 here: the old child's orphans would go to the real init, out of reach.
+        assert_eq!(
+            usage(&["lastcall", "--restart", "always", "--no-subreaper", "true"]),
+            "--restart needs lastcall to reap the old child's orphans: not with --no-subreaper \
+             (unless lastcall is PID 1)"
+        );
     }
 
     #[test]

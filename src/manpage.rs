@@ -36,7 +36,7 @@ serves an HTTP endpoint (\fB\-\-listen\fR, port 9753 by default):
 \fBGET /readyz\fR answers 200 while the child runs and is ready (see the readiness options),
 503 from the moment the drain starts;
 \fBGET /livez\fR answers 200 while the child is alive, the drain included, and 503 once it
-has exited.
+has exited (with \fB\-\-restart\fR, 200 while it is being restarted within the budget).
 .SS "The shutdown timeline"
 On SIGTERM or SIGINT, lastcall drains:
 .IP 1. 4
@@ -77,6 +77,23 @@ preStop delay + grace period + a margin of a few seconds
 after its stop signal: \fBterminationGracePeriodSeconds\fR in Kubernetes (default 30, which
 fits the defaults: 5s + 20s + 5s), \fBdocker stop \-\-time\fR or
 \fBdocker run \-\-stop\-timeout\fR (default 10), \fBTimeoutStopSec=\fR in systemd (default 90s).
+.SS "Restart"
+With \fB\-\-restart on\-failure\fR (a non-zero status after \fB\-\-success\-exit\fR, or a
+signal) or \fB\-\-restart always\fR, a child that exits on its own while running is started
+again, on the same \fB\-\-socket\fRs, so that clients wait in the backlog instead of being
+refused.
+\fB/readyz\fR answers 503 from the exit until the new child is ready by the same checks.
+Processes the old child left get the stop signal, then SIGKILL after the grace period, and
+the new child starts only once they are gone and the backoff is over: \fB\-\-restart\-delay\fR
+(100ms) doubled for each restart made within \fB\-\-restart\-window\fR (10m), at most
+\fB\-\-restart\-max\-delay\fR (5m).
+A child that ends with \fB\-\-restart\-limit\fR (5) restarts made within the window is not
+restarted: lastcall exits with its status, and its termination message says how many
+restarts there were.
+Once a drain has begun, no child is restarted; a SIGTERM or SIGINT during a backoff ends the
+run at once, with the status of the child that ended.
+\fB\-\-restart\fR is refused with \fB\-\-no\-subreaper\fR unless lastcall is PID 1: the old
+child's orphans would be out of its reach.
 "#;
 
 const SIGNALS: &str = r#".SH SIGNALS
@@ -123,6 +140,10 @@ The child's status (its code, or 128+N) is listed in \fB\-\-success\-exit\fR.
 .TP
 .B 2
 The command line or an option's variable is wrong; no child was started.
+.TP
+.I the last child's status
+With \fB\-\-restart\fR: the restart budget was exhausted, a SIGTERM or SIGINT came during a
+backoff, or the new child could not be started.
 .TP
 .B 125
 lastcall itself failed before starting the child, for example because the listen address is

@@ -241,6 +241,12 @@ impl Checker {
 
     /// Stops checking (the drain began, or the child is gone): in-flight commands get
     /// SIGKILL, sockets are closed.
+    /// Takes over the commands `old` abandoned, still to be reaped: their ends stay the
+    /// checker's, not the machine's.
+    pub fn take_over(&mut self, old: &mut Checker) {
+        self.abandoned.append(&mut old.abandoned);
+    }
+
     pub fn stop(&mut self, registry: &Registry) {
         self.running = false;
         self.next_round = None;
@@ -533,6 +539,17 @@ mod tests {
         nix::sys::wait::waitpid(pid, None).unwrap();
         assert_eq!(checker.on_exit(pid, ChildStatus::Signaled(SIGKILL)), Exit::Mine(None));
         assert_eq!(checker.on_exit(pid, ChildStatus::Signaled(SIGKILL)), Exit::NotMine);
+
+        // A checker started afresh (a restart's) takes over what the old one abandoned.
+        let mut old = Checker::new(exec("sleep 60"), second, second, 16, now);
+        old.on_tick(poll.registry(), now);
+        let pid = running(&old);
+        old.stop(poll.registry());
+        nix::sys::wait::waitpid(pid, None).unwrap();
+        let mut fresh = Checker::new(exec("sleep 60"), second, second, 16, now);
+        fresh.take_over(&mut old);
+        assert_eq!(fresh.on_exit(pid, ChildStatus::Signaled(SIGKILL)), Exit::Mine(None));
+        assert_eq!(old.on_exit(pid, ChildStatus::Signaled(SIGKILL)), Exit::NotMine);
     }
 
     #[test]

@@ -253,6 +253,33 @@ impl View<'_> {
         );
         let _ = writeln!(out, "lastcall_reload_failures_total {failed}");
 
+        let restarts = self.machine.restarts();
+        family(
+            &mut out,
+            "lastcall_restarts_total",
+            "counter",
+            "Children started again after the child ended (--restart).",
+        );
+        let _ = writeln!(out, "lastcall_restarts_total {}", restarts.total);
+        if let Some(status) = restarts.last_exit {
+            family(
+                &mut out,
+                "lastcall_child_last_exit_status",
+                "gauge",
+                "How the last child to end ended: its exit status, or 128+N for signal N.",
+            );
+            let _ = writeln!(out, "lastcall_child_last_exit_status {}", status.code());
+        }
+        if let Some(backoff) = restarts.backoff {
+            family(
+                &mut out,
+                "lastcall_restart_backoff_seconds",
+                "gauge",
+                "The backoff of the restart under way, or of the last one.",
+            );
+            let _ = writeln!(out, "lastcall_restart_backoff_seconds {:.3}", backoff.as_secs_f64());
+        }
+
         let timings = [
             (
                 "lastcall_last_drain_seconds",
@@ -285,6 +312,21 @@ impl View<'_> {
             phase.name(),
             show::duration(in_phase)
         );
+        if let Phase::Restarting { at, left, .. } = phase {
+            let backoff = self.machine.restarts().backoff.unwrap_or_default();
+            let _ = write!(
+                text,
+                "restart: backoff {}, new child in {}",
+                show::duration(backoff),
+                show::duration(at.saturating_duration_since(self.now))
+            );
+            text.push_str(if left { " once the old child's processes are gone\n" } else { "\n" });
+        }
+        let restarts = self.machine.restarts();
+        if restarts.total > 0 || restarts.last_exit.is_some() {
+            let last = restarts.last_exit.map_or("none".to_string(), |s| s.to_string());
+            let _ = writeln!(text, "restarts: {}; last child exit: {last}", restarts.total);
+        }
         for (name, outcome) in self.checks() {
             let result = match outcome {
                 Outcome::Unknown => "not run yet".to_string(),

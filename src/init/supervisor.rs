@@ -12,8 +12,8 @@
 //! 4. the endpoint: accept, answer from a snapshot taken now, close what expired;
 //! 5. a tick, for the machine's deadlines.
 //!
-//! An action that brings an input back (a reload's new child, a connection count) queues it,
-//! and the queue is empty before the next step of the turn: no recursion.
+//! An action that brings an input back (a reload's or a restart's new child, a connection
+//! count) queues it, and the queue is empty before the next step of the turn: no recursion.
 //!
 //! With `--wait-for`, the child starts when the machine asks ([`Action::StartChild`]); until
 //! then the dependencies are probed in step 3 like the readiness checks, by a checker of
@@ -102,6 +102,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         timeout: config.check_timeout,
     };
     let deps = Checker::new(config.wait, WAIT_EVERY, WAIT_ATTEMPT, FIRST_DEP, started);
+    let restart_checks = ready.clone();
     let (machine, checker, later, oom, failed) = if deps.is_active() {
         let machine = Machine::waiting(config.policy, started);
         (machine, ready.checker(started, true), Some(ready), watch_oom(), None)
@@ -129,6 +130,7 @@ pub fn run(config: Config) -> Result<u8, Fatal> {
         endpoint,
         checker,
         later,
+        restart_checks,
         deps,
         awaited: Vec::new(),
         child_notify,
@@ -162,6 +164,7 @@ fn not_started(e: spawn::SpawnError) -> Input {
 }
 
 /// The `--ready-*` checks, to start once the child runs.
+#[derive(Clone)]
 struct ReadyChecks {
     checks: Vec<Check>,
     interval: Duration,
@@ -243,6 +246,8 @@ struct Supervisor {
     checker: Checker,
     /// The readiness checks, held while lastcall waits for the dependencies.
     later: Option<ReadyChecks>,
+    /// The readiness checks, started afresh for a restart's new child.
+    restart_checks: ReadyChecks,
     /// The awaited dependencies' probes (none without `--wait-for`), and what the machine
     /// was last told of them.
     deps: Checker,
@@ -592,6 +597,12 @@ impl Supervisor {
                 return Some(Input::AppRead(self.eyes.read(Instant::now(), own)));
             }
             Action::StopChecks => self.checker.stop(self.poll.registry()),
+            Action::StartChecks => {
+                self.checker.stop(self.poll.registry());
+                let mut fresh = self.restart_checks.checker(Instant::now(), false);
+                fresh.take_over(&mut self.checker);
+                self.checker = fresh;
+            }
             Action::Systemd(message) => {
                 if let Some(systemd) = self.systemd.as_ref() {
                     systemd.send(&message);

@@ -210,6 +210,7 @@ impl Machine {
         let killing = match self.phase {
             Phase::Killing { .. } => true,
             Phase::Reaping { kill_at, .. } => kill_at.is_none(),
+            Phase::Restarting { left, kill_at, .. } => left && kill_at.is_none(),
             _ => false,
         };
         let main = self.child();
@@ -311,7 +312,10 @@ impl Machine {
                 }
             }
             // The child is gone in these: not its end.
-            Phase::Waiting { .. } | Phase::Reaping { .. } | Phase::Exited { .. } => ChildEnd {
+            Phase::Waiting { .. }
+            | Phase::Reaping { .. }
+            | Phase::Restarting { .. }
+            | Phase::Exited { .. } => ChildEnd {
                 ending: Ending::Own(status),
                 shown: format!("child {status}"),
                 took: None,
@@ -328,6 +332,7 @@ impl Machine {
             Some(ending) => ending.to_string(),
             None => format!("exiting with {code}"),
         };
+        let why = self.with_restarts(why);
         self.exit_with(code, why, out);
     }
 
@@ -344,6 +349,11 @@ impl Machine {
     /// OOM killer killed it, surely or probably.
     pub(super) fn ending_of(&self, from_phase: Ending) -> Ending {
         self.oom.main.unwrap_or(from_phase)
+    }
+
+    /// The child that was restarted was said already: its OOM kill is not a later one's.
+    pub(super) fn forget_oom_end(&mut self) {
+        self.oom.main = None;
     }
 
     /// OOM kills seen in lastcall's memory cgroup since start.

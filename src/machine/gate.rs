@@ -23,6 +23,8 @@ pub struct Gate {
     /// When an app that never became ready is reported as such (once).
     warn_at: Option<Instant>,
     startup_timeout: std::time::Duration,
+    /// What `started` was: the first start, or a restart.
+    after: &'static str,
 }
 
 impl Gate {
@@ -33,11 +35,23 @@ impl Gate {
             checks: !policy.checks,
             failing: None,
             notify: policy.notify.then_some(false),
-            ever_ready: false,
+            // With nothing to wait for, the app is ready from its start.
+            ever_ready: !gated,
             started,
             warn_at: gated.then(|| started + policy.startup_timeout),
             startup_timeout: policy.startup_timeout,
+            after: "start",
         }
+    }
+
+    /// A restart's new child runs: unready until its checks pass and it speaks again.
+    pub fn restarted(&mut self, policy: &Policy, now: Instant) {
+        *self = Gate { probed: self.probed, after: "the restart", ..Gate::new(policy, now) };
+    }
+
+    /// The app has been ready since the child (or the restart's new child) started.
+    pub fn ever_ready(&self) -> bool {
+        self.ever_ready
     }
 
     pub fn ready(&self) -> bool {
@@ -87,7 +101,7 @@ impl Gate {
         let line = if ready && !self.ever_ready {
             self.ever_ready = true;
             let took = now.saturating_duration_since(self.started);
-            format!("the app is ready ({} after start)", show::duration(took))
+            format!("the app is ready ({} after {})", show::duration(took), self.after)
         } else if ready {
             "the app is ready again".to_string()
         } else {
@@ -106,8 +120,9 @@ impl Gate {
             out.push(super::log(
                 Level::Warn,
                 format!(
-                    "the app is not ready {} after start ({}); it keeps running, unready",
+                    "the app is not ready {} after {} ({}); it keeps running, unready",
                     show::duration(self.startup_timeout),
+                    self.after,
                     self.failing().unwrap_or_default()
                 ),
             ));

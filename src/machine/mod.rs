@@ -5,7 +5,7 @@
 //! shutdown step), what to tell systemd, when a phase ends and why the run ended lives here,
 //! so it is tested with an injected clock and no sleeping.
 //!
-//! It is made of five parts, each in its own file with its own tests:
+//! It is made of these parts, each in its own file with its own tests:
 //! - [`shutdown`]: the [`Phase`]s from running to exited, each carrying its own data;
 //! - [`gate`]: whether the app is ready (checks, the child's own word), and what to log of it;
 //! - [`reload`]: a new child on the same sockets, and the old ones being stopped;
@@ -13,12 +13,14 @@
 //! - [`watch`]: when a request-aware drain may end: the app's connections, as the drain wing
 //!   sums up each read ([`AppSummary`]), and the clients probing `/readyz`;
 //! - [`ending`]: the termination message, and which deaths by SIGKILL were OOM kills;
-//! - [`deps`]: the wait for the app's dependencies before the child starts.
+//! - [`deps`]: the wait for the app's dependencies before the child starts;
+//! - [`restart`]: a child that ends on its own started again, with a backoff and a budget.
 
 mod deps;
 mod ending;
 mod gate;
 mod reload;
+mod restart;
 mod shutdown;
 mod systemd;
 mod watch;
@@ -34,6 +36,7 @@ use crate::init::status::ChildStatus;
 
 pub use deps::{Deps, OnWaitTimeout};
 pub use ending::Ending;
+pub use restart::{Restart, RestartOn};
 pub use shutdown::{DrainEnd, Phase};
 pub use watch::{AppSummary, Evidence, Probe, ReadBy};
 
@@ -91,6 +94,8 @@ pub struct Policy {
     pub on_wait_timeout: OnWaitTimeout,
     /// `--on-exit` or `--on-exit-exec` were given: the hooks run when lastcall exits.
     pub on_exit: bool,
+    /// `--restart` and its backoff and budget.
+    pub restart: Restart,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -100,9 +105,9 @@ pub enum Input {
     /// A reaping pass collected processes: how each ended (but the readiness checks'
     /// commands, which are the checker's), and whether lastcall has children left.
     Reaped { exits: Vec<(Pid, ChildStatus)>, children_left: bool },
-    /// A reload's new child was started.
+    /// A reload's or a restart's new child was started.
     Spawned(Pid),
-    /// A reload's new child could not be started, and why.
+    /// A reload's or a restart's new child could not be started, and why.
     SpawnFailed(String),
     /// `/readyz` was answered (it makes `--prestop-delay auto` choose a delay, and the
     /// request-aware drain waits for the probers to hear 503).
@@ -155,9 +160,11 @@ pub enum Action {
     FindAppPorts,
     /// Read the app's connections on those ports and report them as [`Input::AppRead`].
     ReadApp,
-    /// Start a new child on the same sockets; report it as [`Input::Spawned`] or
-    /// [`Input::SpawnFailed`].
+    /// Start a new child on the same sockets (a reload's or a restart's); report it as
+    /// [`Input::Spawned`] or [`Input::SpawnFailed`].
     SpawnNew,
+    /// Start the readiness checks afresh: a restart's new child runs.
+    StartChecks,
     /// Stop the readiness checks: readiness no longer matters once the child stops running,
     /// and a check must not hold a connection open while the app's connections are counted.
     StopChecks,
@@ -282,6 +289,7 @@ pub struct Machine {
     ending: Option<Ending>,
     /// The wait for the dependencies, when there was one.
     deps: Option<Deps>,
+    restarts: restart::Restarts,
 }
 
 impl Machine {
@@ -299,6 +307,7 @@ impl Machine {
             oom: ending::Oom::default(),
             ending: None,
             deps: None,
+            restarts: restart::Restarts::default(),
             policy,
         }
     }
@@ -313,10 +322,16 @@ impl Machine {
             Input::Reaped { exits, children_left } => {
                 self.on_reaped(exits, children_left, now, &mut out)
             }
-            Input::Spawned(pid) => self.on_spawned(pid, now),
+            Input::Spawned(pid) => {
+                if !self.restart_spawned(pid, now, &mut out) {
+                    self.on_spawned(pid, now)
+                }
+            }
             Input::SpawnFailed(why) => {
-                out.push(log(Level::Warn, format!("reload: {why}")));
-                self.reload_failed("could not be started", now, &mut out);
+                if !self.restart_failed(&why, &mut out) {
+                    out.push(log(Level::Warn, format!("reload: {why}")));
+                    self.reload_failed("could not be started", now, &mut out);
+                }
             }
             Input::Probed(probe) => {
                 self.gate.probed = true;
@@ -339,6 +354,7 @@ impl Machine {
                 self.wait_tick(now, &mut out);
                 self.on_tick(now, &mut out);
                 self.reload_tick(now, &mut out);
+                self.restart_tick(now, &mut out);
                 let running = matches!(self.phase, Phase::Running { .. });
                 self.gate.on_tick(running, now, &mut out);
             }
@@ -409,6 +425,7 @@ impl Machine {
         // A pass that reaped only check commands still says whether anything is left.
         if others > 0 || main_status.is_none() {
             self.on_others_reaped(others_left, out);
+            self.restart_reaped(others_left, now, out);
         }
         if let Some(status) = main_status {
             self.on_child_exit(status, others_left, now, out);
@@ -459,9 +476,11 @@ impl Machine {
         matches!(self.phase, Phase::Running { .. }) && self.gate.ready()
     }
 
-    /// What `/livez` answers: the child is alive, drain or not, or lastcall waits to start it.
+    /// What `/livez` answers: the child is alive, drain or not, or lastcall waits to start
+    /// it, or to start it again within the restart budget.
     pub fn is_live(&self) -> bool {
-        self.child().is_some() || matches!(self.phase, Phase::Waiting { .. })
+        self.child().is_some()
+            || matches!(self.phase, Phase::Waiting { .. } | Phase::Restarting { .. })
     }
 
     /// The main child's pid while it is alive.
@@ -603,8 +622,20 @@ pub mod testing {
                 wait_timeout: Duration::from_secs(60),
                 on_wait_timeout: OnWaitTimeout::Exit,
                 on_exit: false,
+                restart: Restart::DEFAULT,
             }
         }
+    }
+
+    impl Restart {
+        /// The command line's defaults: never; 100ms doubled up to 5m; 5 in 10m.
+        pub const DEFAULT: Restart = Restart {
+            when: RestartOn::Never,
+            delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(300),
+            limit: 5,
+            window: Duration::from_secs(600),
+        };
     }
 
     impl Machine {
@@ -646,6 +677,7 @@ pub mod testing {
                         Action::Log(..)
                             | Action::Systemd(_)
                             | Action::StopChecks
+                            | Action::StartChecks
                             | Action::Ended(_)
                             | Action::OnExit
                     )

@@ -66,7 +66,11 @@ impl Reload {
 
 impl Machine {
     pub(super) fn reload(&mut self, sig: Sig, out: &mut Vec<Action>) {
-        if !matches!(self.phase, Phase::Running { .. }) {
+        if let Phase::Restarting { .. } = self.phase {
+            out.push(info(format!(
+                "received {sig} while the child restarts: no reload (the restart starts a new child)"
+            )));
+        } else if !matches!(self.phase, Phase::Running { .. }) {
             out.push(info(format!("received {sig} while stopping: no reload")));
         } else if self.reload.starting.is_some() {
             if !self.reload.queued {

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! Running ─TERM/INT─► Draining ─delay over / app idle─► Stopping ─grace over─► Killing
-//!    └── the child exits (any phase) ──► Exited, or Reaping while other processes remain
+//!    ├── the child exits (any phase) ──► Exited, or Reaping while other processes remain
+//!    └── with --restart, it exits while running ──► Restarting ──► Running (see `restart`)
 //! ```
 //!
 //! Each phase carries its own data: a pid only where the child lives, the drain's
@@ -97,14 +98,32 @@ pub enum Phase {
     /// signal, and get SIGKILL at `kill_at` (`None`: already sent). `signals` counts
     /// SIGTERM/SIGINT, the drain's included: the third kills at once.
     Reaping { status: ChildStatus, since: Instant, kill_at: Option<Instant>, signals: u32 },
+    /// The child ended with `status` at `since` while running, and is started again (see
+    /// [`super::restart`]) at `at`, once no process is `left` under lastcall: those were sent
+    /// the stop signal, and get SIGKILL at `kill_at` (`None`: sent, or none left).
+    Restarting {
+        status: ChildStatus,
+        since: Instant,
+        at: Instant,
+        left: bool,
+        kill_at: Option<Instant>,
+    },
     /// Nothing is left; lastcall exits with `code`.
     Exited { code: u8 },
 }
 
 impl Phase {
     /// Every phase's name, for `/metrics` (one gauge each).
-    pub const NAMES: [&'static str; 7] =
-        ["waiting", "running", "draining", "stopping", "killing", "reaping", "exited"];
+    pub const NAMES: [&'static str; 8] = [
+        "waiting",
+        "running",
+        "draining",
+        "stopping",
+        "killing",
+        "reaping",
+        "exited",
+        "restarting",
+    ];
 
     pub fn name(&self) -> &'static str {
         let i = match self {
@@ -115,6 +134,7 @@ impl Phase {
             Phase::Killing { .. } => 4,
             Phase::Reaping { .. } => 5,
             Phase::Exited { .. } => 6,
+            Phase::Restarting { .. } => 7,
         };
         Phase::NAMES[i]
     }
@@ -126,7 +146,8 @@ impl Phase {
             | Phase::Running { since, .. }
             | Phase::Stopping { since, .. }
             | Phase::Killing { since, .. }
-            | Phase::Reaping { since, .. } => Some(since),
+            | Phase::Reaping { since, .. }
+            | Phase::Restarting { since, .. } => Some(since),
             Phase::Draining { drain, .. } => Some(drain.started),
             Phase::Exited { .. } => None,
         }
@@ -139,7 +160,10 @@ impl Phase {
             | Phase::Draining { pid, .. }
             | Phase::Stopping { pid, .. }
             | Phase::Killing { pid, .. } => Some(pid),
-            Phase::Waiting { .. } | Phase::Reaping { .. } | Phase::Exited { .. } => None,
+            Phase::Waiting { .. }
+            | Phase::Reaping { .. }
+            | Phase::Restarting { .. }
+            | Phase::Exited { .. } => None,
         }
     }
 
@@ -161,6 +185,8 @@ impl Phase {
             }
             Phase::Stopping { deadline, .. } => Some(deadline),
             Phase::Reaping { kill_at, .. } => kill_at,
+            Phase::Restarting { left: true, kill_at, .. } => kill_at,
+            Phase::Restarting { at, .. } => Some(at),
             _ => None,
         }
     }
@@ -215,6 +241,7 @@ impl Machine {
                     self.kill_descendants(status, since, signals, out);
                 }
             }
+            Phase::Restarting { .. } => self.restart_stopped(sig, now, out),
             Phase::Waiting { .. } | Phase::Killing { .. } | Phase::Exited { .. } => {}
         }
     }
@@ -222,6 +249,10 @@ impl Machine {
     fn start_drain(&mut self, pid: Pid, sig: Sig, now: Instant, out: &mut Vec<Action>) {
         self.abandon_reload(now, out);
         let (delay, why) = match self.policy.prestop {
+            // /readyz has answered 503 since the crash: nothing routed here is to be waited for.
+            _ if self.restarts.total > 0 && !self.gate.ever_ready() => {
+                (Duration::ZERO, "the restarted child has not been ready yet")
+            }
             Prestop::Fixed(d) => (d, "--prestop-delay"),
             Prestop::Auto if self.policy.in_kubernetes => {
                 (AUTO_PRESTOP, "auto: KUBERNETES_SERVICE_HOST is set")
@@ -397,6 +428,9 @@ impl Machine {
         now: Instant,
         out: &mut Vec<Action>,
     ) {
+        if self.restart_on_exit(status, others_left, now, out) {
+            return;
+        }
         let code = status.exit_code(&self.policy.success_exit);
         let end = self.child_end(status, now);
         let (pid, drain) = (self.phase.pid(), self.phase.drain());

@@ -1,6 +1,7 @@
 //! What systemd hears when lastcall runs as a `Type=notify` service: READY=1 when `/readyz`
 //! would first answer 200, STOPPING=1 once when lastcall starts to go down, STATUS= at each
-//! phase change, and the watchdog ping while the child lives.
+//! phase change and when a child it said was not ready yet becomes ready (a restart's new
+//! child), and the watchdog ping while the child lives.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +11,8 @@ pub struct Report {
     ready_sent: bool,
     /// The phase the last STATUS= named ("" before the first).
     last_phase: &'static str,
+    /// The last STATUS= said the running app was not ready yet.
+    waiting_said: bool,
     /// How often to ping the watchdog, and when next.
     watchdog: Option<(Duration, Instant)>,
 }
@@ -19,6 +22,7 @@ impl Report {
         Report {
             ready_sent: false,
             last_phase: "",
+            waiting_said: false,
             watchdog: watchdog.map(|every| (every, started + every)),
         }
     }
@@ -40,14 +44,22 @@ impl Report {
             out.push(Action::Systemd("READY=1\nSTATUS=running, ready".into()));
             self.ready_sent = true;
             self.last_phase = phase.name();
+            self.waiting_said = false;
         }
         if phase.name() != self.last_phase {
-            if self.last_phase == "running" {
+            let up = |name: &str| name == "running" || name == "restarting";
+            if up(self.last_phase) && !up(phase.name()) {
                 // Once, when lastcall starts to go down, whatever the reason.
                 out.push(Action::Systemd("STOPPING=1".into()));
             }
             out.push(Action::Systemd(format!("STATUS={}", status(phase, ready))));
             self.last_phase = phase.name();
+            self.waiting_said = matches!(phase, Phase::Running { .. }) && !ready;
+        } else if self.waiting_said && ready {
+            // A restart's new child said to wait is ready: READY=1 went out long ago, and
+            // the status must not keep saying it waits.
+            out.push(Action::Systemd(format!("STATUS={}", status(phase, ready))));
+            self.waiting_said = false;
         }
         if let Some((every, at)) = self.watchdog.filter(|&(_, at)| at <= now) {
             if live {
@@ -68,6 +80,7 @@ fn status(phase: &Phase, ready: bool) -> String {
         Phase::Stopping { .. } => "stopping: stop signal sent, waiting for the child",
         Phase::Killing { .. } => "killing: grace period over, SIGKILL sent",
         Phase::Reaping { .. } => "child exited; stopping the processes it left",
+        Phase::Restarting { .. } => "child exited; restarting it",
         Phase::Exited { code } => return format!("exiting with {code}"),
     };
     text.to_string()
@@ -76,7 +89,9 @@ fn status(phase: &Phase, ready: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::testing::*;
-    use super::super::{Input, Policy, Prestop};
+    use nix::unistd::Pid;
+
+    use super::super::{Input, Policy, Prestop, Restart, RestartOn};
     use super::*;
     use crate::init::signals::SIGTERM;
     use crate::init::status::ChildStatus;
@@ -133,6 +148,29 @@ mod tests {
         assert_eq!(told(r.all(pass)), ["READY=1\nSTATUS=running, ready"]);
         let fail = Input::Checks { pass: false, failing: Some("x".into()) };
         assert!(told(r.all(fail)).is_empty(), "no STATUS for readiness changes");
+    }
+
+    #[test]
+    fn a_restarted_child_is_said_ready_once_its_checks_pass() {
+        let restart = Restart { when: RestartOn::OnFailure, ..Restart::DEFAULT };
+        let mut r = Run::new(Policy { restart, ..under_systemd(true, None) });
+        r.all(Input::Tick);
+        r.all(Input::Checks { pass: true, failing: None });
+        let crash = vec![(PID, ChildStatus::Exited(1))];
+        assert_eq!(
+            told(r.at(secs(1)).all(Input::Reaped { exits: crash, children_left: false })),
+            ["STATUS=child exited; restarting it"]
+        );
+        r.at(Duration::from_millis(1_100)).all(Input::Tick);
+        assert_eq!(
+            told(r.all(Input::Spawned(Pid::from_raw(43)))),
+            ["STATUS=running, waiting for the app to be ready"]
+        );
+        assert_eq!(
+            told(r.all(Input::Checks { pass: true, failing: None })),
+            ["STATUS=running, ready"],
+            "not left saying it waits"
+        );
     }
 
     #[test]

@@ -72,6 +72,14 @@ fn bad_option_values_are_usage_errors() {
         (&["--stop-signal", "CHLD"], &["--stop-signal", "CHLD"]),
         (&["--stop-signal", "RTMIN++1"], &["--stop-signal", "RTMIN++1"]),
         (&["--stop-signal", "RTMIN+-1"], &["--stop-signal", "RTMIN+-1"]),
+        (&["--restart", "sometimes"], &["--restart", "sometimes"]),
+        (&["--restart-delay", "soon"], &["--restart-delay", "soon"]),
+        (&["--restart-max-delay", "1000years"], &["--restart-max-delay", "1000years"]),
+        (&["--restart-limit", "0"], &["--restart-limit", "0"]),
+        (&["--restart-limit", "10001"], &["--restart-limit", "10001"]),
+        (&["--restart-window", "0s"], &["--restart-window", "0s"]),
+        (&["--restart-delay", "10s", "--restart-max-delay", "1s"], &["--restart-delay", "1s"]),
+        (&["--restart", "on-failure", "--no-subreaper"], &["--restart", "--no-subreaper"]),
     ];
     for (args, names) in cases {
         check_usage_error(args, &[], names);
@@ -89,6 +97,9 @@ fn bad_values_in_the_environment_are_usage_errors() {
         ("LASTCALL_LOG_LEVEL", "loud", "--log-level"),
         ("LASTCALL_GROUP", "maybe", "--group"),
         ("LASTCALL_NO_SUBREAPER", "maybe", "--no-subreaper"),
+        ("LASTCALL_RESTART", "sometimes", "--restart"),
+        ("LASTCALL_RESTART_LIMIT", "x", "--restart-limit"),
+        ("LASTCALL_RESTART_WINDOW", "0s", "--restart-window"),
     ];
     for (key, value, option) in cases {
         // The option's flag or the variable itself names it well enough.

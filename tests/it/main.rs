@@ -20,6 +20,7 @@ mod race;
 mod readiness;
 mod reaping;
 mod reload;
+mod restart;
 mod sidecars;
 mod signals;
 mod support;
