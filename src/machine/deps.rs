@@ -306,13 +306,7 @@ mod tests {
         let out = r.at(secs(10)).all(Input::Tick);
         assert_eq!(r.m.exit_code(), Some(WAIT_TIMED_OUT));
         assert!(!out.contains(&Action::StartChild));
-        let error: Vec<_> = out
-            .iter()
-            .filter_map(|a| match a {
-                Action::Log(Level::Error, line, _) => Some(line.as_str()),
-                _ => None,
-            })
-            .collect();
+        let error = logged(&out, Level::Error);
         assert_eq!(
             error,
             ["gave up after 10.0s: never came up: tcp://127.0.0.1:15021 (Connection refused \

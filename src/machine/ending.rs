@@ -371,17 +371,6 @@ mod tests {
 
     const SIGINT: Sig = Sig(libc::SIGINT);
 
-    /// What lastcall writes to the termination log at the end of the run.
-    fn ended(actions: &[Action]) -> Vec<String> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Ended(why) => Some(why.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn exits(status: ChildStatus, left: bool) -> Input {
         Input::Reaped { exits: vec![(PID, status)], children_left: left }
     }

@@ -597,6 +597,28 @@ pub mod testing {
         Sig(n)
     }
 
+    /// What lastcall writes to the termination log at the end of the run, in `actions`.
+    pub fn ended(actions: &[Action]) -> Vec<String> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Ended(why) => Some(why.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The lines logged at exactly `level` in `actions`.
+    pub fn logged(actions: &[Action], level: Level) -> Vec<&str> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Log(l, line, _) if *l == level => Some(line.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
     impl Policy {
         /// The command line's defaults (`--prestop-delay 5s`), for tests.
         pub fn for_tests() -> Policy {

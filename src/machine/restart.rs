@@ -339,16 +339,6 @@ mod tests {
         }
     }
 
-    fn ended(actions: &[Action]) -> Vec<String> {
-        actions
-            .iter()
-            .filter_map(|a| match a {
-                Action::Ended(why) => Some(why.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn crash(pid: Pid) -> Input {
         Input::Reaped { exits: vec![(pid, ChildStatus::Exited(1))], children_left: false }
     }
@@ -437,13 +427,7 @@ mod tests {
         }
         assert_eq!(r.m.restarts().total, 5);
         let out = r.at(at).all(crash(pid));
-        let errors: Vec<&str> = out
-            .iter()
-            .filter_map(|a| match a {
-                Action::Log(Level::Error, line, _) => Some(line.as_str()),
-                _ => None,
-            })
-            .collect();
+        let errors = logged(&out, Level::Error);
         assert_eq!(
             errors,
             ["child 104 exited with status 1 after 50ms; restart budget exhausted: 5 restart(s) \

@@ -3,12 +3,10 @@
 //! sending requests over new connections all along sees no refused or failed request.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
+use crate::support::serial::{Client, request};
 use crate::support::{Running, TestDir, free_port, has_python, http, wait_until};
 
 /// A socket-activated HTTP server: serves fd 3, answers with its pid, says READY=1 when it
@@ -45,78 +43,6 @@ while not stopping:
     c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
     c.close()
 "#;
-
-/// Requests over new connections, one after the other, until told to stop.
-struct Client {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failed: Arc<Mutex<Vec<String>>>,
-    pids: Arc<Mutex<Vec<u32>>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Client {
-    fn start(port: u16) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(Mutex::new(Vec::new()));
-        let pids = Arc::new(Mutex::new(Vec::new()));
-        let (s, o, f, p) = (stop.clone(), ok.clone(), failed.clone(), pids.clone());
-        let thread = std::thread::spawn(move || {
-            // Bounded: at most this many requests, whatever happens.
-            for _ in 0..200_000 {
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                match request(port) {
-                    Ok(pid) => {
-                        o.fetch_add(1, Ordering::Relaxed);
-                        let mut seen = p.lock().unwrap();
-                        if seen.last() != Some(&pid) {
-                            seen.push(pid);
-                        }
-                    }
-                    Err(e) => f.lock().unwrap().push(e),
-                }
-            }
-        });
-        Client { stop, ok, failed, pids, thread: Some(thread) }
-    }
-
-    fn last_pid(&self) -> Option<u32> {
-        self.pids.lock().unwrap().last().copied()
-    }
-
-    fn finish(mut self) -> (u64, Vec<String>, Vec<u32>) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            t.join().expect("the client thread");
-        }
-        let failed = self.failed.lock().unwrap().clone();
-        let pids = self.pids.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failed, pids)
-    }
-}
-
-impl Drop for Client {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
-fn request(port: u16) -> Result<u32, String> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| format!("write: {e}"))?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(|e| format!("read: {e}"))?;
-    let (head, body) = answer.split_once("\r\n\r\n").ok_or(format!("no answer: {answer:?}"))?;
-    if !head.starts_with("HTTP/1.0 200") {
-        return Err(format!("status: {head:?}"));
-    }
-    body.parse().map_err(|_| format!("body: {body:?}"))
-}
 
 /// lastcall holding the socket on `port`, with the endpoint on `admin`.
 fn start(dir: &TestDir, port: u16, admin: u16, extra: &[&str]) -> Running {
@@ -156,7 +82,8 @@ fn reloads_in_a_row(notify: bool) {
         seen.extend(client.last_pid());
     }
     // The client stops first: once lastcall exits, the socket is closed for good.
-    let (ok, failed, pids) = client.finish();
+    let (ok, failed, firsts) = client.finish();
+    let pids: Vec<u32> = firsts.iter().map(|&(pid, _)| pid).collect();
     let finished = lastcall.signal_and_wait(libc::SIGTERM);
     finished.check(finished.code() == Some(0), "the last child exits 0 on SIGTERM");
     writeln_stderr(&format!("5 reloads: {ok} requests, {} failed, pids {pids:?}", failed.len()));
@@ -211,8 +138,9 @@ fn a_failed_reload_keeps_the_old_child_serving() {
     lastcall.signal(libc::SIGHUP);
     lastcall
         .wait_until("the reload fails", || metric(admin, "lastcall_reload_failures_total") == 1);
-    wait_until("a few more requests", || client.ok.load(Ordering::Relaxed) > 20);
-    let (ok, failed, pids) = client.finish();
+    wait_until("a few more requests", || client.answered() > 20);
+    let (ok, failed, firsts) = client.finish();
+    let pids: Vec<u32> = firsts.iter().map(|&(pid, _)| pid).collect();
     assert!(failed.is_empty(), "{} of {ok} requests failed: {failed:?}", failed.len());
     assert_eq!(pids, [first], "the old child served throughout");
     assert_eq!(metric(admin, "lastcall_reloads_total"), 0);

@@ -2,12 +2,9 @@
 //! budget; `/readyz` follows, the old child's processes go first, a SIGTERM ends it at once,
 //! and on held sockets (`--socket`) a client sees no refused connection.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::support::serial::{Client, request};
 use crate::support::{
     LASTCALL, TestDir, can_unshare, free_port, has_python, http, metric, wait_until,
 };
@@ -193,17 +190,6 @@ while True:
         os._exit(1)
 "#;
 
-fn request(port: u16) -> Result<u32, String> {
-    let mut stream =
-        TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| format!("write: {e}"))?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).map_err(|e| format!("read: {e}"))?;
-    let (_, body) = answer.split_once("\r\n\r\n").ok_or(format!("no answer: {answer:?}"))?;
-    body.parse().map_err(|_| format!("body: {body:?}"))
-}
-
 #[test]
 fn held_sockets_refuse_no_connection_through_three_crash_restarts() {
     if !has_python() {
@@ -218,44 +204,17 @@ fn held_sockets_refuse_no_connection_through_three_crash_restarts() {
         .args(["--restart", "on-failure", "--", "python3", "-c", SERVER])
         .spawn();
     lastcall.wait_until("the app answers", || request(port).is_ok());
-    let stop = Arc::new(AtomicBool::new(false));
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(Mutex::new(Vec::new()));
-    let pids = Arc::new(Mutex::new(Vec::new()));
-    let (s, o, f, p) = (stop.clone(), ok.clone(), failed.clone(), pids.clone());
-    let client = std::thread::spawn(move || {
-        for _ in 0..200_000 {
-            if s.load(Ordering::Relaxed) {
-                return;
-            }
-            let sent = Instant::now();
-            match request(port) {
-                Ok(pid) => {
-                    o.fetch_add(1, Ordering::Relaxed);
-                    let mut seen = p.lock().unwrap();
-                    // Each child's first answer, and how long its request waited for it.
-                    if seen.last().map(|&(last, _)| last) != Some(pid) {
-                        seen.push((pid, sent.elapsed()));
-                    }
-                }
-                Err(e) => f.lock().unwrap().push(e),
-            }
-        }
-    });
+    let client = Client::start(port);
     for n in 1..=3 {
         dir.write("crash", "");
         lastcall.wait_until(&format!("restart {n} serves"), || {
             metric(admin, "lastcall_restarts_total") == Some(n as f64)
-                && pids.lock().unwrap().len() == n + 1
+                && client.pids().len() == n + 1
         });
     }
-    wait_until("a few more requests", || ok.load(Ordering::Relaxed) > 20);
-    stop.store(true, Ordering::Relaxed);
-    client.join().expect("the client thread");
-    let failed = failed.lock().unwrap().clone();
-    let served = ok.load(Ordering::Relaxed);
+    wait_until("a few more requests", || client.answered() > 20);
+    let (served, failed, firsts) = client.finish();
     assert!(failed.is_empty(), "{} of {served} requests failed: {failed:?}", failed.len());
-    let firsts = pids.lock().unwrap().clone();
     assert_eq!(firsts.len(), 4, "four children served: {firsts:?}");
     // The request sent right after each crash waited in the backlog through the backoff
     // (100ms at least) and the new child's start: requests were made while no child ran.

@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod lb;
+pub mod serial;
 
 use std::collections::HashMap;
 use std::fmt;
