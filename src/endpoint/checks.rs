@@ -189,13 +189,6 @@ impl Checker {
         }
     }
 
-    /// A checker with nothing to check, for tests.
-    #[cfg(test)]
-    pub fn none(now: Instant) -> Checker {
-        let second = Duration::from_secs(1);
-        Checker::new(vec![], second, second, 16, now)
-    }
-
     pub fn is_active(&self) -> bool {
         !self.slots.is_empty()
     }

@@ -398,6 +398,12 @@ mod tests {
     use crate::init::status::ChildStatus;
     use crate::machine::Input;
 
+    /// A checker with no check to run.
+    fn no_checks(now: Instant) -> crate::endpoint::checks::Checker {
+        let second = Duration::from_secs(1);
+        crate::endpoint::checks::Checker::new(vec![], second, second, 16, now)
+    }
+
     /// Checks the text against the exposition format's line grammar: every sample belongs
     /// to a family declared by HELP and TYPE lines before it, and its value is a number.
     fn well_formed(text: &str) {
@@ -431,7 +437,7 @@ mod tests {
         m.step(Input::Reaped { exits: orphans.collect(), children_left: true }, t0);
         let mut http = HttpCounters::default();
         http.probes[0][0] = 7;
-        let checker = crate::endpoint::checks::Checker::none(t0);
+        let checker = no_checks(t0);
         let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_millis(1500) };
         let text = view.render(&http);
         well_formed(&text);
@@ -494,7 +500,7 @@ mod tests {
             by: ReadBy::Sockets,
         };
         m.step(Input::AppRead(Ok(read)), t0 + Duration::from_millis(1200));
-        let checker = crate::endpoint::checks::Checker::none(t0);
+        let checker = no_checks(t0);
         let view = View { machine: &m, checker: &checker, now: t0 + Duration::from_secs(2) };
         let text = view.render(&HttpCounters::default());
         well_formed(&text);
