@@ -149,16 +149,47 @@ impl Rhythm {
     }
 }
 
-/// The app's connections at the last read, and its traffic since the first.
+/// The app's connections at one read, and its traffic since the drain's first read. The
+/// activity module says what each count proves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Totals {
+pub struct AppSummary {
+    /// Connections with a request TCP shows to be unanswered.
     pub busy: usize,
+    /// Connections the app wrote last on, nothing moving: answered, or an answer paused.
     pub unsure: usize,
     pub idle: usize,
+    /// The peers of the unsure connections.
     pub unsure_from: Peers,
-    /// The last activity seen, gone connections included.
+    /// The last thing seen that may be a request reaching the app, gone connections
+    /// included; `None` if none was seen, or if the read cannot tell.
     pub last_activity: Option<Instant>,
+    /// The requests seen arriving since the first read.
     pub rhythm: Rhythm,
+    pub by: ReadBy,
+}
+
+impl AppSummary {
+    /// A count from /proc: `busy` open connections, each taken as busy, and nothing else.
+    pub fn counted(busy: usize) -> AppSummary {
+        AppSummary {
+            busy,
+            unsure: 0,
+            idle: 0,
+            unsure_from: Peers::default(),
+            last_activity: None,
+            rhythm: Rhythm::default(),
+            by: ReadBy::Counted,
+        }
+    }
+}
+
+/// How the app's connections were read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBy {
+    /// By socket diagnostics: each connection busy, unsure or idle, and the activity dated.
+    Sockets,
+    /// Counted from /proc/net/tcp: every open connection is busy, and nothing is dated.
+    Counted,
 }
 
 /// The counters that show bytes moving; see the module's documentation.
@@ -228,7 +259,12 @@ impl Tracker {
     /// Takes a read of the app's connections made at `now` (sockets not in it are gone), and
     /// the connections accepted in the network namespace so far, lastcall's own left out,
     /// where they are known to be the app's.
-    pub fn update(&mut self, samples: &[Sample], accepted: Option<u64>, now: Instant) -> Totals {
+    pub fn update(
+        &mut self,
+        samples: &[Sample],
+        accepted: Option<u64>,
+        now: Instant,
+    ) -> AppSummary {
         self.round += 1;
         let first = self.round == 1;
         // What came between two reads is dated no earlier than the first of them.
@@ -292,16 +328,17 @@ impl Tracker {
         self.totals()
     }
 
-    /// The totals of the last read.
-    pub fn totals(&self) -> Totals {
+    /// What the last read shows, and the traffic since the first.
+    pub fn totals(&self) -> AppSummary {
         let count = |f: fn(&State) -> bool| self.sockets.values().filter(|t| f(&t.state)).count();
-        Totals {
+        AppSummary {
             busy: count(|s| matches!(s, State::Busy(_))),
             unsure: count(|s| *s == State::Unsure),
             idle: count(|s| *s == State::Idle),
             unsure_from: self.unsure_from,
             last_activity: self.last_activity,
             rhythm: self.rhythm,
+            by: ReadBy::Sockets,
         }
     }
 

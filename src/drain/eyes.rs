@@ -3,9 +3,9 @@
 //!
 //! Read through socket diagnostics ([`crate::drain::diag`]): each connection with its
 //! `tcp_info`, which the activity [`Tracker`] turns into busy, unsure or idle across reads,
-//! with the namespace's count of connections accepted where only the app listens in it. Where the
-//! kernel will not answer (seccomp, an LSM, an old kernel), from /proc/net/tcp and tcp6
-//! instead ([`crate::drain::procfs`]), for good, and said once at warn: they show only a
+//! with the namespace's count of connections accepted where only the app listens in it.
+//! Where the kernel will not answer (seccomp, an LSM, an old kernel), from /proc/net/tcp and
+//! tcp6 instead ([`crate::drain::procfs`]), for good, and said once at warn: they show only a
 //! connection's state, so every established connection counts as busy. Either way, which
 //! connections are the app's is [`procfs::the_apps`]'s rule.
 
@@ -16,7 +16,7 @@ use std::time::Instant;
 use nix::unistd::Pid;
 
 use crate::drain::activity::Tracker;
-pub use crate::drain::activity::{Peers, Rhythm};
+pub use crate::drain::activity::{AppSummary, ReadBy, Rhythm};
 use crate::drain::diag::{self, CONNECTED, LISTENING, Ports, TIME_WAIT};
 use crate::drain::procfs;
 use crate::init::reaper;
@@ -28,49 +28,6 @@ pub enum DrainPorts {
     /// The ports the app listens on when the drain starts.
     Auto,
     Ports(Vec<u16>),
-}
-
-/// The app's connections at one read, and its traffic since the drain's first read. The
-/// activity module says what each count proves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct AppSummary {
-    /// Connections with a request TCP shows to be unanswered.
-    pub busy: usize,
-    /// Connections the app wrote last on, nothing moving: answered, or an answer paused.
-    pub unsure: usize,
-    pub idle: usize,
-    /// The peers of the unsure connections.
-    pub unsure_from: Peers,
-    /// The last thing seen that may be a request reaching the app, gone connections
-    /// included; `None` if none was seen, or if the read cannot tell.
-    pub last_activity: Option<Instant>,
-    /// The requests seen arriving since the first read.
-    pub rhythm: Rhythm,
-    pub by: ReadBy,
-}
-
-impl AppSummary {
-    /// A count from /proc: nothing but open connections, each taken as busy.
-    fn counted() -> AppSummary {
-        AppSummary {
-            busy: 0,
-            unsure: 0,
-            idle: 0,
-            unsure_from: Peers::default(),
-            last_activity: None,
-            rhythm: Rhythm::default(),
-            by: ReadBy::Counted,
-        }
-    }
-}
-
-/// How the app's connections were read.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadBy {
-    /// By socket diagnostics: each connection busy, unsure or idle, and the activity dated.
-    Sockets,
-    /// Counted from /proc/net/tcp: every open connection is busy, and nothing is dated.
-    Counted,
 }
 
 /// Whether socket diagnostics can be used: once they cannot, they never will.
@@ -203,16 +160,7 @@ impl Eyes {
                 Ok(all) => {
                     let app =
                         procfs::the_apps(all, |s| (s.inode, s.local, s.remote), &self.ports, &own);
-                    let t = self.tracker.update(&app, accepted, now);
-                    return Ok(AppSummary {
-                        busy: t.busy,
-                        unsure: t.unsure,
-                        idle: t.idle,
-                        unsure_from: t.unsure_from,
-                        last_activity: t.last_activity,
-                        rhythm: t.rhythm,
-                        by: ReadBy::Sockets,
-                    });
+                    return Ok(self.tracker.update(&app, accepted, now));
                 }
                 Err(diag::Error::Unavailable(e)) => self.diag.lose(&e),
                 Err(diag::Error::Failed(e)) => return Err(e.to_string()),
@@ -222,7 +170,7 @@ impl Eyes {
             log::warn!("{warning}");
         }
         let busy = procfs::established(&procfs::tables(), &self.ports, &own);
-        Ok(AppSummary { busy, ..AppSummary::counted() })
+        Ok(AppSummary::counted(busy))
     }
 }
 

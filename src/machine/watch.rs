@@ -437,7 +437,6 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
-    use crate::drain::eyes::Peers;
 
     fn probe(last_octet: u8, ready: bool) -> Probe {
         let from = IpAddr::V4(Ipv4Addr::new(10, 0, 0, last_octet));
@@ -558,7 +557,7 @@ mod tests {
             busy: 0,
             unsure: 0,
             idle: 0,
-            unsure_from: Peers::default(),
+            unsure_from: Default::default(),
             last_activity: rhythm.last,
             rhythm,
             by: ReadBy::Sockets,
