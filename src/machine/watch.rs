@@ -260,44 +260,54 @@ impl Watch {
     /// What holds the drain at `now`, the first of the rule's conditions not met; `None`
     /// when it may end.
     fn hold(&self, probers: &Probers, rule: Rule, started: Instant, now: Instant) -> Option<Hold> {
+        self.weigh(probers, rule, started, now).err()
+    }
+
+    /// The rule at `now`, in a drain begun at `started`: the evidence that it may end, or
+    /// the first of its conditions not met.
+    fn weigh(
+        &self,
+        probers: &Probers,
+        rule: Rule,
+        started: Instant,
+        now: Instant,
+    ) -> Result<Evidence, Hold> {
         let Some(seen) = self.known() else {
-            return Some(Hold::NoRead);
+            return Err(Hold::NoRead);
         };
         if seen.busy > 0 {
-            return Some(Hold::Busy);
+            return Err(Hold::Busy);
         }
         if seen.unsure > 0 && !seen.unsure_from.all(|a| probers.done(a)) {
-            return Some(Hold::Unsure);
+            return Err(Hold::Unsure);
         }
-        let (probing, _) = probers.told();
+        let (probing, told) = probers.told();
         let heard = probing > 0 && rule.probes > 0;
         if heard && !probers.all_let_go(rule.probes) {
-            return Some(Hold::Probers);
+            return Err(Hold::Probers);
         }
-        let silence = match (seen.by, seen.last_activity) {
-            (ReadBy::Counted, _) => None,
-            (ReadBy::Sockets, last) => Some(now.saturating_duration_since(last.unwrap_or(started))),
-        };
         let mut needed = rule.quiet;
         let mut rate = None;
         if rule.in_kubernetes || !heard {
             // A router that cannot be heard: only the traffic's rhythm shows it let go.
             let Some((by_rhythm, cautious)) = silence_for(&seen.rhythm) else {
-                return Some(Hold::Unknown);
+                return Err(Hold::Unknown);
             };
             needed = needed.max(by_rhythm);
             rate = Some(cautious);
         }
-        if silence.is_some_and(|s| s < needed) {
-            return Some(Hold::Silence { needed, rate });
+        let silence = now.saturating_duration_since(seen.last_activity.unwrap_or(started));
+        // A count from /proc dates nothing: its silence proves nothing either way.
+        if seen.by == ReadBy::Sockets && silence < needed {
+            return Err(Hold::Silence { needed, rate });
         }
         let elapsed = now.saturating_duration_since(started);
         if rule.in_kubernetes && elapsed < PROPAGATION_FLOOR {
-            Some(Hold::Floor)
+            Err(Hold::Floor)
         } else if elapsed < rule.min {
-            Some(Hold::Min)
+            Err(Hold::Min)
         } else {
-            None
+            Ok(Evidence { silence, needed, rate, probers: probing, told })
         }
     }
 
@@ -310,16 +320,10 @@ impl Watch {
         started: Instant,
         now: Instant,
     ) -> Option<(String, Evidence)> {
-        if self.hold(probers, rule, started, now).is_some() {
-            return None;
-        }
+        let evidence = self.weigh(probers, rule, started, now).ok()?;
         let seen = self.known()?;
-        let (probing, told) = probers.told();
-        let heard = probing > 0 && rule.probes > 0;
-        let by_rhythm = if rule.in_kubernetes || !heard { silence_for(&seen.rhythm) } else { None };
-        let needed = by_rhythm.map_or(rule.quiet, |(d, _)| d.max(rule.quiet));
-        let rate = by_rhythm.map(|(_, r)| r);
-        let silence = now.saturating_duration_since(seen.last_activity.unwrap_or(started));
+        let Evidence { silence, needed, rate, told, .. } = evidence;
+        let heard = evidence.probers > 0 && rule.probes > 0;
         let mut parts = vec![];
         if heard {
             let mut part = format!("probers told {told} time{}", plural(told as usize));
@@ -357,7 +361,6 @@ impl Watch {
         };
         let elapsed = show::duration(now.saturating_duration_since(started));
         let line = format!("{lead}: {}, after {elapsed} of drain", parts.join(", "));
-        let evidence = Evidence { silence, needed, rate, probers: probing, told };
         Some((line, evidence))
     }
 
