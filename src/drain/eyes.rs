@@ -17,7 +17,7 @@ use nix::unistd::Pid;
 
 use crate::drain::activity::Tracker;
 pub use crate::drain::activity::{AppSummary, ReadBy, Rhythm};
-use crate::drain::diag::{self, CONNECTED, LISTENING, Ports, TIME_WAIT};
+use crate::drain::diag::{self, CONNECTED, LISTENING, Ports, Sample, TIME_WAIT};
 use crate::drain::procfs;
 use crate::init::reaper;
 
@@ -86,59 +86,75 @@ impl Eyes {
     /// close-on-exec).
     pub fn find_ports(&mut self) -> Vec<u16> {
         self.tracker = Tracker::new();
+        // One dump of the namespace's listeners serves both: which are the app's, and
+        // whether any other server listens beside them.
+        let listeners = match self.choice {
+            DrainPorts::Off => None,
+            _ => self.listeners(),
+        };
         self.ports = match &self.choice {
             DrainPorts::Ports(ports) => ports.clone(),
             DrainPorts::Off => vec![],
-            DrainPorts::Auto => self.listening(),
+            DrainPorts::Auto => self.listening(listeners.as_deref()),
         };
-        self.alone = self.alone();
+        self.alone = listeners.is_some_and(|l| self.alone_among(&l));
         self.ports.clone()
     }
 
-    /// Whether the app's ports and lastcall's own are the only TCP listeners in the network
-    /// namespace, as in a pod of its own: then every connection accepted in it is the app's
-    /// or lastcall's.
-    fn alone(&self) -> bool {
-        if self.ports.is_empty() || !matches!(self.diag, Diag::Usable) {
-            return false;
+    /// Every TCP listener in the network namespace; `None` where socket diagnostics fail.
+    fn listeners(&mut self) -> Option<Vec<Sample>> {
+        if !matches!(self.diag, Diag::Usable) {
+            return None;
         }
-        let own = procfs::own_socket_inodes();
         match diag::dump(LISTENING, Ports::All, false) {
-            Ok(listeners) => {
-                let others = listeners
-                    .iter()
-                    .filter(|l| !self.ports.contains(&l.local.port()) && !own.contains(&l.inode));
-                let others: Vec<String> = others.map(|l| l.local.to_string()).collect();
-                if !others.is_empty() {
-                    log::debug!(
-                        "other servers listen in this network namespace ({}): the drain leaves \
-                         its count of accepted connections aside",
-                        others.join(", ")
-                    );
-                }
-                others.is_empty()
+            Ok(listeners) => Some(listeners),
+            Err(diag::Error::Unavailable(e)) => {
+                self.diag.lose(&e);
+                None
             }
-            Err(_) => false,
+            Err(diag::Error::Failed(e)) => {
+                log::debug!("finding the app's ports: {e}");
+                None
+            }
         }
     }
 
-    fn listening(&mut self) -> Vec<u16> {
+    /// Whether the app's ports and lastcall's own are the only ones among `listeners`, as in
+    /// a pod of its own: then every connection accepted in the namespace is the app's or
+    /// lastcall's.
+    fn alone_among(&self, listeners: &[Sample]) -> bool {
+        if self.ports.is_empty() {
+            return false;
+        }
+        let own = procfs::own_socket_inodes();
+        let others = listeners
+            .iter()
+            .filter(|l| !self.ports.contains(&l.local.port()) && !own.contains(&l.inode));
+        let others: Vec<String> = others.map(|l| l.local.to_string()).collect();
+        if !others.is_empty() {
+            log::debug!(
+                "other servers listen in this network namespace ({}): the drain leaves its \
+                 count of accepted connections aside",
+                others.join(", ")
+            );
+        }
+        others.is_empty()
+    }
+
+    /// The ports the app's processes and `--socket`s listen on, among `listeners`, or from
+    /// /proc without them.
+    fn listening(&self, listeners: Option<&[Sample]>) -> Vec<u16> {
         let pids: Vec<i32> = reaper::descendants(Pid::this()).iter().map(|p| p.as_raw()).collect();
         let inodes = procfs::app_socket_inodes(&pids, &self.held);
         if inodes.is_empty() {
             return vec![];
         }
-        if let Diag::Usable = self.diag {
-            match diag::dump(LISTENING, Ports::All, false) {
-                Ok(listeners) => {
-                    let listeners = listeners.iter().map(|s| (s.inode, s.local.port()));
-                    return procfs::ports_of(listeners, &inodes);
-                }
-                Err(diag::Error::Unavailable(e)) => self.diag.lose(&e),
-                Err(diag::Error::Failed(e)) => log::debug!("finding the app's ports: {e}"),
+        match listeners {
+            Some(listeners) => {
+                procfs::ports_of(listeners.iter().map(|s| (s.inode, s.local.port())), &inodes)
             }
+            None => procfs::listening_in(&procfs::tables(), &inodes),
         }
-        procfs::listening_in(&procfs::tables(), &inodes)
     }
 
     /// The app's connections on its ports, read at `now`, when lastcall's endpoint has
