@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::support::apps::stderr_count;
 use crate::support::serial::{Client, request};
 use crate::support::{
     LASTCALL, TestDir, can_unshare, free_port, has_python, http, metric, wait_until,
@@ -206,6 +207,11 @@ fn held_sockets_refuse_no_connection_through_three_crash_restarts() {
     lastcall.wait_until("the app answers", || request(port).is_ok());
     let client = Client::start(port);
     for n in 1..=3 {
+        // Each child crashes only once lastcall has taken its READY=1: a datagram read after
+        // its sender's end no longer counts, and the ready lines below would be short.
+        lastcall.wait_until(&format!("child {n} is ready"), || {
+            stderr_count(&dir, "the app is ready (") == n
+        });
         dir.write("crash", "");
         lastcall.wait_until(&format!("restart {n} serves"), || {
             metric(admin, "lastcall_restarts_total") == Some(n as f64)
