@@ -110,7 +110,12 @@ fn the_child_starts_only_once_the_proxy_answers() {
     let within = Duration::from_secs(2);
     assert_eq!(probe(port, "/livez", within), Some(200));
     assert_eq!(probe(port, "/readyz", within), Some(503));
-    let verbose = crate::support::http(port, "GET", "/readyz?verbose").body;
+    // The first attempt's answer is said once it has come: until then, "no answer for".
+    let mut verbose = String::new();
+    lastcall.wait_until("?verbose tells the first attempt's answer", || {
+        verbose = crate::support::http(port, "GET", "/readyz?verbose").body;
+        !verbose.contains(": no answer for ")
+    });
     assert!(verbose.contains("phase: waiting"), "{verbose}");
     assert!(verbose.contains(&format!("awaited {url}: down for ")), "{verbose}");
     assert!(verbose.contains("status 503"), "{verbose}");
