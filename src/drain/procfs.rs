@@ -16,7 +16,7 @@ use std::os::fd::RawFd;
 use super::diag::{ESTABLISHED, LISTEN};
 
 /// One row of /proc/net/tcp{,6}.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Row {
     pub local: SocketAddr,
     pub remote: SocketAddr,
@@ -33,9 +33,13 @@ pub fn tables() -> Vec<String> {
         .collect()
 }
 
-/// The rows of the tables' text; a line that does not parse is left out.
+/// The rows of the tables' text, each once; a line that does not parse is left out. The
+/// kernel prints the tables a page at a time, and a socket can appear on two pages when the
+/// table changes between them.
 pub fn rows(tables: &[String]) -> impl Iterator<Item = Row> + '_ {
-    tables.iter().flat_map(|t| t.lines().skip(1)).filter_map(parse_row)
+    let mut seen = HashSet::new();
+    let lines = tables.iter().flat_map(|t| t.lines().skip(1));
+    lines.filter_map(parse_row).filter(move |r| seen.insert(*r))
 }
 
 fn parse_row(line: &str) -> Option<Row> {
@@ -247,6 +251,8 @@ mod tests {
             assert_eq!(parsed.state, LISTEN);
         }
         assert_eq!(parse_row("garbage"), None);
+        let twice = format!("header\n{line}\n{line}\n");
+        assert_eq!(rows(&[twice.clone(), twice]).count(), 1, "a socket printed twice is one");
         assert_eq!(parse_row(&row("0100007F", "0100007F:D431", "01", 1)), None);
         assert_eq!(parse_row(&row("0100007F:1F90", "0100007F:D431", "zz", 1)), None);
     }
